@@ -1,0 +1,307 @@
+"""Typed job configs: frozen dataclasses, YAML loading, dotted overrides, validation.
+
+Every problem (unknown key, wrong type, out-of-range value) is collected and raised at once
+as a ``ConfigError`` naming the key, the value and what is allowed. Field metadata holds the
+help text and limits, so error messages and the config reference come from one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+        lo_open: bool = False, factory: bool = False) -> Any:
+    """A config field with its help text and numeric limits (``lo < x`` when ``lo_open``)."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+Cell = Literal["rnn", "lstm", "gru"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: Cell = opt("lstm", "recurrent cell type")
+    hidden: int = opt(64, "hidden units per layer", lo=1)
+    layers: int = opt(2, "stacked recurrent layers", lo=1, hi=8)
+    dropout: float = opt(0.0, "dropout between layers and before the head", lo=0.0, hi=0.9)
+    embed: int = opt(64, "character embedding size (text only)", lo=1)
+
+
+@dataclass(frozen=True)
+class ForecastDataConfig:
+    path: str | None = opt(None, "folder or file of OHLCV histories (CSV/Parquet); null = bundled sample")
+    columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
+    target: Literal["close", "adj_close"] = opt("close", "price column to forecast")
+    features: tuple[Literal["close", "open", "high", "low", "volume"], ...] = opt(
+        ("close",), "input columns; the target is always included")
+    transform: Literal["log_return", "window", "minmax", "standard"] = opt(
+        "log_return", "how prices become model inputs and targets (see rnnlib/features.py)")
+    window: int = opt(60, "input window length in trading days", lo=2)
+    horizon: int = opt(5, "trading days forecast per window", lo=1)
+    quantiles: tuple[float, ...] = opt(
+        (0.1, 0.5, 0.9), "quantiles to predict (pinball loss); [] = point forecast with MSE")
+    val_frac: float = opt(0.15, "fraction of each series (by time) for validation", lo=0.0, hi=0.5)
+    test_frac: float = opt(0.15, "fraction of each series (by time) for test", lo=0.0, hi=0.5)
+    val_start: str | None = opt(None, "validation cutoff date (YYYY-MM-DD); overrides val_frac")
+    test_start: str | None = opt(None, "test cutoff date (YYYY-MM-DD); overrides test_frac")
+    max_jump: float = opt(1.75, "reject a series whose close moves by more than this factor in a day "
+                          "(unadjusted splits)", lo=1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class TextDataConfig:
+    path: str | None = opt(None, "UTF-8 text file; null = bundled tinyshakespeare")
+    seq_len: int = opt(128, "characters per training sequence (truncated backprop length)", lo=2)
+    batching: Literal["stream", "random"] = opt(
+        "stream", "stream: contiguous streams with carried hidden state; random: independent windows")
+    val_frac: float = opt(0.1, "fraction at the end of the corpus held out for validation", lo=0.0, hi=0.5,
+                          lo_open=True)
+    unknown: Literal["error", "token"] = opt(
+        "error", "characters outside the vocabulary: error, or map to an unknown token")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = opt(10, "passes over the training data", lo=1)
+    lr: float = opt(3e-3, "Adam learning rate (for the effective batch)", lo=0.0, lo_open=True)
+    batch_size: int = opt(64, "effective (global) batch size, split across workers", lo=1)
+    weight_decay: float = opt(0.0, "AdamW weight decay", lo=0.0)
+    clip: float = opt(1.0, "gradient norm clip; 0 = off", lo=0.0)
+    patience: int = opt(5, "stop after this many epochs without a better val loss; 0 = off", lo=0)
+    seed: int = opt(0, "random seed for init, shuffling and sampling", lo=0)
+    max_batches: int = opt(0, "cap on batches per epoch; 0 = all", lo=0)
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    workers: int = opt(1, "Ray Train workers", lo=1)
+    gpu: bool = opt(False, "one GPU per worker (NCCL) instead of CPU (gloo)")
+    cpus_per_worker: float = opt(1.0, "CPUs reserved per worker", lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    task: Literal["forecast", "text"] = opt("forecast", "what the model does")
+    name: str | None = opt(None, "run name; null = derived from the config (deterministic)")
+    storage: str = opt("outputs/runs", "local folder or s3://bucket/prefix for checkpoints and models")
+    model: ModelConfig = opt(ModelConfig, "model section", factory=True)
+    data: ForecastDataConfig | TextDataConfig = opt(ForecastDataConfig, "data section", factory=True)
+    train: TrainConfig = opt(TrainConfig, "training section", factory=True)
+    scaling: ScalingConfig = opt(ScalingConfig, "Ray Train scaling section", factory=True)
+
+
+DATA_CONFIGS = {"forecast": ForecastDataConfig, "text": TextDataConfig}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+
+
+def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted, or append a problem."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            problems.append(f"{key}: {_fmt(value)} is not allowed; choose one of {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, problems)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key}: expected a list, got {_fmt(value)}")
+            return value
+        return tuple(_convert(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in value.items()):
+            problems.append(f"{key}: expected a mapping of names to names, got {_fmt(value)}")
+        return dict(value) if isinstance(value, dict) else value
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{key}: expected true or false, got {_fmt(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{key}: expected an integer, got {_fmt(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{key}: expected a number, got {_fmt(value)}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{key}: expected a string, got {_fmt(value)}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {key}")
+
+
+def _check_range(f: dataclasses.Field, value: Any, key: str, problems: list[str]) -> None:
+    lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        problems.append(f"{key}: {value} is out of range; must be {'>' if lo_open else '>='} {lo}"
+                        + (f" and <= {hi}" if hi is not None else ""))
+    elif hi is not None and value > hi:
+        problems.append(f"{key}: {value} is out of range; must be <= {hi}")
+
+
+def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: dict | None = None) -> Any:
+    """Build dataclass ``cls`` from a mapping, collecting problems instead of stopping."""
+    hints = hints or typing.get_type_hints(cls)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping of keys, got {_fmt(raw)}")
+        raw = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{prefix}{key}: unknown key; allowed keys{' in ' + prefix[:-1] if prefix else ''}: "
+                            f"{', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = prefix + name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = build_section(tp, raw[name], key + ".", problems)
+            continue
+        values[name] = _convert(tp, raw[name], key, problems)
+        _check_range(f, values[name], key, problems)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError):  # only reached with bad types already reported
+        return None
+
+
+def _check_job(cfg: JobConfig, problems: list[str]) -> None:
+    d = cfg.data
+    if isinstance(d, ForecastDataConfig):
+        if d.quantiles:
+            if any(not 0 < q < 1 for q in d.quantiles) or list(d.quantiles) != sorted(set(d.quantiles)):
+                problems.append(f"data.quantiles: {list(d.quantiles)} must be increasing, distinct and in (0, 1)")
+            elif 0.5 not in d.quantiles:
+                problems.append(f"data.quantiles: {list(d.quantiles)} must include 0.5 (the point forecast)")
+        if d.val_frac + d.test_frac >= 0.9:
+            problems.append(f"data.val_frac + data.test_frac = {d.val_frac + d.test_frac:g} leaves too "
+                            "little for training; keep the sum below 0.9")
+        for key in ("val_start", "test_start"):
+            value = getattr(d, key)
+            if value is not None:
+                try:
+                    from datetime import date
+                    date.fromisoformat(value)
+                except ValueError:
+                    problems.append(f"data.{key}: {value!r} is not a date; use YYYY-MM-DD")
+        if d.val_start and d.test_start and d.val_start >= d.test_start:
+            problems.append(f"data.val_start ({d.val_start}) must be before data.test_start ({d.test_start})")
+    if cfg.task == "text" and cfg.model.embed < 1:
+        problems.append("model.embed must be >= 1 for text models")
+
+
+def job_from_dict(raw: Any, source: str = "config") -> JobConfig:
+    """Validate a raw mapping into a ``JobConfig``; raise ``ConfigError`` listing every problem."""
+    problems: list[str] = []
+    raw = dict(raw or {}) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict):
+        raise ConfigError([f"expected a mapping at the top level, got {_fmt(raw)}"], source)
+    task = raw.get("task", "forecast")
+    if task not in DATA_CONFIGS:
+        problems.append(f"task: {_fmt(task)} is not allowed; choose one of {', '.join(DATA_CONFIGS)}")
+        task = "forecast"
+    raw["task"] = task
+    data_raw = raw.pop("data", None)
+    hints = typing.get_type_hints(JobConfig)
+    cfg = build_section(JobConfig, raw, "", problems, hints)
+    data = build_section(DATA_CONFIGS[task], data_raw, "data.", problems)
+    if cfg is not None and data is not None:
+        cfg = dataclasses.replace(cfg, data=data)
+        _check_job(cfg, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """``["model.cell=gru", "train.epochs=2"]`` -> ``[(["model", "cell"], "gru"), ...]``."""
+    out, problems = [], []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override {item!r}: expected key=value with a dotted key, e.g. model.cell=gru")
+            continue
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        out.append((key.split("."), value))
+    if problems:
+        raise ConfigError(problems, "command line")
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with dotted ``key=value`` overrides applied (values parsed as YAML)."""
+    raw = yaml.safe_load(yaml.safe_dump(raw or {}))  # deep copy of plain data
+    for path, value in parse_overrides(overrides):
+        node = raw
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file with ``yaml.safe_load``; a missing or malformed file is a ``ConfigError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"file not found: {p} (pass the path to a YAML config, e.g. "
+                           "jobs/configs/forecast-train.yaml)"], str(p))
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text ({e.reason} at byte {e.start})"], str(p)) from None
+
+
+def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
+    """Load a job YAML, apply ``key=value`` overrides, validate."""
+    return job_from_dict(apply_overrides(read_yaml(path), list(overrides)), str(path))
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as plain data (lists instead of tuples), suitable for YAML or JSON."""
+    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
