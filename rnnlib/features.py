@@ -1,0 +1,277 @@
+"""From clean price series to model-ready windows, leak-free.
+
+Per series: a chronological split (train / val / test by fractions or cutoff dates), a
+transform whose parameters are fitted on the train rows only, and windows built with
+``sliding_window_view`` (no Python loop per window).
+
+Transforms (``data.transform``), with ``p`` the target price and ``t`` the window's last day:
+
+- ``log_return`` (default): inputs are daily log returns of each price column (log-volume
+  differences for volume), divided by their train-period std; the target for step k is
+  ``log(p[t+k] / p[t])`` / std. The model predicts moves, not levels.
+- ``window``: each window is normalised by its own last value: inputs ``x / x[t] - 1``,
+  target ``p[t+k] / p[t] - 1``. Nothing is fitted.
+- ``minmax`` / ``standard``: the tutorial's approach: every column scaled by train-period
+  min/max (or mean/std, via scikit-learn), target ``p[t+k]`` scaled likewise. A model on
+  these levels mostly learns to copy the last value; kept for comparison.
+
+Whatever the transform, ``to_price`` maps model outputs back to prices, and
+``Windows.last`` holds ``p[t]`` so the persistence baseline is always at hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+TRANSFORMS = ("log_return", "window", "minmax", "standard")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SeriesSplit:
+    """Row boundaries of one series: train = [0, val), val = [val, test), test = [test, n)."""
+
+    n: int
+    val: int
+    test: int
+
+
+def split_series(dates: pd.Series, val_frac: float, test_frac: float,
+                 val_start: str | None = None, test_start: str | None = None) -> SeriesSplit:
+    """Chronological split points: cutoff dates when given, else fractions of the rows."""
+    n = len(dates)
+    d = pd.to_datetime(dates).to_numpy()
+    test = int(np.searchsorted(d, np.datetime64(test_start))) if test_start else n - int(round(n * test_frac))
+    val = int(np.searchsorted(d, np.datetime64(val_start))) if val_start else test - int(round(n * val_frac))
+    return SeriesSplit(n, max(0, min(val, test)), test)
+
+
+def feature_columns(target: str, features: tuple[str, ...]) -> tuple[str, ...]:
+    """Input columns, target first (the transforms rely on column 0 being the target)."""
+    return (target,) + tuple(c for c in features if c != target)
+
+
+@dataclass
+class SeriesTransform:
+    """Per-series parameters, fitted on train rows only; JSON-friendly via ``to_dict``."""
+
+    kind: str
+    columns: tuple[str, ...]
+    loc: np.ndarray  # (F,) centre (mean or min) per column; zeros where unused
+    scale: np.ndarray  # (F,) spread (std or max - min) per column; ones where unused
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "columns": list(self.columns),
+                "loc": self.loc.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SeriesTransform:
+        return cls(d["kind"], tuple(d["columns"]), np.asarray(d["loc"], float), np.asarray(d["scale"], float))
+
+
+def _raw_matrix(df: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """(T, F) float64; volume goes to log1p so it is on a scale comparable to prices."""
+    cols = [np.log1p(df[c].to_numpy(float)) if c == "volume" else df[c].to_numpy(float) for c in columns]
+    return np.stack(cols, axis=1)
+
+
+def _returns(raw: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+    """(T, F) one-day changes: log returns for prices, differences of log1p(volume); row 0 is 0."""
+    logs = np.column_stack([raw[:, j] if c == "volume" else np.log(raw[:, j]) for j, c in enumerate(columns)])
+    out = np.zeros_like(logs)
+    out[1:] = np.diff(logs, axis=0)
+    return out
+
+
+def fit_transform(df: pd.DataFrame, columns: tuple[str, ...], kind: str, train_end: int) -> SeriesTransform:
+    """Fit the transform's parameters on rows [0, train_end) of one series."""
+    if kind not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {kind!r}")
+    raw = _raw_matrix(df, columns)[:train_end]
+    f = len(columns)
+    if kind == "minmax":
+        s = MinMaxScaler().fit(raw)
+        loc, scale = s.data_min_, s.data_range_
+    elif kind == "standard":
+        s = StandardScaler().fit(raw)
+        loc, scale = s.mean_, s.scale_
+    elif kind == "log_return":
+        r = _returns(raw, columns)[1:]
+        loc, scale = np.zeros(f), r.std(axis=0) if len(r) > 1 else np.ones(f)
+    else:  # window: prices need nothing; volume (log) is standardised
+        loc, scale = np.zeros(f), np.ones(f)
+        for j, c in enumerate(columns):
+            if c == "volume":
+                loc[j], scale[j] = raw[:, j].mean(), raw[:, j].std()
+    scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+    return SeriesTransform(kind, tuple(columns), np.asarray(loc, float), np.asarray(scale, float))
+
+
+@dataclass
+class Windows:
+    """Windows of one or many series. Shapes: x (N, W, F), y (N, H), last (N,), and for each
+    window its series (``sid``) and the row index of its last input day (``end``)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    last: np.ndarray
+    sid: np.ndarray
+    end: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @staticmethod
+    def concat(parts: list[Windows]) -> Windows:
+        return Windows(*(np.concatenate([getattr(p, k) for p in parts]) for k in
+                         ("x", "y", "last", "sid", "end")))
+
+    def take(self, idx: np.ndarray) -> Windows:
+        return Windows(self.x[idx], self.y[idx], self.last[idx], self.sid[idx], self.end[idx])
+
+
+def series_windows(df: pd.DataFrame, tf: SeriesTransform, window: int, horizon: int,
+                   ends: np.ndarray | None = None, sid: int = 0, with_target: bool = True) -> Windows:
+    """Windows of one series ending at the row indices ``ends`` (default: every complete one).
+
+    Window i uses input rows ``ends[i]-window+1 .. ends[i]`` and, when ``with_target``,
+    targets ``ends[i]+1 .. ends[i]+horizon``.
+    """
+    raw = _raw_matrix(df, tf.columns)
+    n = len(raw)
+    first = window - 1 + (1 if tf.kind == "log_return" else 0)  # log returns need one day more
+    last_end = n - 1 - (horizon if with_target else 0)
+    if ends is None:
+        ends = np.arange(first, last_end + 1)
+    ends = np.asarray(ends, dtype=np.int64)
+    ends = ends[(ends >= first) & (ends <= last_end)]
+    price = raw[:, 0]
+    if tf.kind == "log_return":
+        base = _returns(raw, tf.columns) / tf.scale
+    elif tf.kind == "window":
+        base = raw
+    else:
+        base = (raw - tf.loc) / tf.scale
+    # (T-W+1, F, W) view -> windows ending at each row, then (N, W, F)
+    x = sliding_window_view(base, window, axis=0)[ends - window + 1].transpose(0, 2, 1)
+    if tf.kind == "window":
+        x = x.copy()
+        prices = [j for j, c in enumerate(tf.columns) if c != "volume"]
+        x[:, :, prices] = x[:, :, prices] / x[:, -1:, 0:1] - 1  # relative to the last close
+        vol = [j for j, c in enumerate(tf.columns) if c == "volume"]
+        x[:, :, vol] = (x[:, :, vol] - tf.loc[vol]) / tf.scale[vol]
+    last = price[ends]
+    if with_target:
+        future = sliding_window_view(price, horizon)[ends + 1]  # (N, H) prices p[t+1..t+H]
+        y = price_to_target(future, last, tf)
+    else:
+        y = np.zeros((len(ends), horizon))
+    return Windows(x.astype(np.float32), y.astype(np.float32), last, np.full(len(ends), sid), ends)
+
+
+def price_to_target(future: np.ndarray, last: np.ndarray, tf: SeriesTransform) -> np.ndarray:
+    """Prices (N, H) -> targets in model space; ``last`` (N,) is p[t]."""
+    last = last[:, None]
+    if tf.kind == "log_return":
+        return np.log(future / last) / tf.scale[0]
+    if tf.kind == "window":
+        return future / last - 1
+    return (future - tf.loc[0]) / tf.scale[0]
+
+
+def to_price(pred: np.ndarray, last: np.ndarray, tf: SeriesTransform) -> np.ndarray:
+    """Model outputs (N, H, ...) -> prices; the inverse of ``price_to_target``."""
+    last = last.reshape((-1,) + (1,) * (pred.ndim - 1))
+    if tf.kind == "log_return":
+        return last * np.exp(pred * tf.scale[0])
+    if tf.kind == "window":
+        return last * (1 + pred)
+    return pred * tf.scale[0] + tf.loc[0]
+
+
+def split_ends(split: SeriesSplit, window: int, horizon: int, part: str) -> np.ndarray:
+    """Window end rows whose targets all fall inside ``part`` (inputs may reach back into
+    earlier parts, which is the past and no leak)."""
+    lo, hi = {"train": (0, split.val), "val": (split.val, split.test), "test": (split.test, split.n)}[part]
+    # targets are rows end+1 .. end+horizon, so end in [lo-1, hi-1-horizon]
+    return np.arange(max(lo - 1, window - 1), hi - horizon)
+
+
+def naive_scale(df: pd.DataFrame, target: str, train_end: int) -> float:
+    """MASE denominator: mean absolute one-day change of the target over the train rows."""
+    p = df[target].to_numpy(float)[:train_end]
+    d = np.abs(np.diff(p))
+    return float(d.mean()) if len(d) and d.mean() > 0 else 1.0
+
+
+def naive_windows(df: pd.DataFrame, window: int, horizon: int, column: str = "close") -> tuple[np.ndarray, np.ndarray]:
+    """Reference implementation with one Python loop per window, for tests only."""
+    p = df[column].to_numpy(float)
+    xs, ys = [], []
+    for end in range(window - 1, len(p) - horizon):
+        xs.append(p[end - window + 1:end + 1])
+        ys.append(p[end + 1:end + 1 + horizon])
+    return np.array(xs), np.array(ys)
+
+
+def min_rows(window: int, horizon: int, val_frac: float, test_frac: float, by_date: bool = False) -> int:
+    """Shortest series that still gives one training window after the split."""
+    need = window + 1 + horizon
+    return need if by_date else int(np.ceil(need / max(1e-9, 1 - val_frac - test_frac)))
+
+
+@dataclass
+class ForecastData:
+    """Everything a forecaster trains and is evaluated on, per series and pooled."""
+
+    tickers: list[str]
+    columns: tuple[str, ...]
+    transforms: list[SeriesTransform]
+    splits: list[SeriesSplit]
+    mase_scale: np.ndarray  # (S,) per-series naive one-day MAE on train rows
+    train: Windows
+    val: Windows
+    test: Windows
+
+    @property
+    def n_features(self) -> int:
+        return len(self.columns)
+
+
+def make_forecast_data(series: dict[str, pd.DataFrame], *, target: str = "close",
+                       features: tuple[str, ...] = ("close",), transform: str = "log_return",
+                       window: int = 60, horizon: int = 5, val_frac: float = 0.15,
+                       test_frac: float = 0.15, val_start: str | None = None,
+                       test_start: str | None = None) -> ForecastData:
+    """Split each series by time, fit its transform on its train rows, build all windows."""
+    cols = feature_columns(target, features)
+    tickers = sorted(series)
+    tfs, splits, scales, parts = [], [], [], {k: [] for k in SPLITS}
+    for sid, t in enumerate(tickers):
+        df = series[t]
+        sp = split_series(df["date"], val_frac, test_frac, val_start, test_start)
+        tf = fit_transform(df, cols, transform, sp.val)
+        tfs.append(tf)
+        splits.append(sp)
+        scales.append(naive_scale(df, target, sp.val))
+        for part in SPLITS:
+            parts[part].append(series_windows(df, tf, window, horizon, split_ends(sp, window, horizon, part), sid))
+    empty = Windows(np.zeros((0, window, len(cols)), np.float32), np.zeros((0, horizon), np.float32),
+                    np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    pooled = {k: Windows.concat(v) if v else empty for k, v in parts.items()}
+    return ForecastData(tickers, cols, tfs, splits, np.asarray(scales), pooled["train"], pooled["val"],
+                        pooled["test"])
+
+
+def windows_to_price(pred: np.ndarray, w: Windows, transforms: list[SeriesTransform]) -> np.ndarray:
+    """Model outputs for pooled windows (N, H, ...) -> prices, each with its own series' transform."""
+    out = np.empty(pred.shape, dtype=np.float64)
+    for sid in np.unique(w.sid):
+        m = w.sid == sid
+        out[m] = to_price(pred[m], w.last[m], transforms[sid])
+    return out
