@@ -1,0 +1,169 @@
+"""Tasks turn a ``JobConfig`` into data, a model, batches, a loss and final metrics.
+
+The same task object serves the in-process ``fit`` and each Ray Train worker: batches are
+sharded by ``(rank, world)`` so that every worker gets the same number of steps (DDP and
+``ray.train.report`` both need that), and the effective batch size stays ``train.batch_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from . import loop
+from .config import ForecastDataConfig, JobConfig, TextDataConfig
+from .datasets import sample_stocks_dir, tinyshakespeare_path
+from .errors import DataError
+from .features import ForecastData, feature_columns, make_forecast_data, min_rows, windows_to_price
+from .metrics import compare_to_persistence, pinball, text_metrics
+from .models import CharLM, Forecaster
+from .stocks import Histories, load_histories
+from .text import Vocab, random_windows, read_text, split_text, stream_batches
+
+EVAL_BATCH = 32  # text validation streams: fixed so val loss is comparable across configs
+
+
+def load_stock_data(d: ForecastDataConfig) -> tuple[Histories, ForecastData]:
+    """Load, validate and window the histories a forecast config names."""
+    by_date = bool(d.val_start or d.test_start)
+    hist = load_histories(d.path or sample_stocks_dir(), needed=feature_columns(d.target, d.features),
+                          columns=d.columns, max_jump=d.max_jump,
+                          min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date))
+    if not hist.series:
+        raise DataError(f"{d.path or sample_stocks_dir()}: no usable series.\n{hist.summary()}")
+    data = make_forecast_data(hist.series, target=d.target, features=d.features, transform=d.transform,
+                              window=d.window, horizon=d.horizon, val_frac=d.val_frac,
+                              test_frac=d.test_frac, val_start=d.val_start, test_start=d.test_start)
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise DataError(f"{d.path or sample_stocks_dir()}: no training or validation windows for "
+                        f"window={d.window}, horizon={d.horizon}; use shorter windows or more history")
+    return hist, data
+
+
+def _shard(n: int, rank: int, world: int, gen: torch.Generator) -> torch.Tensor:
+    """A shuffled, equal-sized share of n items for this rank (the remainder is left out)."""
+    per = n // world
+    return torch.randperm(n, generator=gen)[: per * world][rank::world]
+
+
+class ForecastTask:
+    task = "forecast"
+
+    def __init__(self, cfg: JobConfig):
+        assert isinstance(cfg.data, ForecastDataConfig)
+        self.cfg, self.d = cfg, cfg.data
+        self.hist, self.data = load_stock_data(cfg.data)
+        self.quantiles = tuple(self.d.quantiles)
+
+    def model_args(self) -> dict:
+        m = self.cfg.model
+        return dict(n_features=self.data.n_features, horizon=self.d.horizon,
+                    n_outputs=max(1, len(self.quantiles)), hidden=m.hidden, layers=m.layers,
+                    dropout=m.dropout, cell=m.cell)
+
+    def build_model(self) -> Forecaster:
+        return Forecaster(**self.model_args())
+
+    def loss_fn(self):
+        return loop.forecast_loss(self.quantiles)
+
+    eval_loss_fn = loss_fn
+
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple]:
+        w = self.data.train
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        idx = _shard(len(w), rank, world, gen)
+        bs = max(1, self.cfg.train.batch_size // world)
+        x, y = torch.from_numpy(w.x), torch.from_numpy(w.y)
+        for i in range(0, len(idx), bs):
+            j = idx[i:i + bs]
+            yield x[j], y[j]
+
+    def val_batches(self) -> Iterator[tuple]:
+        w = self.data.val
+        for i in range(0, len(w), 4096):
+            yield torch.from_numpy(w.x[i:i + 4096]), torch.from_numpy(w.y[i:i + 4096])
+
+    def point_index(self) -> int:
+        return self.quantiles.index(0.5) if self.quantiles else 0
+
+    def final_metrics(self, model, part: str = "test") -> dict:
+        """Metrics in price units on the test (or val) windows, next to persistence."""
+        w = getattr(self.data, part)
+        if len(w) == 0:
+            return {}
+        out = loop.predict(model, w.x)
+        prices = windows_to_price(out, w, self.data.transforms)
+        actual = windows_to_price(w.y, w, self.data.transforms)
+        lo = hi = None
+        res = {}
+        if len(self.quantiles) >= 3:
+            lo, hi = prices[..., 0], prices[..., -1]
+            res["interval"] = round((self.quantiles[-1] - self.quantiles[0]) * 100)
+            res["pinball"] = pinball(actual, prices, self.quantiles)
+        res.update(compare_to_persistence(actual, prices[..., self.point_index()], w.last,
+                                          self.data.mase_scale[w.sid], lo, hi))
+        res["series"], res["windows"] = len(np.unique(w.sid)), len(w)
+        return res
+
+    def bundle_kwargs(self) -> dict:
+        d = self.d
+        return dict(
+            data={"target": d.target, "columns": list(self.data.columns), "transform": d.transform,
+                  "window": d.window, "horizon": d.horizon, "quantiles": list(self.quantiles),
+                  "max_jump": d.max_jump},
+            scalers=dict(zip(self.data.tickers, self.data.transforms)))
+
+
+class TextTask:
+    task = "text"
+
+    def __init__(self, cfg: JobConfig):
+        assert isinstance(cfg.data, TextDataConfig)
+        self.cfg, self.d = cfg, cfg.data
+        path = self.d.path or tinyshakespeare_path()
+        text = read_text(path)
+        self.vocab = Vocab.from_text(text, unknown=self.d.unknown)
+        self.train_ids, self.val_ids = split_text(self.vocab.encode(text), self.d.val_frac)
+        if len(self.val_ids) < EVAL_BATCH * 2 + 1:
+            raise DataError(f"{path}: {len(text)} characters leave too little for validation; "
+                            "use a longer text or a larger data.val_frac")
+
+    def model_args(self) -> dict:
+        m = self.cfg.model
+        return dict(vocab_size=len(self.vocab), embed=m.embed, hidden=m.hidden, layers=m.layers,
+                    dropout=m.dropout, cell=m.cell)
+
+    def build_model(self) -> CharLM:
+        return CharLM(**self.model_args())
+
+    def loss_fn(self):
+        return loop.text_loss(stateful=self.d.batching == "stream")
+
+    def eval_loss_fn(self):
+        return loop.text_loss(stateful=True)
+
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> list[tuple]:
+        bs, seq = max(1, self.cfg.train.batch_size // world), self.d.seq_len
+        if self.d.batching == "stream":
+            per = len(self.train_ids) // world  # each worker streams its own contiguous part
+            return stream_batches(self.train_ids[rank * per:(rank + 1) * per], bs, seq)
+        gen = torch.Generator().manual_seed((self.cfg.train.seed * 100_003 + epoch) * 1009 + rank)
+        n = max(1, len(self.train_ids) // (self.cfg.train.batch_size * seq))
+        return random_windows(self.train_ids, bs, seq, n, gen)
+
+    def val_batches(self) -> list[tuple]:
+        return stream_batches(self.val_ids, EVAL_BATCH, self.d.seq_len)
+
+    def final_metrics(self, model, part: str = "val") -> dict:
+        nats = loop.evaluate(model, self.val_batches(), self.eval_loss_fn())
+        return {"val": text_metrics(nats), "vocab_size": len(self.vocab)}
+
+    def bundle_kwargs(self) -> dict:
+        return dict(data={"seq_len": self.d.seq_len, "val_frac": self.d.val_frac}, vocab=self.vocab)
+
+
+def make_task(cfg: JobConfig) -> ForecastTask | TextTask:
+    return ForecastTask(cfg) if cfg.task == "forecast" else TextTask(cfg)
