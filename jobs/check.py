@@ -1,0 +1,21 @@
+"""``rnnjobs check CONFIG``: validate the config and the data it names, train nothing."""
+
+from __future__ import annotations
+
+from rnnlib.config import load_job
+from rnnlib.tasks import make_task
+
+
+def run(config: str, overrides: list[str]) -> int:
+    cfg = load_job(config, overrides)
+    task = make_task(cfg)
+    print(f"{config}: config OK (task {cfg.task}, {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden})")
+    if cfg.task == "forecast":
+        print(task.hist.summary())
+        d = task.data
+        print(f"windows: train {len(d.train)}, val {len(d.val)}, test {len(d.test)} "
+              f"(window {cfg.data.window}, horizon {cfg.data.horizon}, inputs {list(d.columns)})")
+    else:
+        print(f"text: {len(task.train_ids) + len(task.val_ids)} characters, vocabulary {len(task.vocab)}; "
+              f"train {len(task.train_ids)}, val {len(task.val_ids)}")
+    return 0

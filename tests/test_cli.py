@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+from conftest import FIXTURES, ROOT
+
+
+def rnnjobs(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_bad_config_exits_2_without_traceback(tmp_path):
+    r = rnnjobs("check", "jobs/configs/forecast-train.yaml", "model.cell=transformer", "train.bogus=1")
+    assert r.returncode == 2
+    assert "model.cell: 'transformer' is not allowed; choose one of rnn, lstm, gru" in r.stderr
+    assert "train.bogus: unknown key" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_data_exits_2():
+    r = rnnjobs("check", "jobs/configs/forecast-train.yaml", "data.path=/nonexistent/histories")
+    assert r.returncode == 2 and "/nonexistent/histories: no such file or folder" in r.stderr
+    r = rnnjobs("check", "jobs/configs/text-train.yaml", f"data.path={FIXTURES}/missing.txt")
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_prints_data_summary():
+    r = rnnjobs("check", "jobs/configs/forecast-train.yaml", f"data.path={FIXTURES}/stocks_bad",
+                "data.window=10")
+    assert r.returncode == 0, r.stderr
+    assert "3 series kept" in r.stdout and "mostly invalid" in r.stdout
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    r = rnnjobs("demo", "--quick", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "rMAE (model / persistence)" in r.stdout and "80% band coverage" in r.stdout
+    assert "ROMEO:" in r.stdout and "nats/char" in r.stdout
+    for m in ("forecast-model", "text-model"):
+        assert (tmp_path / m / "bundle.json").is_file() and (tmp_path / m / "weights.pt").is_file()
+
+
+def test_help_lists_commands():
+    r = rnnjobs("--help")
+    assert r.returncode == 0 and "check" in r.stdout and "demo" in r.stdout

@@ -1,0 +1,89 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from rnnlib.datasets import sample_stocks_dir
+from rnnlib.features import (
+    TRANSFORMS,
+    SeriesTransform,
+    fit_transform,
+    make_forecast_data,
+    naive_windows,
+    price_to_target,
+    series_windows,
+    split_ends,
+    split_series,
+    to_price,
+)
+from rnnlib.stocks import load_histories
+
+
+@pytest.fixture(scope="module")
+def series():
+    return load_histories(sample_stocks_dir(), min_rows=100, needed=("close", "volume")).series
+
+
+def test_vectorised_windows_equal_naive_loop(series):
+    df = series["KO"]
+    tf = SeriesTransform("minmax", ("close",), np.zeros(1), np.ones(1))  # identity scaling
+    w = series_windows(df, tf, window=20, horizon=5)
+    xs, ys = naive_windows(df, 20, 5)
+    assert w.x.shape == (len(xs), 20, 1)
+    np.testing.assert_allclose(w.x[..., 0], xs, rtol=1e-6)
+    np.testing.assert_allclose(w.y, ys, rtol=1e-6)
+    np.testing.assert_allclose(w.last, xs[:, -1])
+
+
+@pytest.mark.parametrize("kind", TRANSFORMS)
+def test_targets_invert_to_prices(series, kind):
+    df = series["MSFT"]
+    tf = fit_transform(df, ("close", "volume"), kind, train_end=700)
+    w = series_windows(df, tf, window=10, horizon=3)
+    # y's inverse gives back the real future prices
+    future = np.stack([df.close.to_numpy()[e + 1:e + 4] for e in w.end])
+    np.testing.assert_allclose(to_price(w.y.astype(float), w.last, tf), future, rtol=1e-4)
+    np.testing.assert_allclose(price_to_target(future, w.last, tf), w.y, rtol=1e-4, atol=1e-5)
+    assert np.isfinite(w.x).all()
+
+
+@pytest.mark.parametrize("kind", TRANSFORMS)
+def test_scaler_depends_only_on_train_rows(series, kind):
+    df = series["PG"]
+    sp = split_series(df["date"], 0.15, 0.15)
+    before = fit_transform(df, ("close", "volume"), kind, sp.val)
+    changed = df.copy()
+    changed.loc[sp.test + 5:, "close"] *= 10  # a wild test-period price
+    changed.loc[sp.val:, "volume"] *= 100
+    after = fit_transform(changed, ("close", "volume"), kind, sp.val)
+    np.testing.assert_array_equal(before.loc, after.loc)
+    np.testing.assert_array_equal(before.scale, after.scale)
+    # ... and the train windows do not move either
+    tr = split_ends(sp, 30, 5, "train")
+    np.testing.assert_array_equal(series_windows(df, before, 30, 5, tr).x,
+                                  series_windows(changed, after, 30, 5, tr).x)
+
+
+def test_split_ends_keep_targets_inside_their_part(series):
+    df = series["JNJ"]
+    sp = split_series(df["date"], 0.15, 0.15)
+    w, h = 30, 5
+    spans = {p: split_ends(sp, w, h, p) for p in ("train", "val", "test")}
+    assert spans["train"].max() + h < sp.val
+    assert spans["val"].min() + 1 >= sp.val and spans["val"].max() + h < sp.test
+    assert spans["test"].min() + 1 >= sp.test and spans["test"].max() + h < sp.n
+
+
+def test_split_by_cutoff_dates(series):
+    df = series["KO"]
+    sp = split_series(df["date"], 0.1, 0.1, "2016-01-04", "2017-01-03")
+    assert df.date.iloc[sp.val] == pd.Timestamp("2016-01-04")
+    assert df.date.iloc[sp.test - 1] < pd.Timestamp("2017-01-03") <= df.date.iloc[sp.test]
+
+
+def test_forecast_data_pools_series_with_their_own_scalers(series):
+    sub = {t: series[t] for t in ("KO", "AAPL", "EBAY")}
+    data = make_forecast_data(sub, window=20, horizon=5)
+    assert data.tickers == ["AAPL", "EBAY", "KO"]
+    assert data.train.x.shape[1:] == (20, 1) and data.val.y.shape[1] == 5
+    assert set(np.unique(data.test.sid)) == {0, 1, 2}
+    assert data.transforms[0].scale[0] != data.transforms[2].scale[0]
