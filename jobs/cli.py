@@ -11,12 +11,19 @@ from rnnlib.errors import UserError
 EPILOG = """examples:
   rnnjobs demo                                      train a forecaster and a char model on bundled data
   rnnjobs check jobs/configs/forecast-train.yaml    validate a config and its data, no training
+  rnnjobs train jobs/configs/forecast-train.yaml train.epochs=2 scaling.workers=2 storage=/tmp/runs
   rnnjobs check jobs/configs/text-train.yaml data.path=corpus.txt model.cell=lstm
 """
 
 
 def _check(args) -> int:
     from jobs.check import run
+
+    return run(args.config, args.overrides)
+
+
+def _train(args) -> int:
+    from jobs.train import run
 
     return run(args.config, args.overrides)
 
@@ -38,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config", help="job YAML, e.g. jobs/configs/forecast-train.yaml")
     c.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.cell=gru")
     c.set_defaults(func=_check)
+
+    t = sub.add_parser("train", help="train a model with Ray Train (local Ray, or the cluster at RAY_ADDRESS)",
+                       description="Train per CONFIG on Ray Train workers; checkpoints every epoch to "
+                                   "storage; rerunning the same command resumes a crashed run. The best "
+                                   "model is exported to <storage>/<name>/model/.")
+    t.add_argument("config", help="job YAML, e.g. jobs/configs/forecast-train.yaml")
+    t.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. train.epochs=2 scaling.workers=2 storage=/tmp/runs")
+    t.set_defaults(func=_train)
 
     d = sub.add_parser("demo", help="train a small forecaster and char model on the bundled data",
                        description="In-process demo on the bundled sample: a forecaster against the "

@@ -83,6 +83,8 @@ class TrainConfig:
     patience: int = opt(5, "stop after this many epochs without a better val loss; 0 = off", lo=0)
     seed: int = opt(0, "random seed for init, shuffling and sampling", lo=0)
     max_batches: int = opt(0, "cap on batches per epoch; 0 = all", lo=0)
+    max_failures: int = opt(2, "worker failures Ray Train recovers from (resuming from the last checkpoint)", lo=0)
+    keep_checkpoints: int = opt(2, "checkpoints kept in storage, best by val_loss", lo=1)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class JobConfig:
     task: Literal["forecast", "text"] = opt("forecast", "what the model does")
     name: str | None = opt(None, "run name; null = derived from the config (deterministic)")
     storage: str = opt("outputs/runs", "local folder or s3://bucket/prefix for checkpoints and models")
+    endpoint_url: str | None = opt(None, "S3-compatible endpoint; null = AWS_ENDPOINT_URL_S3 or AWS")
     model: ModelConfig = opt(ModelConfig, "model section", factory=True)
     data: ForecastDataConfig | TextDataConfig = opt(ForecastDataConfig, "data section", factory=True)
     train: TrainConfig = opt(TrainConfig, "training section", factory=True)

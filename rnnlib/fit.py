@@ -1,24 +1,95 @@
-"""Train a model in this process: the plain loop with early stopping, then a bundle.
+"""Training epochs with early stopping, and a train state that survives restarts.
 
-Ray Train workers (jobs/train.py) use the same task and loop functions; this is the
-single-process path for the demo, tests and benchmarks.
+``fit`` trains in this process. Ray Train workers (jobs/train.py) run the same ``run_epoch``
+and persist the same ``TrainState`` in their checkpoints, so a resumed run continues exactly
+where the checkpoint left off: batches are seeded by epoch, so a replayed epoch is identical.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import loop
-from .checkpoint import save_bundle
+from .checkpoint import load_bundle, save_bundle
 from .config import JobConfig, to_dict
 from .tasks import ForecastTask, TextTask, make_task
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs beyond the weights: the next epoch, early-stopping state, history."""
+
+    epoch: int = 0
+    best: float = math.inf
+    stale: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def record(self, train_loss: float, val_loss: float, seconds: float) -> bool:
+        """Log an epoch; True if it is the best so far."""
+        self.history.append({"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                             "seconds": seconds})
+        self.epoch += 1
+        improved = val_loss < self.best
+        self.best, self.stale = (val_loss, 0) if improved else (self.best, self.stale + 1)
+        return improved
+
+    def done(self, cfg: JobConfig) -> bool:
+        return self.epoch >= cfg.train.epochs or bool(cfg.train.patience and self.stale >= cfg.train.patience)
+
+    def save(self, folder: Path, optimizer: torch.optim.Optimizer) -> None:
+        torch.save({"optimizer": optimizer.state_dict(), "state": json.dumps(asdict(self))}, folder / STATE_FILE)
+
+    @classmethod
+    def read(cls, folder: Path) -> TrainState:
+        saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        return cls(**json.loads(saved["state"]))
+
+    @classmethod
+    def restore(cls, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+        """Load weights, optimizer and state from a checkpoint folder written by ``save_checkpoint``."""
+        model.load_state_dict(load_bundle(folder).model.state_dict())
+        saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        return cls.read(folder)
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    task: ForecastTask | TextTask, cfg: JobConfig, state: TrainState) -> Path:
+    """A checkpoint is a bundle (usable as a model as is) plus the train state."""
+    save_bundle(folder, model, task=task.task, model_args=task.model_args(), config=to_dict(cfg),
+                metrics={"history": state.history}, **task.bundle_kwargs())
+    state.save(folder, optimizer)
+    return folder
+
+
+def make_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: ForecastTask | TextTask,
+              cfg: JobConfig, state: TrainState, *, rank: int = 0, world: int = 1, device: str = "cpu",
+              eval_model: torch.nn.Module | None = None) -> tuple[float, float, float]:
+    """Train one epoch on this rank's shard, then validate on the full val set.
+
+    ``eval_model`` is the unwrapped module under DDP (evaluation needs no collectives).
+    Returns (train loss of this shard, val loss, seconds).
+    """
+    start = time.perf_counter()
+    t = cfg.train
+    train_loss = loop.train_epoch(model, task.train_batches(state.epoch, rank, world), optimizer, task.loss_fn(),
+                                  clip=t.clip, device=device, max_batches=t.max_batches)
+    val_loss = loop.evaluate(eval_model or model, task.val_batches(), task.eval_loss_fn(), device=device)
+    return train_loss, val_loss, time.perf_counter() - start
 
 
 @dataclass
@@ -30,38 +101,23 @@ class FitResult:
     bundle: Path | None = None
 
 
-def make_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-
 def fit(cfg: JobConfig, *, task: ForecastTask | TextTask | None = None, out: str | Path | None = None,
         log: Callable[[str], None] = print, device: str = "cpu") -> FitResult:
-    """Train per ``cfg`` with early stopping on val loss; keep the best epoch's weights."""
+    """Train in this process with early stopping on val loss; keep the best epoch's weights."""
     loop.seed_everything(cfg.train.seed)
     task = task or make_task(cfg)
     model = task.build_model().to(device)
     opt = make_optimizer(model, cfg)
-    t = cfg.train
-    res = FitResult(model, task)
-    best, best_state, stale = math.inf, None, 0
-    for epoch in range(t.epochs):
-        start = time.perf_counter()
-        train_loss = loop.train_epoch(model, task.train_batches(epoch), opt, task.loss_fn(), clip=t.clip,
-                                      device=device, max_batches=t.max_batches)
-        val_loss = loop.evaluate(model, task.val_batches(), task.eval_loss_fn(), device=device)
-        res.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                            "seconds": time.perf_counter() - start})
-        log(f"epoch {epoch + 1}/{t.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
-            f"({res.history[-1]['seconds']:.1f}s)")
-        if val_loss < best:
-            best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if t.patience and stale >= t.patience:
-                log(f"early stop: no better val loss for {stale} epochs")
-                break
-    model.load_state_dict(best_state)
-    res.metrics = task.final_metrics(model.cpu())
+    state, best_weights = TrainState(), None
+    while not state.done(cfg):
+        tr, val, secs = run_epoch(model, opt, task, cfg, state, device=device)
+        if state.record(tr, val, secs):
+            best_weights = copy.deepcopy(model.state_dict())
+        log(f"epoch {state.epoch}/{cfg.train.epochs}  train {tr:.4f}  val {val:.4f}  ({secs:.1f}s)")
+    if cfg.train.patience and state.stale >= cfg.train.patience and state.epoch < cfg.train.epochs:
+        log(f"early stop: no better val loss for {state.stale} epochs")
+    model.load_state_dict(best_weights)
+    res = FitResult(model, task, state.history, task.final_metrics(model.cpu()))
     if out is not None:
         res.bundle = save_bundle(out, model, task=task.task, model_args=task.model_args(),
                                  metrics={"history": res.history, **res.metrics}, config=to_dict(cfg),

@@ -1,0 +1,38 @@
+"""Starting or joining Ray, quietly. The only place the jobs call ``ray.init``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (or the job's cluster), else start a local Ray.
+
+    Ray's own INFO logging adds nothing for a user of these jobs; warnings stay. The local
+    dashboard stays on (127.0.0.1 only): Ray Train's placement-group cleaner needs its State API.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Train V2 re-logs every worker print() through its logger, which shows each line twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if not os.environ.get("RAY_ADDRESS"):
+        kwargs.update(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+    ray.init(**kwargs)
+    logging.getLogger("ray").setLevel(logging.WARNING)
+
+
+def quiet_train_worker() -> None:
+    """Inside a Train worker: drop the per-report INFO line, whose logger is named by file path
+    (outside ``ray.train``, so RunConfig's LoggingConfig does not reach it)."""
+    try:
+        from ray.train.v2._internal.execution import context
+
+        context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # internal layout changed: only noise is lost
+        pass

@@ -1,0 +1,189 @@
+"""``rnnjobs train CONFIG [key=value ...]``: Ray Train (TorchTrainer) for both tasks.
+
+parse -> check config and data (before Ray starts) -> TorchTrainer.fit -> export the best
+checkpoint as ``<storage>/<name>/model/`` with ``metrics.json`` and ``loss.png``.
+
+The run name is derived from the config, so running the same command again after a crash
+resumes from the last committed checkpoint (Ray Train restores the run from storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rnnlib import storage
+from rnnlib.checkpoint import load_bundle, save_bundle
+from rnnlib.config import JobConfig, job_from_dict, load_job, to_dict
+from rnnlib.errors import UserError
+from rnnlib.fit import TrainState, make_optimizer, run_epoch, save_checkpoint
+from rnnlib.loop import seed_everything
+from rnnlib.plots import loss_curve_png
+from rnnlib.tasks import make_task
+
+# Keys that do not change what is trained, so they do not change the run name.
+_NAME_EXCLUDES = ("name", "storage", "endpoint_url", "scaling")
+
+
+def run_name(cfg: JobConfig) -> str:
+    """Deterministic: ``<task>-<cell>-<hash of what is trained>``."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in _NAME_EXCLUDES}
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    return cfg.name or f"{cfg.task}-{cfg.model.cell}-{digest}"
+
+
+def _fault_hook(epoch: int, rank: int, world: int) -> None:
+    """Test-only: RNNJOBS_FAULT_EPOCH=N makes the last rank die at epoch N, once per marker file."""
+    at, marker = os.environ.get("RNNJOBS_FAULT_EPOCH"), os.environ.get("RNNJOBS_FAULT_MARKER")
+    if at is not None and int(at) == epoch and rank == world - 1 and marker and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from jobs.ray_setup import quiet_train_worker
+
+    quiet_train_worker()
+    cfg = job_from_dict(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(cfg.train.seed)
+    task = make_task(cfg)
+    model = task.build_model()
+    opt = make_optimizer(model, cfg)
+    state = TrainState()
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = TrainState.restore(Path(d), model, opt)
+    start_epoch = state.epoch
+    device = ray.train.torch.get_device()
+    ddp = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
+    while not state.done(cfg):
+        _fault_hook(state.epoch, rank, world)
+        train_loss, val_loss, secs = run_epoch(ddp, opt, task, cfg, state, rank=rank, world=world,
+                                               device=device, eval_model=model)
+        if world > 1:  # mean train loss over the shards
+            t = torch.tensor([train_loss], device=device)
+            dist.all_reduce(t)
+            train_loss = t.item() / world
+        state.record(train_loss, val_loss, secs)
+        if rank == 0:
+            print(f"epoch {state.epoch}/{cfg.train.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
+                  f"({secs:.1f}s)", flush=True)
+        metrics = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "start_epoch": start_epoch, "seconds": secs}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(Path(tmp), model, opt, task, cfg, state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def run(config: str, overrides: list[str]) -> int:
+    cfg = load_job(config, overrides)
+    task = make_task(cfg)  # data errors surface here, before Ray starts
+    name = run_name(cfg)
+    out_uri = storage.join(cfg.storage, name)
+    if cfg.task == "forecast":
+        print(task.hist.summary())
+    print(f"run {name}: {cfg.task}, {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
+          f"{cfg.scaling.workers} worker(s){' on GPU' if cfg.scaling.gpu else ''}, storage {out_uri}")
+    done = _finished(out_uri, cfg)
+    if done is not None:
+        print(f"already finished: {storage.join(out_uri, 'model')} (delete {out_uri} to train again)")
+        return 0
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from jobs.ray_setup import init_ray
+
+    fs, path = storage.filesystem(cfg.storage, cfg.endpoint_url)
+    init_ray()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": to_dict(cfg)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=path, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=ray.train.v2.api.config.LoggingConfig(log_level="WARNING"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min")),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        cause = str(e).strip().splitlines()
+        print(f"training failed after {cfg.train.max_failures} allowed worker failure(s): "
+              f"{cause[0] if cause else e}\n(raise train.max_failures to tolerate more; the run resumes "
+              f"from its last checkpoint when you run the same command again)")
+        return 1
+    best = result.get_best_checkpoint(metric="val_loss", mode="min")
+    if best is None:
+        raise UserError(f"run {name} produced no checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        with result.checkpoint.as_directory() as d:  # latest: holds the full history
+            history = TrainState.read(Path(d)).history
+        with best.as_directory() as d:
+            bundle = load_bundle(d, task=cfg.task)
+        final = task.final_metrics(bundle.model)
+        starts = sorted({int(m.get("start_epoch", 0)) for m in result.metrics_dataframe.to_dict("records")}) \
+            if result.metrics_dataframe is not None else [0]
+        metrics = {"run": name, "history": history, "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+                   "resumed_from_epoch": max(starts), "final": final, "config": to_dict(cfg)}
+        export = Path(tmp) / "model"
+        save_bundle(export, bundle.model, task=cfg.task, model_args=bundle.meta["model"]["args"],
+                    metrics=metrics, config=to_dict(cfg), **task.bundle_kwargs())
+        storage.upload_dir(export, storage.join(out_uri, "model"), cfg.endpoint_url)
+    ylabel = "pinball loss (scaled)" if cfg.task == "forecast" else "nats per character"
+    storage.write_bytes(storage.join(out_uri, "loss.png"), loss_curve_png(history, name, ylabel), cfg.endpoint_url)
+    storage.write_bytes(storage.join(out_uri, "metrics.json"),
+                        json.dumps(metrics, indent=1, allow_nan=True).encode(), cfg.endpoint_url)
+    _print_summary(cfg, metrics, out_uri)
+    return 0
+
+
+def _finished(out_uri: str, cfg: JobConfig) -> dict | None:
+    """The metrics of a finished run with this name, or None. A different config is an error."""
+    uri = storage.join(out_uri, "metrics.json")
+    if not storage.exists(uri, cfg.endpoint_url):
+        return None
+    metrics = json.loads(storage.read_bytes(uri, cfg.endpoint_url))
+    mine = {k: v for k, v in to_dict(cfg).items() if k not in _NAME_EXCLUDES}
+    theirs = {k: v for k, v in metrics.get("config", {}).items() if k not in _NAME_EXCLUDES}
+    if mine != theirs:
+        raise UserError(f"{out_uri} holds a finished run with a different config; choose another name= "
+                        "or storage=")
+    return metrics
+
+
+def _print_summary(cfg: JobConfig, metrics: dict, out_uri: str) -> None:
+    from rnnlib.report import forecast_table
+
+    h = metrics["history"]
+    print(f"trained {len(h)} epoch(s) (resumed from epoch {metrics['resumed_from_epoch']}); "
+          f"best val loss {min(e['val_loss'] for e in h):.4f} at epoch {metrics['best_epoch'] + 1}")
+    final = metrics["final"]
+    if cfg.task == "forecast":
+        print(forecast_table(final))
+    else:
+        v = final["val"]
+        print(f"val: {v['nats_per_char']:.4f} nats/char, {v['bits_per_char']:.4f} bits/char, "
+              f"perplexity {v['perplexity']:.2f}")
+    print(f"model: {storage.join(out_uri, 'model')}\nmetrics: {storage.join(out_uri, 'metrics.json')}\n"
+          f"loss curve: {storage.join(out_uri, 'loss.png')}")
