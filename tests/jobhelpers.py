@@ -1,0 +1,58 @@
+"""Running ``rnnjobs`` in a subprocess of its own session, so a test can kill the driver and
+everything it started (a crashed driver host), and a moto S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT
+
+FAKE_SECRET = "fake-secret-key-for-tests"
+
+
+def rnnjobs_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "jobs.cli", *map(str, args)]
+
+
+def run(*args, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    p = subprocess.Popen(rnnjobs_cmd(*args), cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        kill_group(p)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def kill_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+
+
+def start(*args, env: dict | None = None, log: Path) -> subprocess.Popen:
+    f = open(log, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(rnnjobs_cmd(*args), cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
+                            stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def s3_env(endpoint: str) -> dict:
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}

@@ -1,0 +1,133 @@
+"""The Ray Train job end to end, on a local Ray started by each job (2 CPU workers)."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from jobhelpers import FAKE_SECRET, kill_group, run, start, wait_for
+from pyarrow.fs import FileSelector
+
+from rnnlib import storage
+from rnnlib.checkpoint import load_bundle
+from rnnlib.loop import predict
+from rnnlib.sampling import generate
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+FORECAST = ["jobs/configs/forecast-train.yaml", "model.hidden=16", "data.window=20", "scaling.workers=2"]
+TEXT = ["jobs/configs/text-train.yaml", "model.hidden=64", "model.embed=16", "data.seq_len=64",
+        "train.max_batches=40", "train.lr=0.01", "scaling.workers=2"]
+
+
+def run_dir(storage_root: Path) -> Path:
+    (d,) = [p for p in storage_root.iterdir() if p.is_dir()]
+    return d
+
+
+def test_forecast_two_workers_export_and_idempotent_rerun(tmp_path):
+    r = run("train", *FORECAST, "train.epochs=3", f"storage={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = run_dir(tmp_path)
+    m = json.loads((d / "metrics.json").read_text())
+    assert [h["epoch"] for h in m["history"]] == [0, 1, 2]
+    assert min(h["val_loss"] for h in m["history"][1:]) < m["history"][0]["val_loss"]
+    assert m["final"]["rmae"] < 1.1 and m["resumed_from_epoch"] == 0
+    assert (d / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    b = load_bundle(d / "model", task="forecast")
+    x = np.random.default_rng(0).normal(size=(4, 20, 1)).astype(np.float32)
+    assert predict(b.model, x).shape == (4, 5, 3)
+    assert "rMAE (model / persistence)" in r.stdout and "epoch 3/3" in r.stdout + r.stderr
+    again = run("train", *FORECAST, "train.epochs=3", f"storage={tmp_path}")
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_text_two_workers_val_loss_down_and_bundle_generates(tmp_path):
+    r = run("train", *TEXT, "train.epochs=3", f"storage={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = run_dir(tmp_path)
+    m = json.loads((d / "metrics.json").read_text())
+    vals = [h["val_loss"] for h in m["history"]]
+    assert vals[-1] < vals[0] and m["final"]["val"]["nats_per_char"] == pytest.approx(min(vals), rel=1e-4)
+    b = load_bundle(d / "model", task="text")
+    text = generate(b.model, b.vocab, "ROMEO:", 50, seed=0)[0]
+    assert len(text) == 50 and set(text) <= set(b.vocab.chars)
+
+
+@pytest.mark.parametrize("max_failures", [1, 0])
+def test_worker_crash(tmp_path, max_failures):
+    marker = tmp_path / "crashed"
+    r = run("train", *FORECAST, "train.epochs=3", f"train.max_failures={max_failures}",
+            f"storage={tmp_path / 'runs'}", env={"RNNJOBS_FAULT_EPOCH": "1", "RNNJOBS_FAULT_MARKER": str(marker)})
+    assert marker.exists(), "the fault hook did not fire"
+    if max_failures:
+        assert r.returncode == 0, r.stderr[-3000:]
+        m = json.loads((run_dir(tmp_path / "runs") / "metrics.json").read_text())
+        assert [h["epoch"] for h in m["history"]] == [0, 1, 2]  # right epoch count, none doubled
+    else:
+        assert r.returncode == 1
+        assert "training failed after 0 allowed worker failure(s)" in r.stdout
+        assert "raise train.max_failures" in r.stdout
+
+
+def _epochs_in_checkpoints(root: str) -> int:
+    """The highest epoch any checkpoint under ``root`` (local or s3://) has finished."""
+    fs, path = storage.filesystem(root)
+    best = 0
+    for info in fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True)):
+        if info.path.endswith("train_state.pt"):
+            with fs.open_input_stream(info.path) as f:
+                state = torch.load(io.BytesIO(f.read()), weights_only=True)
+            best = max(best, json.loads(state["state"])["epoch"])
+    return best
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_driver_killed_then_rerun_resumes(tmp_path, where, request):
+    if where == "s3":
+        endpoint, env, s3 = request.getfixturevalue("moto_s3")
+        s3.create_bucket(Bucket="runs-resume")
+        root = "s3://runs-resume/jobs"
+    else:
+        env, root = {}, str(tmp_path / "runs")
+    args = ["train", *TEXT, "train.epochs=5", "train.patience=0", f"storage={root}"]
+    p = start(*args, env=env, log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: _epochs_in_checkpoints(root) >= 2, 240, "two checkpoints")
+    finally:
+        kill_group(p)  # the driver host dies, with everything it started
+    done_before = _epochs_in_checkpoints(root)
+    r = run(*args, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(storage.read_bytes(storage.join(root, _name(r.stdout), "metrics.json")))
+    assert m["resumed_from_epoch"] > 0
+    assert m["resumed_from_epoch"] >= done_before - 1  # at most one finished epoch is redone
+    assert [h["epoch"] for h in m["history"]] == [0, 1, 2, 3, 4]
+    if where == "s3":
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="runs-resume")["Contents"]]
+        assert any(k.endswith("model/weights.pt") for k in keys) and any("checkpoint_" in k for k in keys)
+        assert FAKE_SECRET not in r.stdout + r.stderr + (tmp_path / "first.log").read_text()
+        assert FAKE_SECRET not in json.dumps(m)
+
+
+def _name(stdout: str) -> str:
+    line = next(li for li in stdout.splitlines() if li.startswith("run "))
+    return line.split()[1].rstrip(":")
+
+
+def test_bad_config_fails_before_ray_starts(tmp_path):
+    code = ("import sys; from jobs.cli import main; rc = main(sys.argv[1:]); "
+            "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY'); sys.exit(rc)")
+    for bad, expect in [(["train.bogus=1"], "train.bogus: unknown key"),
+                        (["model.cell=transformer"], "choose one of rnn, lstm, gru"),
+                        (["data.path=/no/such/dir"], "/no/such/dir: no such file or folder")]:
+        r = subprocess.run([sys.executable, "-c", code, "train", "jobs/configs/forecast-train.yaml", *bad,
+                            f"storage={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert expect in r.stderr and "Traceback" not in r.stderr
+        assert "NO_RAY" in r.stdout
