@@ -70,24 +70,48 @@ def train_loop_per_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
     while not state.done(cfg):
         _fault_hook(state.epoch, rank, world)
-        train_loss, val_loss, secs = run_epoch(ddp, opt, task, cfg, state, rank=rank, world=world,
-                                               device=device, eval_model=model)
+        train_loss, val_loss, secs, train_secs = run_epoch(ddp, opt, task, cfg, state, rank=rank, world=world,
+                                                           device=device, eval_model=model)
         if world > 1:  # mean train loss over the shards
             t = torch.tensor([train_loss], device=device)
             dist.all_reduce(t)
             train_loss = t.item() / world
-        state.record(train_loss, val_loss, secs)
+        state.record(train_loss, val_loss, secs, train_secs)
         if rank == 0:
             print(f"epoch {state.epoch}/{cfg.train.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
                   f"({secs:.1f}s)", flush=True)
         metrics = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "start_epoch": start_epoch, "seconds": secs}
+                   "start_epoch": start_epoch, "seconds": secs, "train_seconds": train_secs,
+                   "torch_threads": torch.get_num_threads()}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 save_checkpoint(Path(tmp), model, opt, task, cfg, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def build_trainer(cfg: JobConfig, name: str):
+    """The TorchTrainer for a config: scaling, storage, failures and checkpoints all from it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
+    fs, path = storage.filesystem(cfg.storage, cfg.endpoint_url)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": to_dict(cfg)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=path, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min")),
+    )
 
 
 def run(config: str, overrides: list[str]) -> int:
@@ -105,26 +129,11 @@ def run(config: str, overrides: list[str]) -> int:
         return 0
 
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from jobs.ray_setup import init_ray
 
-    fs, path = storage.filesystem(cfg.storage, cfg.endpoint_url)
     init_ray()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=path, storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            logging_config=ray.train.v2.api.config.LoggingConfig(log_level="WARNING"),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="val_loss",
-                checkpoint_score_order="min")),
-    )
+    trainer = build_trainer(cfg, name)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:

@@ -34,10 +34,10 @@ class TrainState:
     stale: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def record(self, train_loss: float, val_loss: float, seconds: float) -> bool:
+    def record(self, train_loss: float, val_loss: float, seconds: float, train_seconds: float) -> bool:
         """Log an epoch; True if it is the best so far."""
         self.history.append({"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                             "seconds": seconds})
+                             "seconds": seconds, "train_seconds": train_seconds})
         self.epoch += 1
         improved = val_loss < self.best
         self.best, self.stale = (val_loss, 0) if improved else (self.best, self.stale + 1)
@@ -78,18 +78,19 @@ def make_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimi
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: ForecastTask | TextTask,
               cfg: JobConfig, state: TrainState, *, rank: int = 0, world: int = 1, device: str = "cpu",
-              eval_model: torch.nn.Module | None = None) -> tuple[float, float, float]:
+              eval_model: torch.nn.Module | None = None) -> tuple[float, float, float, float]:
     """Train one epoch on this rank's shard, then validate on the full val set.
 
     ``eval_model`` is the unwrapped module under DDP (evaluation needs no collectives).
-    Returns (train loss of this shard, val loss, seconds).
+    Returns (train loss of this shard, val loss, total seconds, training seconds).
     """
     start = time.perf_counter()
     t = cfg.train
     train_loss = loop.train_epoch(model, task.train_batches(state.epoch, rank, world), optimizer, task.loss_fn(),
                                   clip=t.clip, device=device, max_batches=t.max_batches)
+    trained = time.perf_counter()
     val_loss = loop.evaluate(eval_model or model, task.val_batches(), task.eval_loss_fn(), device=device)
-    return train_loss, val_loss, time.perf_counter() - start
+    return train_loss, val_loss, time.perf_counter() - start, trained - start
 
 
 @dataclass
@@ -110,8 +111,8 @@ def fit(cfg: JobConfig, *, task: ForecastTask | TextTask | None = None, out: str
     opt = make_optimizer(model, cfg)
     state, best_weights = TrainState(), None
     while not state.done(cfg):
-        tr, val, secs = run_epoch(model, opt, task, cfg, state, device=device)
-        if state.record(tr, val, secs):
+        tr, val, secs, train_secs = run_epoch(model, opt, task, cfg, state, device=device)
+        if state.record(tr, val, secs, train_secs):
             best_weights = copy.deepcopy(model.state_dict())
         log(f"epoch {state.epoch}/{cfg.train.epochs}  train {tr:.4f}  val {val:.4f}  ({secs:.1f}s)")
     if cfg.train.patience and state.stale >= cfg.train.patience and state.epoch < cfg.train.epochs:

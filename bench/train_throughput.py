@@ -1,0 +1,110 @@
+"""Training throughput: the plain rnnlib loop in one process vs Ray Train with 1 and 2 workers.
+
+Same model, data and effective batch size everywhere. Throughput = training items per epoch
+(forecast windows, or characters) / median training seconds of the epochs after the first
+(the first includes warm-up). Threads: the plain loop and the single worker use all cores;
+two workers get half each (Ray sets OMP_NUM_THREADS from the worker's CPUs).
+
+    python bench/train_throughput.py [--epochs 4]
+Targets: 1 Ray worker >= 0.9x the plain loop; 2 workers faster than 1. The 1-thread plain
+row separates the gain from two processes from the gain from one thread per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from common import machine, write  # noqa: E402
+
+from rnnlib.config import job_from_dict  # noqa: E402
+from rnnlib.fit import TrainState, make_optimizer, run_epoch  # noqa: E402
+from rnnlib.loop import seed_everything  # noqa: E402
+from rnnlib.report import table  # noqa: E402
+from rnnlib.tasks import make_task  # noqa: E402
+
+CORES = os.cpu_count() or 2
+CONFIGS = {
+    "forecast": {"task": "forecast", "model": {"cell": "lstm", "hidden": 64, "layers": 2},
+                 "data": {"window": 60, "horizon": 5}, "train": {"batch_size": 256, "patience": 0}},
+    "text": {"task": "text", "model": {"cell": "gru", "hidden": 256, "layers": 1, "embed": 32},
+             "data": {"seq_len": 100}, "train": {"batch_size": 64, "max_batches": 40, "patience": 0}},
+}
+
+
+def items_per_epoch(task, cfg) -> int:
+    if cfg.task == "forecast":
+        return len(task.data.train)
+    return sum(x.numel() for x, _ in task.train_batches(0)[: cfg.train.max_batches or None])
+
+
+def plain(cfg, task, threads: int = CORES) -> tuple[list[float], int]:
+    torch.set_num_threads(threads)
+    seed_everything(0)
+    model = task.build_model()
+    opt = make_optimizer(model, cfg)
+    state, secs = TrainState(), []
+    while not state.done(cfg):
+        tr, val, total, train_s = run_epoch(model, opt, task, cfg, state)
+        state.record(tr, val, total, train_s)
+        secs.append(train_s)
+    return secs, torch.get_num_threads()
+
+
+def ray_train(cfg, workers: int) -> tuple[list[float], int]:
+    from jobs.train import build_trainer
+
+    raw = _raw(cfg)
+    raw["train"]["keep_checkpoints"] = raw["train"]["epochs"]  # metrics_dataframe lists kept ones only
+    cfg = job_from_dict({**raw, "scaling": {"workers": workers, "cpus_per_worker": CORES // workers},
+                         "storage": tempfile.mkdtemp(prefix="bench-train-")})
+    result = build_trainer(cfg, f"bench-{cfg.task}-{workers}w").fit()
+    df = result.metrics_dataframe.sort_values("epoch")
+    assert len(df) == cfg.train.epochs, "every epoch must be in the metrics"
+    return list(df["train_seconds"]), int(df["torch_threads"].iloc[-1])
+
+
+def _raw(cfg):
+    from rnnlib.config import to_dict
+
+    return to_dict(cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not timed")
+    args = ap.parse_args()
+    from jobs.ray_setup import init_ray
+
+    init_ray(num_cpus=CORES)
+    rows, out = [], {}
+    for name, raw in CONFIGS.items():
+        cfg = job_from_dict({**raw, "train": {**raw["train"], "epochs": args.epochs}})
+        task = make_task(cfg)
+        n = items_per_epoch(task, cfg)
+        unit = "windows/s" if name == "forecast" else "chars/s"
+        runs = {"plain loop": plain(cfg, task), "plain loop, 1 thread": plain(cfg, task, 1),
+                "Ray Train 1 worker": ray_train(cfg, 1), "Ray Train 2 workers": ray_train(cfg, 2)}
+        torch.set_num_threads(CORES)
+        base = None
+        for mode, (secs, threads) in runs.items():
+            rate = n / statistics.median(secs[1:] or secs)
+            base = base or rate
+            rows.append((name, mode, threads, round(rate), unit, round(rate / base, 3)))
+            out[f"{name}/{mode}"] = {"items_per_epoch": n, "train_seconds": secs, "rate": rate,
+                                     "threads_per_worker": threads, "ratio_vs_plain": rate / base}
+    m = machine()
+    print(f"machine: {m['cpus']} cores, torch {m['torch']}; epochs {args.epochs} (first not timed)\n")
+    print(table(rows, ["task", "mode", "threads/worker", "throughput", "unit", "x plain"]))
+    print(f"\nresults: {write('train_throughput', {'epochs': args.epochs, 'runs': out})}")
+
+
+if __name__ == "__main__":
+    main()
