@@ -8,6 +8,7 @@ of a text stream (None elsewhere); it is detached after every step (truncated ba
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -33,12 +34,15 @@ def _to(batch: tuple, device: torch.device | str) -> tuple:
 
 def train_epoch(model: nn.Module, batches: Iterable[tuple], optimizer: torch.optim.Optimizer,
                 loss_fn: LossFn, *, clip: float = 1.0, device: torch.device | str = "cpu",
-                max_batches: int = 0) -> float:
-    """One pass over ``batches``; returns the item-weighted mean training loss."""
+                max_batches: int = 0, deadline: float | None = None) -> float:
+    """One pass over ``batches``; returns the item-weighted mean training loss.
+
+    Stops early after ``max_batches`` batches, or once ``time.monotonic()`` passes ``deadline``.
+    """
     model.train()
     total, items, state = 0.0, 0, None
     for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
+        if (max_batches and i >= max_batches) or (deadline is not None and time.monotonic() > deadline):
             break
         loss, n, state = loss_fn(model, _to(batch, device), state)
         optimizer.zero_grad(set_to_none=True)

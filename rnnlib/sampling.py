@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import DataError
 from .models import CharLM
 from .text import Vocab
 
@@ -38,21 +39,27 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def encode_prompt(vocab: Vocab, prompt: str, drop_unknown: bool = False) -> list[int]:
-    """Prompt -> ids. Unknown characters raise (naming them) unless ``drop_unknown``."""
-    if drop_unknown:
-        miss = vocab.missing(prompt)
-        if miss:
-            warnings.warn(f"dropped {sum(miss.values())} prompt character(s) not in the vocabulary: "
-                          f"{''.join(sorted(miss))!r}", stacklevel=2)
-            prompt = "".join(c for c in prompt if c not in miss)
+def encode_prompt(vocab: Vocab, prompt: str, drop_unknown: bool = False,
+                  warn: Callable[[str], None] | None = None) -> list[int]:
+    """Prompt -> ids. Unknown characters raise (naming them) unless ``drop_unknown``, which
+    removes them and reports them through ``warn`` (default: ``warnings.warn``)."""
+    miss = vocab.missing(prompt) if vocab.unknown == "error" else {}
+    if miss and not drop_unknown:
+        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in sorted(miss))
+        raise DataError(f"the prompt has {len(miss)} character(s) the model's vocabulary lacks: {shown}; "
+                        "remove them, or drop them with --drop-unknown (drop_unknown: true)")
+    if miss:
+        (warn or warnings.warn)(f"dropped {sum(miss.values())} prompt character(s) not in the "
+                                f"vocabulary: {''.join(sorted(miss))!r}")
+        prompt = "".join(c for c in prompt if c not in miss)
     return vocab.encode(prompt).tolist()
 
 
 @torch.no_grad()
 def generate(model: CharLM, vocab: Vocab, prompt: str = "", length: int = 200, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, samples: int = 1, seed: int = 0,
-             drop_unknown: bool = False, on_text: Callable[[str], None] | None = None) -> list[str]:
+             drop_unknown: bool = False, on_text: Callable[[str], None] | None = None,
+             warn: Callable[[str], None] | None = None) -> list[str]:
     """Generate ``samples`` continuations of ``prompt``, ``length`` characters each.
 
     ``on_text`` receives each new character of the first sample as it is produced.
@@ -60,7 +67,7 @@ def generate(model: CharLM, vocab: Vocab, prompt: str = "", length: int = 200, *
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    ids = encode_prompt(vocab, prompt, drop_unknown)
+    ids = encode_prompt(vocab, prompt, drop_unknown, warn)
     if not ids:
         ids = [vocab.index["\n"]] if "\n" in vocab.index else [int(torch.randint(len(vocab), (1,), generator=gen))]
     device = next(model.parameters()).device

@@ -158,11 +158,17 @@ class TextTask:
         return stream_batches(self.val_ids, EVAL_BATCH, self.d.seq_len)
 
     def final_metrics(self, model, part: str = "val") -> dict:
-        nats = loop.evaluate(model, self.val_batches(), self.eval_loss_fn())
-        return {"val": text_metrics(nats), "vocab_size": len(self.vocab)}
+        return {"val": evaluate_text(model, self.val_ids, self.d.seq_len), "vocab_size": len(self.vocab)}
 
     def bundle_kwargs(self) -> dict:
         return dict(data={"seq_len": self.d.seq_len, "val_frac": self.d.val_frac}, vocab=self.vocab)
+
+
+def evaluate_text(model: CharLM, ids: np.ndarray, seq_len: int = 128) -> dict:
+    """Loss (nats, bits per character, perplexity) of ``model`` on encoded text, hidden state
+    carried across the whole text in EVAL_BATCH parallel streams."""
+    nats = loop.evaluate(model, stream_batches(ids, EVAL_BATCH, seq_len), loop.text_loss(stateful=True))
+    return {**text_metrics(nats), "characters": int(len(ids))}
 
 
 def make_task(cfg: JobConfig) -> ForecastTask | TextTask:
