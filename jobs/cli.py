@@ -12,6 +12,8 @@ EPILOG = """examples:
   rnnjobs demo                                      train a forecaster and a char model on bundled data
   rnnjobs check jobs/configs/forecast-train.yaml    validate a config and its data, no training
   rnnjobs train jobs/configs/forecast-train.yaml train.epochs=2 scaling.workers=2 storage=/tmp/runs
+  rnnjobs generate --model outputs/runs/RUN/model --prompt "ROMEO:" --length 300 --temperature 0.7
+  rnnjobs evaluate --model outputs/runs/RUN/model
   rnnjobs check jobs/configs/text-train.yaml data.path=corpus.txt model.cell=lstm
 """
 
@@ -26,6 +28,35 @@ def _train(args) -> int:
     from jobs.train import run
 
     return run(args.config, args.overrides)
+
+
+def _generate(args) -> int:
+    from pathlib import Path
+
+    from jobs.generate import FLAGS, run
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():  # no YAML given, only overrides
+        config, overrides = None, [config, *overrides]
+    return run(config, overrides, {k: getattr(args, k) for k in FLAGS})
+
+
+def _evaluate(args) -> int:
+    from jobs.generate import run_evaluate
+
+    return run_evaluate(args.model, args.text, args.seq_len, args.endpoint_url)
+
+
+def _score(args) -> int:
+    from jobs.score import run
+
+    return run(args.config, args.overrides)
+
+
+def _verify(args) -> int:
+    from jobs.score import run_verify
+
+    return run_verify(args.run, args.endpoint_url)
 
 
 def _demo(args) -> int:
@@ -55,6 +86,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted overrides, e.g. train.epochs=2 scaling.workers=2 storage=/tmp/runs")
     t.set_defaults(func=_train)
 
+    s = sub.add_parser("score", help="forecast or backtest many histories with Ray Data, publish atomically",
+                       description="Score every history under input= with the bundle at model=, writing "
+                                   "Parquet under <output>/run=<id>/ with a manifest and _SUCCESS. "
+                                   "Rerunning a published run does nothing.")
+    s.add_argument("config", help="score YAML, e.g. jobs/configs/forecast-score.yaml")
+    s.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. input=DIR model=BUNDLE_DIR output=OUT_DIR mode=backtest as_of=2018-01-31")
+    s.set_defaults(func=_score)
+
+    v = sub.add_parser("verify", help="check a published score run against its manifest",
+                       description="Read _SUCCESS, then the manifest it commits, then check every listed "
+                                   "file's bytes, sha256 and rows. Exit 0 if all match, 1 with a report.")
+    v.add_argument("run", help="the run=<id> folder or s3:// prefix")
+    v.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    v.set_defaults(func=_verify)
+
+    g = sub.add_parser("generate", help="generate text from a trained char model",
+                       description="Prime the model with the prompt once, then carry the hidden state: "
+                                   "each new character costs the same. Characters stream to stdout. "
+                                   "Settings come from an optional YAML, key=value overrides, then flags.")
+    g.add_argument("config", nargs="?", help="optional YAML with the keys below")
+    g.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. temperature=0.5")
+    g.add_argument("--model", help="text bundle folder or s3:// URI (<storage>/<run>/model)")
+    g.add_argument("--prompt", help="text to continue (default: empty)")
+    g.add_argument("--length", type=int, help="characters per sample (default 500)")
+    g.add_argument("--temperature", type=float, help="0 = greedy; default 0.8")
+    g.add_argument("--top-k", dest="top_k", type=int, help="keep the k most likely characters")
+    g.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling threshold in (0, 1]")
+    g.add_argument("--seed", type=int, help="same seed, same text (default 0)")
+    g.add_argument("--samples", type=int, help="samples generated as one batch (default 1)")
+    g.add_argument("--out", help="also write the samples to this file or s3:// URI")
+    g.add_argument("--drop-unknown", dest="drop_unknown", action="store_const", const=True,
+                   help="drop prompt characters outside the vocabulary (with a warning)")
+    g.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    g.set_defaults(func=_generate)
+
+    e = sub.add_parser("evaluate", help="loss of a char model on a text (nats, bits per char, perplexity)",
+                       description="Evaluate a text bundle on a UTF-8 file, or on the held-out split of "
+                                   "the corpus it was trained on.")
+    e.add_argument("--model", required=True, help="text bundle folder or s3:// URI")
+    e.add_argument("--text", help="UTF-8 text file (default: the bundle's held-out split)")
+    e.add_argument("--seq-len", dest="seq_len", type=int, help="chunk length (default: the training seq_len)")
+    e.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    e.set_defaults(func=_evaluate)
+
     d = sub.add_parser("demo", help="train a small forecaster and char model on the bundled data",
                        description="In-process demo on the bundled sample: a forecaster against the "
                                    "persistence baseline, then a char model and a text sample.")
@@ -65,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the flags: `generate --model M temperature=0.5`
+    bad = [a for a in extra if "=" not in a or a.startswith("-")]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except UserError as e:

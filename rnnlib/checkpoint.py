@@ -133,6 +133,16 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
+def open_bundle(uri: str, task: str | None = None, endpoint_url: str | None = None) -> Bundle:
+    """Load a bundle from a local folder or an s3:// URI (downloaded to a temporary folder)."""
+    from . import storage
+
+    if not storage.is_s3(uri):
+        return load_bundle(uri, task)
+    local = storage.download_dir(uri, tempfile.mkdtemp(prefix="rnnjobs-bundle-"), endpoint_url)
+    return load_bundle(local, task)
+
+
 def load_bundle(path: str | Path, task: str | None = None) -> Bundle:
     """Load a bundle; ``task`` (if given) must match. Every mismatch is a ``BundleError``."""
     path = Path(path)

@@ -109,6 +109,23 @@ class JobConfig:
 DATA_CONFIGS = {"forecast": ForecastDataConfig, "text": TextDataConfig}
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    model: str | None = opt(None, "text bundle: local folder or s3:// URI (the model/ folder train exports)")
+    prompt: str = opt("", "text to continue; empty starts from a newline")
+    length: int = opt(500, "characters to generate per sample", lo=1)
+    temperature: float = opt(0.8, "sampling temperature; 0 = greedy (argmax)", lo=0.0)
+    top_k: int = opt(0, "sample only from the k most likely characters; 0 = off", lo=0)
+    top_p: float = opt(1.0, "nucleus sampling: the smallest set with this probability; 1 = off",
+                       lo=0.0, hi=1.0, lo_open=True)
+    seed: int = opt(0, "random seed; the same seed gives the same text", lo=0)
+    samples: int = opt(1, "samples generated together as one batch", lo=1)
+    out: str | None = opt(None, "also write the samples to this file or s3:// URI")
+    drop_unknown: bool = opt(False, "drop prompt characters the vocabulary lacks (with a warning) "
+                             "instead of failing")
+    endpoint_url: str | None = opt(None, "S3-compatible endpoint; null = AWS_ENDPOINT_URL_S3 or AWS")
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
@@ -247,6 +264,34 @@ def job_from_dict(raw: Any, source: str = "config") -> JobConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class ScoreConfig:
+    input: str | None = opt(None, "folder/file or s3:// prefix of histories (CSV/Parquet); null = bundled sample")
+    model: str | None = opt(None, "forecast bundle: local folder or s3:// URI (<storage>/<run>/model)")
+    output: str = opt("outputs/forecasts", "local folder or s3:// prefix; each run publishes under run=<id>/")
+    mode: Literal["forecast", "backtest"] = opt("forecast", "forecast: the next horizon days after the last "
+                                                "row (or as_of); backtest: rolling forecasts over past data")
+    as_of: str | None = opt(None, "YYYY-MM-DD; rows after it are ignored; null = each series' last row")
+    backtest_days: int = opt(250, "backtest: trading days at the end of each series with rolling origins", lo=1)
+    step: int | None = opt(None, "backtest: days between origins; null = the model's horizon", lo=1)
+    columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
+    files_per_batch: int = opt(16, "history files each scoring call loads and scores together", lo=1)
+    batch_size: int = opt(8192, "windows per forward pass", lo=1)
+    actors: int = opt(2, "scoring actors (each loads the model once)", lo=1)
+    cpus_per_actor: float = opt(1.0, "CPUs per scoring actor", lo=0.0, lo_open=True)
+    gpu: bool = opt(False, "one GPU per scoring actor")
+    endpoint_url: str | None = opt(None, "S3-compatible endpoint; null = AWS_ENDPOINT_URL_S3 or AWS")
+
+
+def section_from_dict(cls: type, raw: Any, source: str = "config") -> Any:
+    """Validate a flat config (such as ``GenerateConfig``) from a mapping, all problems at once."""
+    problems: list[str] = []
+    cfg = build_section(cls, raw, "", problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     """``["model.cell=gru", "train.epochs=2"]`` -> ``[(["model", "cell"], "gru"), ...]``."""
     out, problems = [], []
@@ -282,8 +327,8 @@ def read_yaml(path: str | Path) -> Any:
     """Read a YAML file with ``yaml.safe_load``; a missing or malformed file is a ``ConfigError``."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError([f"file not found: {p} (pass the path to a YAML config, e.g. "
-                           "jobs/configs/forecast-train.yaml)"], str(p))
+        raise ConfigError([f"file not found: {p} (pass the path to a YAML config; the shipped ones "
+                           "are in jobs/configs/)"], str(p))
     try:
         return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -150,6 +150,10 @@ def series_windows(df: pd.DataFrame, tf: SeriesTransform, window: int, horizon: 
         ends = np.arange(first, last_end + 1)
     ends = np.asarray(ends, dtype=np.int64)
     ends = ends[(ends >= first) & (ends <= last_end)]
+    if len(ends) == 0:  # too short for even one window
+        f = len(tf.columns)
+        return Windows(np.zeros((0, window, f), np.float32), np.zeros((0, horizon), np.float32),
+                       np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
     price = raw[:, 0]
     if tf.kind == "log_return":
         base = _returns(raw, tf.columns) / tf.scale

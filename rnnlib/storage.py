@@ -89,3 +89,81 @@ def download_dir(uri: str, local: str | Path, endpoint_url: str | None = None) -
     pafs.copy_files(path, str(Path(local).resolve()), source_filesystem=fs,
                     destination_filesystem=pafs.LocalFileSystem())
     return Path(local)
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] = (), recursive: bool = False,
+               endpoint_url: str | None = None) -> list[tuple[str, int, float]]:
+    """Files under a folder/prefix (or the file itself) as sorted ``(uri, size, mtime)``."""
+    fs, path = filesystem(uri, endpoint_url)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [(str(uri), info.size, _mtime(info))]
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{uri}: no such file or folder")
+    base = str(uri).rstrip("/")
+    out = []
+    for f in fs.get_file_info(pafs.FileSelector(path, recursive=recursive)):
+        name = f.path[len(path):].lstrip("/")
+        if f.type == pafs.FileType.File and (not suffixes or name.lower().endswith(suffixes)):
+            out.append((f"{base}/{name}", f.size, _mtime(f)))
+    return sorted(out)
+
+
+def _mtime(info: pafs.FileInfo) -> float:
+    return info.mtime.timestamp() if info.mtime is not None else 0.0
+
+
+def local_copy(uri: str, folder: str | Path, endpoint_url: str | None = None) -> Path:
+    """A local path for ``uri``: the file itself if local, else a download into ``folder``."""
+    if not is_s3(uri):
+        return Path(filesystem(uri)[1])
+    target = Path(folder) / posixpath.basename(uri)
+    target.write_bytes(read_bytes(uri, endpoint_url))
+    return target
+
+
+def s3_client(endpoint_url: str | None = None):
+    """A boto3 S3 client with standard retries; credentials from the standard AWS chain."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint(endpoint_url),
+                        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def create_if_absent(uri: str, data: bytes, endpoint_url: str | None = None) -> bool:
+    """Write ``data`` at ``uri`` only if nothing is there; True if this call created it.
+
+    S3: ``put_object(IfNoneMatch="*")`` (the store decides, atomically). Local: a hard link of
+    a finished temporary file, which fails if the target exists.
+    """
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = str(uri)[5:].partition("/")
+        try:
+            s3_client(endpoint_url).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+    target = Path(filesystem(uri)[1])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{id(data)}")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, target)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def delete(uri: str, endpoint_url: str | None = None) -> None:
+    fs, path = filesystem(uri, endpoint_url)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,164 @@
+"""Scoring histories with a forecast bundle: forecasts after the last day, or backtests.
+
+Windows from every series in a batch go through the model together in large batches; the
+outputs are mapped back to each series' prices with its own transform. Output columns:
+
+forecast mode (one row per ticker and step)
+    ticker, as_of (last input date), step (1..horizon), date (the step-th business day after
+    as_of; exchange holidays are not modelled), last_close, forecast (the median), lo_80 /
+    hi_80 (the band from the outer quantiles; the number is its width in percent), scaler
+    ("bundle": fitted at training time; "history": fitted here on the series' own past)
+backtest mode (one row per ticker, origin and step)
+    ticker, origin (last input date), step, date, actual, forecast, lo_80, hi_80, persistence
+    (the last observed price: the naive forecast), scaler
+per-ticker backtest metrics
+    ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, and the same
+    with a persistence_ prefix, and rmae = mae / persistence_mae
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .checkpoint import Bundle
+from .features import Windows, fit_transform, naive_scale, series_windows, to_price
+from .loop import predict
+from .metrics import compare_to_persistence
+from .stocks import REJECT_COLUMNS, Histories, load_histories
+
+MODES = ("forecast", "backtest")
+
+
+@dataclass
+class ScoreResult:
+    forecasts: pd.DataFrame
+    metrics: pd.DataFrame | None
+    rejects: pd.DataFrame
+    hist: Histories
+    rows_after_as_of: int = 0
+
+    @property
+    def series_scored(self) -> int:
+        return int(self.forecasts["ticker"].nunique()) if len(self.forecasts) else 0
+
+
+def band_names(quantiles: list[float]) -> tuple[str, str] | None:
+    if len(quantiles) < 3:
+        return None
+    width = round((quantiles[-1] - quantiles[0]) * 100)
+    return f"lo_{width}", f"hi_{width}"
+
+
+def min_rows_for(bundle: Bundle, mode: str) -> int:
+    d = bundle.data
+    return d["window"] + 1 + (d["horizon"] if mode == "backtest" else 0)
+
+
+def score_files(bundle: Bundle, files: list[Path], *, mode: str = "forecast", as_of: str | None = None,
+                backtest_days: int = 250, step: int | None = None, batch_size: int = 8192,
+                columns: dict[str, str] | None = None) -> ScoreResult:
+    """Load and validate ``files``, then score every usable series in one batched pass."""
+    d = bundle.data
+    hist = load_histories(list(files), needed=tuple(d["columns"]), columns=columns,
+                          min_rows=min_rows_for(bundle, mode), max_jump=d.get("max_jump", 1.75))
+    return score_histories(bundle, hist, mode=mode, as_of=as_of, backtest_days=backtest_days, step=step,
+                           batch_size=batch_size)
+
+
+def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", as_of: str | None = None,
+                    backtest_days: int = 250, step: int | None = None, batch_size: int = 8192) -> ScoreResult:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    d = bundle.data
+    window, horizon, cols = d["window"], d["horizon"], tuple(d["columns"])
+    known = bundle.transforms
+    extra_rejects, parts, meta, after = [], [], [], 0
+    for sid, (ticker, df) in enumerate(sorted(hist.series.items())):
+        if as_of is not None:
+            keep = df["date"] <= pd.Timestamp(as_of)
+            after += int((~keep).sum())
+            df = df[keep].reset_index(drop=True)
+        n = len(df)
+        if mode == "forecast":
+            ends, fit_end = np.array([n - 1]), n
+        else:
+            first = max(n - 1 - backtest_days, window)
+            ends = np.arange(first, n - horizon, step or horizon)
+            fit_end = first + 1
+        tf = known.get(ticker)
+        scaler = "bundle"
+        if tf is None or tuple(tf.columns) != cols:
+            tf, scaler = fit_transform(df, cols, d["transform"], max(fit_end, 2)), "history"
+        w = series_windows(df, tf, window, horizon, ends, sid=sid, with_target=mode == "backtest")
+        if len(w) == 0:
+            why = (f"too short to score after as_of {as_of}: {n} rows, need {window + 1}" if mode == "forecast"
+                   else f"no backtest origin: {n} rows, need more than window + horizon ({window}+{horizon})")
+            extra_rejects.append(dict(file=None, ticker=ticker, row=None, date=None, rows=0,
+                                      action="reject_series", reason=why))
+            continue
+        parts.append(w)
+        meta.append((ticker, df, tf, scaler, fit_end))
+    rejects = pd.concat([hist.rejects, pd.DataFrame(extra_rejects, columns=REJECT_COLUMNS)], ignore_index=True) \
+        if extra_rejects else hist.rejects
+    if not parts:
+        return ScoreResult(_empty(mode, d["quantiles"]), None, rejects, hist, after)
+    pooled = Windows.concat(parts)
+    out = predict(bundle.model, pooled.x, batch_size=batch_size)  # (N, H, Q)
+    frames, metric_rows = [], []
+    for w, (ticker, df, tf, scaler, fit_end) in zip(parts, meta):
+        m = pooled.sid == w.sid[0]
+        prices = to_price(out[m].astype(np.float64), w.last, tf)
+        frame, metrics = _rows(mode, ticker, df, w, prices, d, scaler, fit_end)
+        frames.append(frame)
+        if metrics is not None:
+            metric_rows.append(metrics)
+    forecasts = pd.concat(frames, ignore_index=True)
+    return ScoreResult(forecasts, pd.DataFrame(metric_rows) if mode == "backtest" else None, rejects, hist, after)
+
+
+def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str, fit_end: int):
+    horizon, q = d["horizon"], d["quantiles"]
+    mid = q.index(0.5) if q else 0
+    n_w = len(w)
+    steps = np.tile(np.arange(1, horizon + 1), n_w)
+    origin = df["date"].to_numpy()[w.end]
+    cols = {"ticker": ticker}
+    if mode == "forecast":
+        dates = pd.bdate_range(pd.Timestamp(origin[0]) + pd.offsets.BDay(1), periods=horizon)
+        cols.update(as_of=np.repeat(origin, horizon), step=steps, date=dates.to_numpy(),
+                    last_close=np.repeat(w.last, horizon))
+    else:
+        target_rows = w.end[:, None] + np.arange(1, horizon + 1)
+        cols.update(origin=np.repeat(origin, horizon), step=steps,
+                    date=df["date"].to_numpy()[target_rows].ravel(),
+                    actual=df[d["target"]].to_numpy()[target_rows].ravel())
+    cols["forecast"] = prices[..., mid].ravel()
+    band = band_names(q)
+    if band:
+        cols[band[0]], cols[band[1]] = prices[..., 0].ravel(), prices[..., -1].ravel()
+    if mode == "backtest":
+        cols["persistence"] = np.repeat(w.last, horizon)
+    cols["scaler"] = scaler
+    frame = pd.DataFrame(cols)
+    if mode == "forecast":
+        return frame, None
+    actual = frame["actual"].to_numpy().reshape(n_w, horizon)
+    lo = prices[..., 0] if band else None
+    hi = prices[..., -1] if band else None
+    scale = np.full(n_w, naive_scale(df, d["target"], fit_end))
+    c = compare_to_persistence(actual, prices[..., mid], w.last, scale, lo, hi)
+    row = {"ticker": ticker, "windows": n_w, **c["model"],
+           **{f"persistence_{k}": v for k, v in c["persistence"].items() if k != "n"}, "rmae": c["rmae"]}
+    row.pop("n", None)
+    return frame, row
+
+
+def _empty(mode: str, quantiles: list[float]) -> pd.DataFrame:
+    cols = ["ticker", "as_of" if mode == "forecast" else "origin", "step", "date"]
+    cols += ["last_close"] if mode == "forecast" else ["actual"]
+    cols += ["forecast", *(band_names(quantiles) or ())] + (["persistence"] if mode == "backtest" else [])
+    return pd.DataFrame({c: [] for c in cols + ["scaler"]})

@@ -1,0 +1,154 @@
+"""The Ray Data scoring job end to end (each run starts its own local Ray)."""
+
+import io
+import json
+import shutil
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import FIXTURES, SHARED
+from jobhelpers import FAKE_SECRET, run, start
+
+from rnnlib import publish, storage
+from rnnlib.config import job_from_dict
+from rnnlib.datasets import sample_stocks_dir
+from rnnlib.fit import fit
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+CONFIG = "jobs/configs/forecast-score.yaml"
+HORIZON = 5
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("score") / "model"
+    cfg = job_from_dict({"model": {"hidden": 8, "layers": 1}, "data": {"window": 20, "horizon": HORIZON},
+                         "train": {"epochs": 1, "batch_size": 512}})
+    fit(cfg, out=out, log=lambda s: None)
+    return out
+
+
+def read_published(run_uri: str, kind: str = "forecasts") -> pd.DataFrame:
+    _, manifest = publish.read_manifest(run_uri)
+    parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(run_uri, f["path"]))))
+             for f in manifest["files"] if f["kind"] == kind]
+    return pd.concat(parts, ignore_index=True)
+
+
+def only_run(out) -> str:
+    runs = [p for p in storage.list_files(str(out), recursive=True) if p[0].endswith("/_SUCCESS")]
+    assert len(runs) == 1, runs
+    return runs[0][0].rsplit("/", 1)[0]
+
+
+def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir):
+    endpoint, env, s3 = moto_s3
+    s3.create_bucket(Bucket="scoring")
+    for f in sample_stocks_dir().glob("*.csv"):
+        s3.upload_file(str(f), "scoring", f"histories/{f.name}")
+    for f in model_dir.iterdir():
+        s3.upload_file(str(f), "scoring", f"model/{f.name}")
+    args = ["score", CONFIG, "input=s3://scoring/histories", "model=s3://scoring/model", "output=s3://scoring/out"]
+    r = run(*args, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert FAKE_SECRET not in r.stdout + r.stderr
+    run_uri = only_run("s3://scoring/out")
+    assert run(*["verify", run_uri], env=env).returncode == 0
+    _, manifest = publish.read_manifest(run_uri)
+    c = manifest["counts"]
+    assert c["series_in"] == c["series_scored"] + c["series_rejected"] == 26
+    assert c["series_rejected"] == 0  # window 20: even APTV (44 rows) can be scored
+    assert c["rows_in"] == c["rows_kept"] + c["rows_rejected"] == 31519
+    f = read_published(run_uri)
+    assert len(f) == c["series_scored"] * HORIZON == c["forecast_rows"]
+    assert not f.duplicated(["ticker", "step"]).any()
+    assert {"ticker", "as_of", "step", "date", "forecast", "lo_80", "hi_80"} <= set(f.columns)
+    assert FAKE_SECRET not in json.dumps(manifest)
+    again = run(*args, env=env)
+    assert again.returncode == 0 and "already published" in again.stdout
+
+
+def test_crash_before_commit_then_rerun_publishes_exactly_once(tmp_path, model_dir):
+    out = tmp_path / "out"
+    args = ["score", CONFIG, f"model={model_dir}", f"output={out}"]
+    crashed = run(*args, env={"RNNJOBS_SCORE_CRASH_BEFORE_COMMIT": "1"})
+    assert crashed.returncode != 0
+    assert not list(out.rglob("_SUCCESS")) and list(out.rglob("*.parquet"))  # parts, but nothing committed
+    r = run(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_uri = only_run(out)
+    assert "removed" in r.stdout  # the failed attempt's parts were cleaned
+    f = read_published(run_uri)
+    assert len(f) == 26 * HORIZON and not f.duplicated(["ticker", "step"]).any()
+    assert publish.verify(run_uri).ok
+    listed = {p["path"] for p in publish.read_manifest(run_uri)[1]["files"]}
+    on_disk = {str(p.relative_to(run_uri)) for p in (tmp_path / "out").rglob("*.parquet")}
+    assert on_disk == listed
+
+
+def test_two_attempts_commit_at_once(tmp_path, model_dir):
+    out = tmp_path / "out"
+    args = ["score", CONFIG, f"model={model_dir}", f"output={out}"]
+    procs = [start(*args, log=tmp_path / f"attempt{i}.log") for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=400) == 0
+    logs = [(tmp_path / f"attempt{i}.log").read_text() for i in range(2)]
+    won = [any(line.startswith("published ") for line in log.splitlines()) for log in logs]
+    lost = [("another attempt published" in log or "already published" in log) for log in logs]
+    assert sorted(won) == [False, True] and sorted(lost) == [False, True], logs
+    run_uri = only_run(out)
+    assert publish.verify(run_uri).ok
+    assert len(read_published(run_uri)) == 26 * HORIZON
+
+
+def test_corrupted_part_fails_verify_naming_the_file(tmp_path, model_dir):
+    out = tmp_path / "out"
+    assert run("score", CONFIG, f"model={model_dir}", f"output={out}", "mode=backtest",
+               "backtest_days=40").returncode == 0
+    run_uri = only_run(out)
+    m = read_published(run_uri, "metrics")
+    assert len(m) == 26 and (m.rmae > 0).all()
+    part = next((tmp_path / "out").rglob("forecasts/part-*.parquet"))
+    table = pq.read_table(part)
+    pq.write_table(table.slice(0, table.num_rows - 1), part)
+    r = run("verify", run_uri)
+    assert r.returncode == 1
+    assert part.name in r.stderr and "sha256 differs" in r.stderr
+
+
+def test_bad_histories_mixed_in_are_rejected_with_reasons(tmp_path, model_dir):
+    data = tmp_path / "in"
+    data.mkdir()
+    for f in list(sample_stocks_dir().glob("*.csv"))[:4] + list((FIXTURES / "stocks_bad").glob("*.csv")):
+        shutil.copy(f, data / f.name)
+    messy = SHARED / "stocks" / "messy"
+    if messy.exists():
+        for f in messy.glob("*.csv"):
+            shutil.copy(f, data / f.name)
+    out = tmp_path / "out"
+    r = run("score", CONFIG, f"model={model_dir}", f"output={out}", f"input={data}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_uri = only_run(out)
+    rej = read_published(run_uri, "rejects")
+    for name in ("EMPTY_data.csv", "LATIN1_data.csv", "NOCLOSE_data.csv", "JUNK_data.csv"):
+        assert rej.file.str.endswith(name).any(), name
+    assert (rej.reason.str.len() > 0).all()
+    scored = set(read_published(run_uri).ticker)
+    assert {"HTML", "JSON", "MIXED"} <= scored
+    c = publish.read_manifest(run_uri)[1]["counts"]
+    assert c["rows_in"] == c["rows_kept"] + c["rows_rejected"]
+    assert "rejected" in r.stdout
+
+
+def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
+    marker = tmp_path / "died"
+    out = tmp_path / "out"
+    r = run("score", CONFIG, f"model={model_dir}", f"output={out}", "files_per_batch=4",
+            env={"RNNJOBS_SCORE_FAULT_MARKER": str(marker)})
+    assert marker.exists(), "the fault hook did not fire"
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_uri = only_run(out)
+    f = read_published(run_uri)
+    assert len(f) == 26 * HORIZON and not f.duplicated(["ticker", "step"]).any()  # no duplicates, no gaps
+    assert publish.verify(run_uri).ok

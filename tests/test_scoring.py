@@ -1,0 +1,85 @@
+"""rnnlib.scoring and rnnlib.publish without Ray."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rnnlib import publish
+from rnnlib.checkpoint import load_bundle
+from rnnlib.config import job_from_dict
+from rnnlib.datasets import sample_stocks_dir
+from rnnlib.features import series_windows, to_price
+from rnnlib.fit import fit
+from rnnlib.loop import predict
+from rnnlib.scoring import score_files
+
+FILES = sorted(sample_stocks_dir().glob("*.csv"))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fc") / "model"
+    cfg = job_from_dict({"model": {"hidden": 8, "layers": 1}, "data": {"window": 20, "horizon": 5},
+                         "train": {"epochs": 1, "batch_size": 512}})
+    fit(cfg, out=out, log=lambda s: None)
+    return load_bundle(out, task="forecast")
+
+
+def test_forecast_rows_dates_and_band(bundle):
+    res = score_files(bundle, FILES[:5], as_of="2017-12-29")
+    f = res.forecasts
+    # APTV starts 2017-12-04: too short before as_of, so it is rejected, not scored
+    assert sorted(f.ticker.unique()) == ["AAPL", "AMZN", "AOS", "BA"] and len(f) == 4 * 5
+    aptv = res.rejects[res.rejects.ticker == "APTV"]
+    assert list(aptv.action) == ["reject_series"] and "too short to score after as_of 2017-12-29" in aptv.reason.iloc[0]
+    assert (f.as_of == pd.Timestamp("2017-12-29")).all()
+    first = f[f.ticker == f.ticker.iloc[0]]
+    assert list(first.step) == [1, 2, 3, 4, 5]
+    assert list(first.date) == list(pd.bdate_range("2018-01-01", periods=5))
+    assert (f.lo_80 <= f.forecast).all() and (f.forecast <= f.hi_80).all()
+    assert (f.scaler == "bundle").all() and res.rows_after_as_of > 0
+    # the forecast is close to the last price for a one-week horizon
+    assert (np.abs(f.forecast / f.last_close - 1) < 0.2).all()
+
+
+def test_backtest_equals_direct_rnnlib_predictions(bundle):
+    res = score_files(bundle, [sample_stocks_dir() / "KO_data.csv"], mode="backtest", backtest_days=60, step=5)
+    bt = res.forecasts
+    df = res.hist.series["KO"]
+    tf = bundle.transforms["KO"]
+    origins = sorted(bt.origin.unique())
+    ends = np.flatnonzero(df.date.isin(origins).to_numpy())
+    w = series_windows(df, tf, 20, 5, ends)
+    direct = to_price(predict(bundle.model, w.x).astype(np.float64), w.last, tf)[..., 1]  # the median
+    np.testing.assert_allclose(bt.forecast.to_numpy(), direct.ravel(), rtol=1e-6)
+    future = df.close.to_numpy()[ends[:, None] + np.arange(1, 6)]
+    np.testing.assert_allclose(bt.actual.to_numpy().reshape(-1, 5), future)
+    m = res.metrics.iloc[0]
+    assert m.ticker == "KO" and m.windows == len(origins)
+    assert m.rmae == pytest.approx(m.mae / m.persistence_mae)
+
+
+def test_unknown_ticker_fits_its_own_scaler_and_bad_files_are_rejected(bundle, tmp_path):
+    df = pd.read_csv(sample_stocks_dir() / "KO_data.csv").assign(Name="NEWCO")
+    df.to_csv(tmp_path / "NEWCO_data.csv", index=False)
+    (tmp_path / "BAD_data.csv").write_text("date,close\n<html>oops</html>,1\n")
+    res = score_files(bundle, [tmp_path / "NEWCO_data.csv", tmp_path / "BAD_data.csv"])
+    assert set(res.forecasts.ticker) == {"NEWCO"} and (res.forecasts.scaler == "history").all()
+    assert "BAD" in set(res.rejects.ticker) and res.hist.rows_in == res.hist.rows_kept + res.hist.rows_rejected
+
+
+def test_publish_commit_once_verify_and_corruption(tmp_path):
+    run = str(tmp_path / "run=abc")
+    df = pd.DataFrame({"a": [1, 2, 3]})
+    files = [publish.write_part(run, "forecasts/part-1.parquet", df, "forecasts")]
+    assert publish.commit(run, "att1", {"files": files})
+    loser = [publish.write_part(run, "forecasts/part-att2-x.parquet", df, "forecasts")]
+    assert not publish.commit(run, "att2", {"files": loser})
+    assert not (tmp_path / "run=abc" / "forecasts" / "part-att2-x.parquet").exists()
+    v = publish.verify(run)
+    assert v.ok and v.checked == 1
+    p = tmp_path / "run=abc" / "forecasts" / "part-1.parquet"
+    p.write_bytes(p.read_bytes()[:-3] + b"xyz")
+    v = publish.verify(run)
+    assert not v.ok and "forecasts/part-1.parquet: sha256 differs" in v.problems[0]
+    assert not publish.verify(str(tmp_path / "nothing")).ok
