@@ -25,6 +25,8 @@ def init_ray(num_cpus: int | None = None) -> None:
         kwargs.update(num_cpus=num_cpus, dashboard_host="127.0.0.1")
     ray.init(**kwargs)
     logging.getLogger("ray").setLevel(logging.WARNING)
+    import ray.data  # noqa: F401  (configures its logger on import; quiet it afterwards)
+
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-operator progress lines
 
 

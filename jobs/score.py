@@ -109,8 +109,9 @@ def run(config: str, overrides: list[str]) -> int:
     ds = ray.data.from_items([{"uri": u} for u, _, _ in listing])
     ds = ds.map_batches(
         ScoreBatch, batch_size=cfg.files_per_batch, batch_format="pandas",
+        # the endpoint as the driver resolved it (config or AWS_ENDPOINT_URL_S3); never credentials
         fn_constructor_kwargs={"model": cfg.model, "run_uri": run_uri, "attempt": attempt,
-                               "settings": settings, "endpoint_url": cfg.endpoint_url},
+                               "settings": settings, "endpoint_url": storage.endpoint(cfg.endpoint_url)},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.gpu else 0)
     summaries = ds.to_pandas()

@@ -276,7 +276,7 @@ class ScoreConfig:
     step: int | None = opt(None, "backtest: days between origins; null = the model's horizon", lo=1)
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
     files_per_batch: int = opt(16, "history files each scoring call loads and scores together", lo=1)
-    batch_size: int = opt(8192, "windows per forward pass", lo=1)
+    batch_size: int = opt(512, "windows per forward pass (a few hundred is fastest on CPU)", lo=1)
     actors: int = opt(2, "scoring actors (each loads the model once)", lo=1)
     cpus_per_actor: float = opt(1.0, "CPUs per scoring actor", lo=0.0, lo_open=True)
     gpu: bool = opt(False, "one GPU per scoring actor")

@@ -101,10 +101,14 @@ def state_batch(state) -> int:
     return (state[0] if isinstance(state, tuple) else state).shape[1]
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 4096,
+@torch.inference_mode()
+def predict(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 512,
             device: torch.device | str = "cpu") -> np.ndarray:
-    """Forecaster outputs for windows x (N, W, F) in large batches -> (N, H, Q) numpy."""
+    """Forecaster outputs for windows x (N, W, F) -> (N, H, Q) numpy.
+
+    On CPU, batches of a few hundred windows are fastest for small RNNs: their activations
+    stay in cache (bench/score_throughput.py: 512 beats 4096 by ~30% for an LSTM 2x64).
+    """
     model.eval()
     x = torch.as_tensor(x, dtype=torch.float32)
     outs = [model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]

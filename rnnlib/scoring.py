@@ -59,7 +59,7 @@ def min_rows_for(bundle: Bundle, mode: str) -> int:
 
 
 def score_files(bundle: Bundle, files: list[Path], *, mode: str = "forecast", as_of: str | None = None,
-                backtest_days: int = 250, step: int | None = None, batch_size: int = 8192,
+                backtest_days: int = 250, step: int | None = None, batch_size: int = 512,
                 columns: dict[str, str] | None = None) -> ScoreResult:
     """Load and validate ``files``, then score every usable series in one batched pass."""
     d = bundle.data
@@ -70,7 +70,7 @@ def score_files(bundle: Bundle, files: list[Path], *, mode: str = "forecast", as
 
 
 def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", as_of: str | None = None,
-                    backtest_days: int = 250, step: int | None = None, batch_size: int = 8192) -> ScoreResult:
+                    backtest_days: int = 250, step: int | None = None, batch_size: int = 512) -> ScoreResult:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     d = bundle.data

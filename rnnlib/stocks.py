@@ -325,6 +325,6 @@ def _clean_series(path, ticker, df, needed, min_rows, max_jump, rejects) -> pd.D
 
     if len(out) < min_rows:
         rejects.add(path, ticker, None, None, len(out), "reject_series",
-                    f"too short: {len(out)} valid rows, need at least {min_rows} (window + horizon + splits)")
+                    f"too short: {len(out)} valid rows, need at least {min_rows} for this job's window and horizon")
         return None
     return out

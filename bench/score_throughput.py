@@ -1,0 +1,225 @@
+"""Scoring throughput: per-window calls vs batched PyTorch vs the Ray Data job, and memory.
+
+On the 505 histories of ../shared/data/stocks/sp500_5yr (the bundled sample if absent), with a
+2-layer LSTM of 64 over 60-day windows (horizon 5, 3 quantiles), backtest mode, one origin per
+day over each series' last 250 days:
+
+(a) the tutorial's way: one forward call per window;
+(b) the ceiling: all windows in memory, large batches, one process, no I/O (best of a few
+    batch sizes), also as a fraction of this machine's fp32 matrix-multiply rate measured here;
+(c) `rnnjobs score` end to end (Ray Data, Parquet parts, manifest, _SUCCESS) to a local folder
+    and to a moto S3 server on 127.0.0.1, timed inside one running Ray (ray.init excluded).
+Then forecast mode at 505 and 5,050 series (the histories repeated under new tickers): wall
+time and peak memory (RSS summed over the job's process and every process it started).
+
+    python bench/score_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from common import machine, write  # noqa: E402
+
+from rnnlib.checkpoint import load_bundle  # noqa: E402
+from rnnlib.config import job_from_dict  # noqa: E402
+from rnnlib.datasets import sample_stocks_dir  # noqa: E402
+from rnnlib.features import Windows, series_windows  # noqa: E402
+from rnnlib.fit import fit  # noqa: E402
+from rnnlib.report import table  # noqa: E402
+from rnnlib.stocks import load_histories  # noqa: E402
+
+SP500 = ROOT.parent / "shared" / "data" / "stocks" / "sp500_5yr"
+WINDOW, HORIZON, HIDDEN, LAYERS = 60, 5, 64, 2
+
+
+def lstm_flops_per_window(features: int = 1) -> int:
+    """2 x multiply-adds of the LSTM matmuls (4 gates x (input + hidden) x hidden per layer and
+    step) plus the head; elementwise gate math is not counted."""
+    per_step = sum(8 * HIDDEN * (inp + HIDDEN) for inp in [features] + [HIDDEN] * (LAYERS - 1))
+    return per_step * WINDOW + 2 * HIDDEN * HORIZON * 3
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+@torch.inference_mode()
+def rate(model, x: torch.Tensor, batch: int) -> float:
+    model(x[:batch])
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        model(x[i:i + batch])
+    return len(x) / (time.perf_counter() - start)
+
+
+class PeakRSS:
+    """Samples the summed RSS of a process and all its descendants every 0.2 s."""
+
+    def __init__(self, root_pid: int):
+        self.root, self.peak, self._stop = psutil.Process(root_pid), 0, threading.Event()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def replicate(src: Path, dst: Path, copies: int) -> Path:
+    """Copies of every history under new tickers (the Name column and file name both change)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.csv")):
+        text = f.read_text()
+        ticker = f.name.removesuffix("_data.csv")
+        for k in range(copies):
+            new = f"{ticker}R{k}"
+            (dst / f"{new}_data.csv").write_text(text.replace(f",{ticker}\n", f",{new}\n"))
+    return dst
+
+
+def score_job(args: list[str]) -> tuple[float, int]:
+    """`rnnjobs score` in a subprocess with its own local Ray: (wall seconds, peak RSS bytes)."""
+    start = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "jobs.cli", "score", *args], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    with PeakRSS(p.pid) as mem:
+        out, _ = p.communicate()
+    if p.returncode != 0:
+        raise SystemExit(f"score job failed:\n{out[-3000:]}")
+    return time.perf_counter() - start, mem.peak
+
+
+def start_moto():
+    """A moto S3 server on 127.0.0.1; fake credentials set before Ray starts its workers."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}"})
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return server
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="bundled sample only, smaller runs")
+    args = ap.parse_args()
+    src = SP500 if SP500.exists() and not args.quick else sample_stocks_dir()
+    work = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    cfg = job_from_dict({"model": {"hidden": HIDDEN, "layers": LAYERS}, "data": {"window": WINDOW, "horizon": HORIZON},
+                         "train": {"epochs": 1, "max_batches": 5, "batch_size": 512}})
+    fit(cfg, out=work / "model", log=lambda s: None)
+    bundle = load_bundle(work / "model")
+    model = bundle.model
+    fallback = next(iter(bundle.transforms.values()))  # speed does not depend on the scaler
+
+    hist = load_histories(src, min_rows=WINDOW + HORIZON + 2, max_jump=1.75)
+    parts = []
+    for sid, (t, df) in enumerate(sorted(hist.series.items())):
+        first = max(len(df) - 1 - 250, WINDOW)
+        parts.append(series_windows(df, bundle.transforms.get(t, fallback), WINDOW, HORIZON,
+                                    np.arange(first, len(df) - HORIZON), sid))
+    x = torch.from_numpy(Windows.concat(parts).x)
+    n, flops, threads, gflops = len(x), lstm_flops_per_window(), torch.get_num_threads(), matmul_gflops()
+
+    with torch.inference_mode():  # (a): one call per window, on a sample
+        sample = x[: 500 if args.quick else 2000]
+        start = time.perf_counter()
+        for i in range(len(sample)):
+            model(sample[i:i + 1])
+        per_window = len(sample) / (time.perf_counter() - start)
+    ceilings = {b: rate(model, x, b) for b in (128, 256, 512, 1024, 4096)}
+    best_batch = max(ceilings, key=ceilings.get)
+    ceiling = ceilings[best_batch]
+
+    from jobs.ray_setup import init_ray
+    from jobs.score import run as score_run
+
+    moto = start_moto()
+    init_ray()
+    config = str(ROOT / "jobs" / "configs" / "forecast-score.yaml")
+    common = [f"input={src}", f"model={work / 'model'}", "mode=backtest", "backtest_days=250", "step=1",
+              f"batch_size={best_batch}", "files_per_batch=32"]
+    start = time.perf_counter()
+    score_run(config, common + [f"output={work / 'out-local'}"])
+    job_local = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    score_run(config, common + ["output=s3://bench/out"])
+    job_s3 = n / (time.perf_counter() - start)
+    moto.stop()
+
+    rows = [("(a) one forward call per window", round(per_window), per_window / ceiling, "-"),
+            (f"(b) batched PyTorch, batch {best_batch}, {threads} threads", round(ceiling), 1.0,
+             f"{ceiling * flops / 1e9 / gflops:.1%}"),
+            ("(c) rnnjobs score, local folder", round(job_local), job_local / ceiling, "-"),
+            ("(c) rnnjobs score, moto S3", round(job_s3), job_s3 / ceiling, "-")]
+    m = machine()
+    print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}, {threads} threads; fp32 matmul "
+          f"{gflops:.1f} GFLOP/s (2048x2048); {flops / 1e6:.2f} MFLOP per window (LSTM 2x64 over 60 steps)")
+    print(f"{len(hist.series)} series from {src}, {n} backtest windows\n")
+    print(table(rows, ["mode", "windows/s", "x (b)", "(b) / matmul rate"]))
+
+    scale = {}
+    copies = 2 if args.quick else 10
+    for label, folder in (("1x", src), (f"{copies}x", replicate(src, work / "many", copies))):
+        secs, peak = score_job([config, f"input={folder}", f"model={work / 'model'}",
+                                f"output={work / ('fc-' + label)}", "files_per_batch=32"])
+        scale[label] = {"files": len(list(folder.glob("*.csv"))), "seconds": secs, "peak_rss_mb": peak / 2**20}
+    base, big = scale["1x"], scale[f"{copies}x"]
+    print("\n" + table([(f"{v['files']} files", f"{v['seconds']:.1f}", f"{v['peak_rss_mb']:.0f}")
+                        for v in scale.values()], ["forecast mode", "wall s (incl. Ray start)", "peak RSS MB"]))
+    print(f"peak memory ratio {big['peak_rss_mb'] / base['peak_rss_mb']:.2f}x for "
+          f"{big['files'] / base['files']:.0f}x the series")
+    out = write("score_throughput", {"source": str(src), "windows": n, "flops_per_window": flops,
+                                     "matmul_gflops": gflops, "per_window": per_window, "ceilings": ceilings,
+                                     "job_local": job_local, "job_s3": job_s3, "forecast_scale": scale})
+    print(f"\nresults: {out}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
