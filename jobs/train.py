@@ -26,14 +26,22 @@ from rnnlib.loop import seed_everything
 from rnnlib.plots import loss_curve_png
 from rnnlib.tasks import make_task
 
-# Keys that do not change what is trained, so they do not change the run name.
-_NAME_EXCLUDES = ("name", "storage", "endpoint_url", "scaling")
+# Keys that do not change what is trained, so they do not change the run name: a crashed run
+# can be resumed with more workers, another storage endpoint or more tolerated failures.
+_NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling")
+_NOT_TRAINED_IN_TRAIN = ("max_failures", "keep_checkpoints")
+
+
+def trained_part(config: dict) -> dict:
+    """The part of a config (as plain data) that determines the trained model."""
+    d = {k: v for k, v in config.items() if k not in _NOT_TRAINED}
+    d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in _NOT_TRAINED_IN_TRAIN}
+    return d
 
 
 def run_name(cfg: JobConfig) -> str:
     """Deterministic: ``<task>-<cell>-<hash of what is trained>``."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in _NAME_EXCLUDES}
-    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps(trained_part(to_dict(cfg)), sort_keys=True).encode()).hexdigest()[:10]
     return cfg.name or f"{cfg.task}-{cfg.model.cell}-{digest}"
 
 
@@ -173,9 +181,7 @@ def _finished(out_uri: str, cfg: JobConfig) -> dict | None:
     if not storage.exists(uri, cfg.endpoint_url):
         return None
     metrics = json.loads(storage.read_bytes(uri, cfg.endpoint_url))
-    mine = {k: v for k, v in to_dict(cfg).items() if k not in _NAME_EXCLUDES}
-    theirs = {k: v for k, v in metrics.get("config", {}).items() if k not in _NAME_EXCLUDES}
-    if mine != theirs:
+    if trained_part(to_dict(cfg)) != trained_part(metrics.get("config", {})):
         raise UserError(f"{out_uri} holds a finished run with a different config; choose another name= "
                         "or storage=")
     return metrics

@@ -83,3 +83,14 @@ def test_load_job_file_errors(tmp_path):
     evil.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):  # safe_load refuses python tags
         load_job(evil)
+
+
+def test_run_name_ignores_what_does_not_change_the_model():
+    from jobs.train import run_name
+
+    base = job_from_dict({"train": {"epochs": 2}})
+    same = job_from_dict({"train": {"epochs": 2, "max_failures": 5, "keep_checkpoints": 4},
+                          "scaling": {"workers": 4}, "storage": "s3://b/p"})
+    other = job_from_dict({"train": {"epochs": 3}})
+    assert run_name(base) == run_name(same) != run_name(other)
+    assert run_name(base).startswith("forecast-lstm-")
