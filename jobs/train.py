@@ -73,6 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
     if ckpt:
         with ckpt.as_directory() as d:
             state = TrainState.restore(Path(d), model, opt)
+        state.resumed_at.append(state.epoch)
     start_epoch = state.epoch
     device = ray.train.torch.get_device()
     ddp = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
@@ -155,14 +156,14 @@ def run(config: str, overrides: list[str]) -> int:
         raise UserError(f"run {name} produced no checkpoint")
     with tempfile.TemporaryDirectory() as tmp:
         with result.checkpoint.as_directory() as d:  # latest: holds the full history
-            history = TrainState.read(Path(d)).history
+            final_state = TrainState.read(Path(d))
+        history = final_state.history
         with best.as_directory() as d:
             bundle = load_bundle(d, task=cfg.task)
         final = task.final_metrics(bundle.model)
-        starts = sorted({int(m.get("start_epoch", 0)) for m in result.metrics_dataframe.to_dict("records")}) \
-            if result.metrics_dataframe is not None else [0]
         metrics = {"run": name, "history": history, "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
-                   "resumed_from_epoch": max(starts), "final": final, "config": to_dict(cfg)}
+                   "resumed_from_epoch": max(final_state.resumed_at, default=0), "resumed_at": final_state.resumed_at,
+                   "final": final, "config": to_dict(cfg)}
         export = Path(tmp) / "model"
         save_bundle(export, bundle.model, task=cfg.task, model_args=bundle.meta["model"]["args"],
                     metrics=metrics, config=to_dict(cfg), **task.bundle_kwargs())
@@ -191,8 +192,9 @@ def _print_summary(cfg: JobConfig, metrics: dict, out_uri: str) -> None:
     from rnnlib.report import forecast_table
 
     h = metrics["history"]
-    print(f"trained {len(h)} epoch(s) (resumed from epoch {metrics['resumed_from_epoch']}); "
-          f"best val loss {min(e['val_loss'] for e in h):.4f} at epoch {metrics['best_epoch'] + 1}")
+    resumed = f" (resumed at epoch {', '.join(map(str, metrics['resumed_at']))})" if metrics["resumed_at"] else ""
+    best = min(e["val_loss"] for e in h)
+    print(f"trained {len(h)} epoch(s){resumed}; best val loss {best:.4f} at epoch {metrics['best_epoch'] + 1}")
     final = metrics["final"]
     if cfg.task == "forecast":
         print(forecast_table(final))

@@ -73,12 +73,6 @@ class Bundle:
     def transforms(self) -> dict[str, SeriesTransform]:
         return {t: SeriesTransform.from_dict(d) for t, d in self.meta.get("scalers", {}).items()}
 
-    def check_columns(self, columns: tuple[str, ...]) -> None:
-        want = tuple(self.data["columns"])
-        if tuple(columns) != want:
-            raise BundleError(f"{self.path}: the model was trained on input columns {list(want)}, "
-                              f"but the data gives {list(columns)}; use the same data.features")
-
 
 def save_bundle(path: str | Path, model: nn.Module, *, task: str, model_args: dict, data: dict,
                 vocab: Vocab | None = None, scalers: dict[str, SeriesTransform] | None = None,

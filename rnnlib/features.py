@@ -131,9 +131,6 @@ class Windows:
         return Windows(*(np.concatenate([getattr(p, k) for p in parts]) for k in
                          ("x", "y", "last", "sid", "end")))
 
-    def take(self, idx: np.ndarray) -> Windows:
-        return Windows(self.x[idx], self.y[idx], self.last[idx], self.sid[idx], self.end[idx])
-
 
 def series_windows(df: pd.DataFrame, tf: SeriesTransform, window: int, horizon: int,
                    ends: np.ndarray | None = None, sid: int = 0, with_target: bool = True) -> Windows:
@@ -211,16 +208,6 @@ def naive_scale(df: pd.DataFrame, target: str, train_end: int) -> float:
     p = df[target].to_numpy(float)[:train_end]
     d = np.abs(np.diff(p))
     return float(d.mean()) if len(d) and d.mean() > 0 else 1.0
-
-
-def naive_windows(df: pd.DataFrame, window: int, horizon: int, column: str = "close") -> tuple[np.ndarray, np.ndarray]:
-    """Reference implementation with one Python loop per window, for tests only."""
-    p = df[column].to_numpy(float)
-    xs, ys = [], []
-    for end in range(window - 1, len(p) - horizon):
-        xs.append(p[end - window + 1:end + 1])
-        ys.append(p[end + 1:end + 1 + horizon])
-    return np.array(xs), np.array(ys)
 
 
 def min_rows(window: int, horizon: int, val_frac: float, test_frac: float, by_date: bool = False) -> int:

@@ -33,6 +33,7 @@ class TrainState:
     best: float = math.inf
     stale: int = 0
     history: list[dict] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)  # epochs at which a restarted run resumed
 
     def record(self, train_loss: float, val_loss: float, seconds: float, train_seconds: float) -> bool:
         """Log an epoch; True if it is the best so far."""

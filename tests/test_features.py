@@ -8,7 +8,6 @@ from rnnlib.features import (
     SeriesTransform,
     fit_transform,
     make_forecast_data,
-    naive_windows,
     price_to_target,
     series_windows,
     split_ends,
@@ -16,6 +15,16 @@ from rnnlib.features import (
     to_price,
 )
 from rnnlib.stocks import load_histories
+
+
+def naive_windows(df, window, horizon, column="close"):
+    """The obviously right way: one Python loop iteration per window."""
+    p = df[column].to_numpy(float)
+    xs, ys = [], []
+    for end in range(window - 1, len(p) - horizon):
+        xs.append(p[end - window + 1:end + 1])
+        ys.append(p[end + 1:end + 1 + horizon])
+    return np.array(xs), np.array(ys)
 
 
 @pytest.fixture(scope="module")
