@@ -17,7 +17,8 @@ from rnnlib.sampling import generate
 CONFIGS = Path(__file__).parent / "configs"
 # Demo-sized runs of the shipped configs: (overrides, overrides with --quick)
 FORECAST = (["train.epochs=8"], ["train.epochs=1"])
-TEXT = (["train.epochs=6", "train.max_batches=100", "train.patience=0", "model.hidden=256", "train.lr=0.003"],
+TEXT = (["train.epochs=6", "train.max_batches=100", "train.patience=0", "model.hidden=256", "train.lr=0.003",
+         "model.dropout=0"],
         ["train.epochs=1", "train.max_batches=5", "model.hidden=64"])
 
 
