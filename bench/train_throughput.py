@@ -5,7 +5,7 @@ Same model, data and effective batch size everywhere. Throughput = training item
 (the first includes warm-up). Threads: the plain loop and the single worker use all cores;
 two workers get half each (Ray sets OMP_NUM_THREADS from the worker's CPUs).
 
-    python bench/train_throughput.py [--epochs 4]
+    python bench/train_throughput.py [--epochs 4] [--forecast-batch 256]
 Targets: 1 Ray worker >= 0.9x the plain loop; 2 workers faster than 1. The 1-thread plain
 row separates the gain from two processes from the gain from one thread per process.
 """
@@ -80,7 +80,10 @@ def _raw(cfg):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not timed")
+    ap.add_argument("--forecast-batch", type=int, default=256,
+                    help="forecaster batch size (Ray's per-step overhead shows at small batches)")
     args = ap.parse_args()
+    CONFIGS["forecast"]["train"]["batch_size"] = args.forecast_batch
     from jobs.ray_setup import init_ray
 
     init_ray(num_cpus=CORES)
