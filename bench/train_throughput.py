@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from common import machine, write  # noqa: E402
 
-from rnnlib.config import job_from_dict  # noqa: E402
+from rnnlib.config import job_from_dict, to_dict  # noqa: E402
 from rnnlib.fit import TrainState, make_optimizer, run_epoch  # noqa: E402
 from rnnlib.loop import seed_everything  # noqa: E402
 from rnnlib.report import table  # noqa: E402
@@ -61,7 +61,7 @@ def plain(cfg, task, threads: int = CORES) -> tuple[list[float], int]:
 def ray_train(cfg, workers: int) -> tuple[list[float], int]:
     from jobs.train import build_trainer
 
-    raw = _raw(cfg)
+    raw = to_dict(cfg)
     raw["train"]["keep_checkpoints"] = raw["train"]["epochs"]  # metrics_dataframe lists kept ones only
     cfg = job_from_dict({**raw, "scaling": {"workers": workers, "cpus_per_worker": CORES // workers},
                          "storage": tempfile.mkdtemp(prefix="bench-train-")})
@@ -70,11 +70,6 @@ def ray_train(cfg, workers: int) -> tuple[list[float], int]:
     assert len(df) == cfg.train.epochs, "every epoch must be in the metrics"
     return list(df["train_seconds"]), int(df["torch_threads"].iloc[-1])
 
-
-def _raw(cfg):
-    from rnnlib.config import to_dict
-
-    return to_dict(cfg)
 
 
 def main() -> None:

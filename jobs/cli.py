@@ -4,6 +4,7 @@ lives in rnnlib. A user's mistake (config, data, bundle) prints a message and ex
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from rnnlib.errors import UserError
@@ -16,18 +17,6 @@ EPILOG = """examples:
   rnnjobs evaluate --model outputs/runs/RUN/model
   rnnjobs check jobs/configs/text-train.yaml data.path=corpus.txt model.cell=lstm
 """
-
-
-def _check(args) -> int:
-    from jobs.check import run
-
-    return run(args.config, args.overrides)
-
-
-def _train(args) -> int:
-    from jobs.train import run
-
-    return run(args.config, args.overrides)
 
 
 def _generate(args) -> int:
@@ -47,12 +36,6 @@ def _evaluate(args) -> int:
     return run_evaluate(args.model, args.text, args.seq_len, args.endpoint_url)
 
 
-def _score(args) -> int:
-    from jobs.score import run
-
-    return run(args.config, args.overrides)
-
-
 def _verify(args) -> int:
     from jobs.score import run_verify
 
@@ -65,35 +48,37 @@ def _demo(args) -> int:
     return run(out=args.out, quick=args.quick)
 
 
+def _config_command(sub, name: str, module: str, help: str, description: str, example: str,
+                    overrides_help: str) -> None:
+    """A subcommand taking CONFIG and key=value overrides, run by ``jobs.<module>.run``."""
+    def handler(args) -> int:
+        return importlib.import_module(f"jobs.{module}").run(args.config, args.overrides)
+
+    c = sub.add_parser(name, help=help, description=description)
+    c.add_argument("config", help=f"YAML, e.g. {example}")
+    c.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    c.set_defaults(func=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rnnjobs", description="Train and score RNN/LSTM/GRU models on Ray.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("check", help="validate a job config and its data (no training)",
-                       description="Load CONFIG with overrides, validate it, load the data it names and "
-                                   "print what would be used and what was rejected, with reasons.")
-    c.add_argument("config", help="job YAML, e.g. jobs/configs/forecast-train.yaml")
-    c.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.cell=gru")
-    c.set_defaults(func=_check)
-
-    t = sub.add_parser("train", help="train a model with Ray Train (local Ray, or the cluster at RAY_ADDRESS)",
-                       description="Train per CONFIG on Ray Train workers; checkpoints every epoch to "
-                                   "storage; rerunning the same command resumes a crashed run. The best "
-                                   "model is exported to <storage>/<name>/model/.")
-    t.add_argument("config", help="job YAML, e.g. jobs/configs/forecast-train.yaml")
-    t.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. train.epochs=2 scaling.workers=2 storage=/tmp/runs")
-    t.set_defaults(func=_train)
-
-    s = sub.add_parser("score", help="forecast or backtest many histories with Ray Data, publish atomically",
-                       description="Score every history under input= with the bundle at model=, writing "
-                                   "Parquet under <output>/run=<id>/ with a manifest and _SUCCESS. "
-                                   "Rerunning a published run does nothing.")
-    s.add_argument("config", help="score YAML, e.g. jobs/configs/forecast-score.yaml")
-    s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. input=DIR model=BUNDLE_DIR output=OUT_DIR mode=backtest as_of=2018-01-31")
-    s.set_defaults(func=_score)
+    _config_command(sub, "check", "check", "validate a job config and its data (no training)",
+                    "Load CONFIG with overrides, validate it, load the data it names and print what would "
+                    "be used and what was rejected, with reasons.",
+                    "jobs/configs/forecast-train.yaml", "dotted overrides, e.g. model.cell=gru")
+    _config_command(sub, "train", "train", "train a model with Ray Train (local Ray, or the cluster at RAY_ADDRESS)",
+                    "Train per CONFIG on Ray Train workers; checkpoints every epoch to storage; rerunning the "
+                    "same command resumes a crashed run. The best model is exported to <storage>/<name>/model/.",
+                    "jobs/configs/forecast-train.yaml",
+                    "dotted overrides, e.g. train.epochs=2 scaling.workers=2 storage=/tmp/runs")
+    _config_command(sub, "score", "score", "forecast or backtest many histories with Ray Data, publish atomically",
+                    "Score every history under input= with the bundle at model=, writing Parquet under "
+                    "<output>/run=<id>/ with a manifest and _SUCCESS. Rerunning a published run does nothing.",
+                    "jobs/configs/forecast-score.yaml",
+                    "e.g. input=DIR model=BUNDLE_DIR output=OUT_DIR mode=backtest as_of=2018-01-31")
 
     v = sub.add_parser("verify", help="check a published score run against its manifest",
                        description="Read _SUCCESS, then the manifest it commits, then check every listed "

@@ -164,8 +164,7 @@ def load_bundle(path: str | Path, task: str | None = None) -> Bundle:
         raise BundleError(f"{path}: the weights do not fit {cls.__name__}({meta['model']['args']}): "
                           f"{detail[:500]}") from None
     if meta["task"] == "text":
-        size = len(meta["vocab"]["chars"]) + (1 if meta["vocab"]["unknown"] == "token"
-                                              and "\ufffd" not in meta["vocab"]["chars"] else 0)
+        size = len(Vocab.from_dict(meta["vocab"]))
         if size != model.vocab_size:
             raise BundleError(f"{path}: the vocabulary has {size} characters but the model "
                               f"expects {model.vocab_size}")

@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -231,14 +232,11 @@ def _check_job(cfg: JobConfig, problems: list[str]) -> None:
             value = getattr(d, key)
             if value is not None:
                 try:
-                    from datetime import date
                     date.fromisoformat(value)
                 except ValueError:
                     problems.append(f"data.{key}: {value!r} is not a date; use YYYY-MM-DD")
         if d.val_start and d.test_start and d.val_start >= d.test_start:
             problems.append(f"data.val_start ({d.val_start}) must be before data.test_start ({d.test_start})")
-    if cfg.task == "text" and cfg.model.embed < 1:
-        problems.append("model.embed must be >= 1 for text models")
 
 
 def job_from_dict(raw: Any, source: str = "config") -> JobConfig:

@@ -127,6 +127,11 @@ class Windows:
         return len(self.x)
 
     @staticmethod
+    def empty(window: int, horizon: int, n_features: int) -> Windows:
+        return Windows(np.zeros((0, window, n_features), np.float32), np.zeros((0, horizon), np.float32),
+                       np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @staticmethod
     def concat(parts: list[Windows]) -> Windows:
         return Windows(*(np.concatenate([getattr(p, k) for p in parts]) for k in
                          ("x", "y", "last", "sid", "end")))
@@ -148,9 +153,7 @@ def series_windows(df: pd.DataFrame, tf: SeriesTransform, window: int, horizon: 
     ends = np.asarray(ends, dtype=np.int64)
     ends = ends[(ends >= first) & (ends <= last_end)]
     if len(ends) == 0:  # too short for even one window
-        f = len(tf.columns)
-        return Windows(np.zeros((0, window, f), np.float32), np.zeros((0, horizon), np.float32),
-                       np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return Windows.empty(window, horizon, len(tf.columns))
     price = raw[:, 0]
     if tf.kind == "log_return":
         base = _returns(raw, tf.columns) / tf.scale
@@ -252,9 +255,7 @@ def make_forecast_data(series: dict[str, pd.DataFrame], *, target: str = "close"
         scales.append(naive_scale(df, target, sp.val))
         for part in SPLITS:
             parts[part].append(series_windows(df, tf, window, horizon, split_ends(sp, window, horizon, part), sid))
-    empty = Windows(np.zeros((0, window, len(cols)), np.float32), np.zeros((0, horizon), np.float32),
-                    np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    pooled = {k: Windows.concat(v) if v else empty for k, v in parts.items()}
+    pooled = {k: Windows.concat(v) if v else Windows.empty(window, horizon, len(cols)) for k, v in parts.items()}
     return ForecastData(tickers, cols, tfs, splits, np.asarray(scales), pooled["train"], pooled["val"],
                         pooled["test"])
 

@@ -50,18 +50,21 @@ class TrainState:
     def save(self, folder: Path, optimizer: torch.optim.Optimizer) -> None:
         torch.save({"optimizer": optimizer.state_dict(), "state": json.dumps(asdict(self))}, folder / STATE_FILE)
 
+    @staticmethod
+    def _load(folder: Path) -> dict:
+        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+
     @classmethod
     def read(cls, folder: Path) -> TrainState:
-        saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        return cls(**json.loads(saved["state"]))
+        return cls(**json.loads(cls._load(folder)["state"]))
 
     @classmethod
     def restore(cls, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
         """Load weights, optimizer and state from a checkpoint folder written by ``save_checkpoint``."""
         model.load_state_dict(load_bundle(folder).model.state_dict())
-        saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        saved = cls._load(folder)
         optimizer.load_state_dict(saved["optimizer"])
-        return cls.read(folder)
+        return cls(**json.loads(saved["state"]))
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -27,17 +27,18 @@ EVAL_BATCH = 32  # text validation streams: fixed so val loss is comparable acro
 
 def load_stock_data(d: ForecastDataConfig) -> tuple[Histories, ForecastData]:
     """Load, validate and window the histories a forecast config names."""
+    source = d.path or sample_stocks_dir()
     by_date = bool(d.val_start or d.test_start)
-    hist = load_histories(d.path or sample_stocks_dir(), needed=feature_columns(d.target, d.features),
+    hist = load_histories(source, needed=feature_columns(d.target, d.features),
                           columns=d.columns, max_jump=d.max_jump,
                           min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date))
     if not hist.series:
-        raise DataError(f"{d.path or sample_stocks_dir()}: no usable series.\n{hist.summary()}")
+        raise DataError(f"{source}: no usable series.\n{hist.summary()}")
     data = make_forecast_data(hist.series, target=d.target, features=d.features, transform=d.transform,
                               window=d.window, horizon=d.horizon, val_frac=d.val_frac,
                               test_frac=d.test_frac, val_start=d.val_start, test_start=d.test_start)
     if len(data.train) == 0 or len(data.val) == 0:
-        raise DataError(f"{d.path or sample_stocks_dir()}: no training or validation windows for "
+        raise DataError(f"{source}: no training or validation windows for "
                         f"window={d.window}, horizon={d.horizon}; use shorter windows or more history")
     return hist, data
 
