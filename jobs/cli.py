@@ -13,6 +13,7 @@ EPILOG = """examples:
   rnnjobs demo                                      train a forecaster and a char model on bundled data
   rnnjobs check jobs/configs/forecast-train.yaml    validate a config and its data, no training
   rnnjobs train jobs/configs/forecast-train.yaml train.epochs=2 scaling.workers=2 storage=/tmp/runs
+  rnnjobs tune jobs/configs/forecast-tune.yaml tune.num_samples=6 train.epochs=2 storage=/tmp/tune
   rnnjobs generate --model outputs/runs/RUN/model --prompt "ROMEO:" --length 300 --temperature 0.7
   rnnjobs evaluate --model outputs/runs/RUN/model
   rnnjobs check jobs/configs/text-train.yaml data.path=corpus.txt model.cell=lstm
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "same command resumes a crashed run. The best model is exported to <storage>/<name>/model/.",
                     "jobs/configs/forecast-train.yaml",
                     "dotted overrides, e.g. train.epochs=2 scaling.workers=2 storage=/tmp/runs")
+    _config_command(sub, "tune", "tune", "search cell type, window size and the rest with Ray Tune (ASHA)",
+                    "Run a Ray Tune search over the keys in CONFIG's search section; write a results table, "
+                    "best.yaml (a train config) and the best model under <storage>/<name>/. Rerunning the same "
+                    "command resumes an interrupted search.",
+                    "jobs/configs/forecast-tune.yaml",
+                    "e.g. tune.num_samples=6 train.epochs=2 storage=/tmp/tune 'search.model.cell={choice: [lstm, gru]}'")
     _config_command(sub, "score", "score", "forecast or backtest many histories with Ray Data, publish atomically",
                     "Score every history under input= with the bundle at model=, writing Parquet under "
                     "<output>/run=<id>/ with a manifest and _SUCCESS. Rerunning a published run does nothing.",

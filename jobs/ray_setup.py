@@ -39,3 +39,9 @@ def quiet_train_worker() -> None:
         context.logger.setLevel(logging.WARNING)
     except (ImportError, AttributeError):  # internal layout changed: only noise is lost
         pass
+
+
+def quiet_tune_trial() -> None:
+    """Inside a Tune trial: drop the INFO line logged for every checkpoint persisted."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)

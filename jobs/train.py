@@ -53,54 +53,65 @@ def _fault_hook(epoch: int, rank: int, world: int) -> None:
         os._exit(1)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int = 1, device="cpu",
+               prepare=lambda model: model, verbose: bool = True) -> None:
+    """Epochs from the last checkpoint (a Ray ``Checkpoint`` or None) until done.
+
+    Shared by Ray Train workers and Tune process trials: ``report(metrics, folder)`` hands each
+    epoch's metrics and, on rank 0, a checkpoint folder to Ray; ``prepare`` wraps the model
+    (DDP under Ray Train)."""
     import torch.distributed as dist
 
-    from jobs.ray_setup import quiet_train_worker
-
-    quiet_train_worker()
-    cfg = job_from_dict(config["job"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(cfg.train.seed)
     task = make_task(cfg)
     model = task.build_model()
     opt = make_optimizer(model, cfg)
     state = TrainState()
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
+    if checkpoint:
+        with checkpoint.as_directory() as d:
             state = TrainState.restore(Path(d), model, opt)
         state.resumed_at.append(state.epoch)
     start_epoch = state.epoch
-    device = ray.train.torch.get_device()
-    ddp = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
+    wrapped = prepare(model)
     while not state.done(cfg):
         _fault_hook(state.epoch, rank, world)
-        train_loss, val_loss, secs, train_secs = run_epoch(ddp, opt, task, cfg, state, rank=rank, world=world,
+        train_loss, val_loss, secs, train_secs = run_epoch(wrapped, opt, task, cfg, state, rank=rank, world=world,
                                                            device=device, eval_model=model)
         if world > 1:  # mean train loss over the shards
             t = torch.tensor([train_loss], device=device)
             dist.all_reduce(t)
             train_loss = t.item() / world
         state.record(train_loss, val_loss, secs, train_secs)
-        if rank == 0:
+        if rank == 0 and verbose:
             print(f"epoch {state.epoch}/{cfg.train.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
                   f"({secs:.1f}s)", flush=True)
-        metrics = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss,
+        metrics = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss, "stale": state.stale,
                    "start_epoch": start_epoch, "seconds": secs, "train_seconds": train_secs,
                    "torch_threads": torch.get_num_threads()}
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
             if rank == 0:
                 save_checkpoint(Path(tmp), model, opt, task, cfg, state)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            report(metrics, tmp if rank == 0 else None)
 
 
-def build_trainer(cfg: JobConfig, name: str):
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from jobs.ray_setup import quiet_train_worker
+
+    quiet_train_worker()
+    ctx = ray.train.get_context()
+
+    def report(metrics: dict, folder: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+    train_loop(job_from_dict(config["job"]), ray.train.get_checkpoint(), report, rank=ctx.get_world_rank(),
+               world=ctx.get_world_size(), device=ray.train.torch.get_device(),
+               prepare=ray.train.torch.prepare_model, verbose=config.get("verbose", True))
+
+
+def build_trainer(cfg: JobConfig, name: str, callbacks: list | None = None, verbose: bool = True):
     """The TorchTrainer for a config: scaling, storage, failures and checkpoints all from it."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -109,12 +120,12 @@ def build_trainer(cfg: JobConfig, name: str):
     fs, path = storage.filesystem(cfg.storage, cfg.endpoint_url)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg)},
+        train_loop_config={"job": to_dict(cfg), "verbose": verbose},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=path, storage_filesystem=fs,
+            name=name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(
@@ -154,16 +165,25 @@ def run(config: str, overrides: list[str]) -> int:
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     if best is None:
         raise UserError(f"run {name} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:  # latest: holds the full history
+        final_state = TrainState.read(Path(d))
+    metrics = export_model(cfg, task, best, final_state.history, out_uri, name,
+                           resumed_from_epoch=max(final_state.resumed_at, default=0),
+                           resumed_at=final_state.resumed_at)
+    _print_summary(cfg, metrics, out_uri)
+    return 0
+
+
+def export_model(cfg: JobConfig, task, checkpoint, history: list[dict], out_uri: str, name: str,
+                 **extra) -> dict:
+    """Write ``<out_uri>/model`` (the bundle in a Ray ``checkpoint``, with its final metrics),
+    ``metrics.json`` and ``loss.png``; return the metrics."""
+    with checkpoint.as_directory() as d:
+        bundle = load_bundle(d, task=cfg.task)
+    metrics = {"run": name, "history": history,
+               "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+               **extra, "final": task.final_metrics(bundle.model), "config": to_dict(cfg)}
     with tempfile.TemporaryDirectory() as tmp:
-        with result.checkpoint.as_directory() as d:  # latest: holds the full history
-            final_state = TrainState.read(Path(d))
-        history = final_state.history
-        with best.as_directory() as d:
-            bundle = load_bundle(d, task=cfg.task)
-        final = task.final_metrics(bundle.model)
-        metrics = {"run": name, "history": history, "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
-                   "resumed_from_epoch": max(final_state.resumed_at, default=0), "resumed_at": final_state.resumed_at,
-                   "final": final, "config": to_dict(cfg)}
         export = Path(tmp) / "model"
         save_bundle(export, bundle.model, task=cfg.task, model_args=bundle.meta["model"]["args"],
                     metrics=metrics, config=to_dict(cfg), **task.bundle_kwargs())
@@ -172,8 +192,7 @@ def run(config: str, overrides: list[str]) -> int:
     storage.write_bytes(storage.join(out_uri, "loss.png"), loss_curve_png(history, name, ylabel), cfg.endpoint_url)
     storage.write_bytes(storage.join(out_uri, "metrics.json"),
                         json.dumps(metrics, indent=1, allow_nan=True).encode(), cfg.endpoint_url)
-    _print_summary(cfg, metrics, out_uri)
-    return 0
+    return metrics
 
 
 def _finished(out_uri: str, cfg: JobConfig) -> dict | None:

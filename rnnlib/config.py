@@ -111,6 +111,31 @@ DATA_CONFIGS = {"forecast": ForecastDataConfig, "text": TextDataConfig}
 
 
 @dataclass(frozen=True)
+class TuneSettings:
+    """The ``tune`` section of a search config: how many trials, how they run, when they stop."""
+
+    name: str | None = opt(None, "experiment name; null = derived from the config and search space "
+                           "(deterministic, so rerunning resumes)")
+    num_samples: int = opt(12, "trials to sample; with grid keys, samples per grid point", lo=1)
+    max_concurrent_trials: int = opt(0, "trials running at once; 0 = as many as the resources allow", lo=0)
+    searcher: Literal["random", "optuna"] = opt("random", "random: independent samples; optuna: TPE "
+                                                "(model-based; needs the optuna extra; no grid keys)")
+    scheduler: Literal["asha", "fifo"] = opt("asha", "asha: stop poor trials early; fifo: run every trial "
+                                             "to max_t")
+    max_t: int = opt(0, "epochs a trial may run; 0 = train.epochs", lo=0)
+    grace_period: int = opt(1, "ASHA: epochs every trial runs before it may be stopped", lo=1)
+    reduction_factor: float = opt(2.0, "ASHA: keep the best 1/reduction_factor at each rung", lo=1.0,
+                                  lo_open=True)
+    seed: int = opt(0, "seed of the searcher (the same seed samples the same configs)", lo=0)
+    trial: Literal["process", "trainer"] = opt(
+        "process", "process: each trial trains in one Ray actor (small RNNs); trainer: each trial runs a "
+        "TorchTrainer with scaling.workers workers (large models)")
+    cpus_per_trial: float = opt(1.0, "CPUs per process trial (fractions allowed)", lo=0.0, lo_open=True)
+    gpus_per_trial: float = opt(0.0, "GPUs per process trial (fractions share a GPU)", lo=0.0)
+    top: int = opt(5, "trials shown in the final table", lo=1)
+
+
+@dataclass(frozen=True)
 class GenerateConfig:
     model: str | None = opt(None, "text bundle: local folder or s3:// URI (the model/ folder train exports)")
     prompt: str = opt("", "text to continue; empty starts from a newline")
@@ -308,16 +333,21 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     return out
 
 
+def set_path(raw: dict, path: list[str], value: Any) -> None:
+    """``raw[path[0]][path[1]]... = value``, creating sections on the way."""
+    node = raw
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return a copy of ``raw`` with dotted ``key=value`` overrides applied (values parsed as YAML)."""
     raw = yaml.safe_load(yaml.safe_dump(raw or {}))  # deep copy of plain data
     for path, value in parse_overrides(overrides):
-        node = raw
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[path[-1]] = value
+        set_path(raw, path, value)
     return raw
 
 

@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def loss_curve_png(history: list[dict], title: str, ylabel: str = "loss") -> bytes:
     """Train and validation loss by epoch; the best validation epoch is marked."""
     epochs = [h["epoch"] + 1 for h in history]
@@ -25,8 +33,41 @@ def loss_curve_png(history: list[dict], title: str, ylabel: str = "loss") -> byt
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
+
+
+def search_png(results, x: str, color: str | None, title: str, ylabel: str = "best validation loss") -> bytes:
+    """Each trial's best validation loss against one searched key (``x``), coloured by another.
+
+    ``results`` is the search's results table (a DataFrame with ``best_val_loss``, ``stopped`` and
+    the searched keys as columns). Trials stopped early are hollow: their loss is from fewer epochs.
+    """
+    import numpy as np
+
+    ok = results[results["status"] == "done"]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    groups = ok.groupby(color, sort=True) if color else [(None, ok)]
+    xs = sorted(ok[x].unique().tolist(), key=str if ok[x].dtype == object else None)
+    # few distinct values (cells, windows): evenly spaced categories, groups side by side
+    categorical = len(xs) <= 12 or not all(isinstance(v, (int, float)) for v in xs)
+    pos = {v: i for i, v in enumerate(xs)} if categorical else {v: v for v in xs}
+    n = max(1, len(groups) if color else 1)
+    width = 0.6 / n if categorical else 0.0
+    for i, (label, g) in enumerate(groups):
+        offset = (i - (n - 1) / 2) * width
+        px = np.array([pos[v] for v in g[x]], dtype=float) + offset
+        full = (g["stopped"] != "asha").to_numpy()
+        line = ax.scatter(px[full], g["best_val_loss"][full], label=f"{color}={label}" if color else None, zorder=3)
+        ax.scatter(px[~full], g["best_val_loss"][~full], facecolors="none", edgecolors=line.get_facecolor(),
+                   zorder=3)
+        best = g.groupby(x)["best_val_loss"].min()
+        ax.plot([pos[v] + offset for v in best.index], best.to_numpy(), color=line.get_facecolor()[0], alpha=0.5)
+    if categorical:
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    elif min(xs) > 0 and max(xs) / min(xs) > 50:  # e.g. a learning rate
+        ax.set_xscale("log")
+    ax.set(xlabel=x, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.scatter([], [], facecolors="none", edgecolors="gray", label="stopped early by ASHA")
+    ax.legend(fontsize=8)
+    return _png(fig)

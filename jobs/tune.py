@@ -1,0 +1,319 @@
+"""``rnnjobs tune CONFIG [key=value ...]``: a Ray Tune search over any config keys.
+
+parse and check the space and the data (before Ray starts) -> ``ray.tune.Tuner`` with ASHA
+(or FIFO) and a random or Optuna searcher -> results table, ``best.yaml``, the best trial's
+model exported like the train job's, and a plot, all under ``<storage>/<name>/``.
+
+Two trial modes run the same rnnlib code as ``rnnjobs train``: ``process`` trains in the trial's
+own actor (right for small RNNs; fractional CPUs or GPUs per trial), ``trainer`` builds a
+TorchTrainer inside the trial and reports through ``TuneReportCallback``.
+
+The experiment name is derived from the config, so the same command after the driver died
+resumes the search with ``Tuner.restore``: finished trials are kept, unfinished and errored ones
+continue from their last checkpoint, and the searcher keeps its state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+
+import pandas as pd
+import yaml
+
+from jobs.train import export_model, train_loop, trained_part
+from rnnlib import storage
+from rnnlib.config import JobConfig, to_dict
+from rnnlib.errors import UserError
+from rnnlib.plots import search_png
+from rnnlib.report import table
+from rnnlib.search import Search, load_search
+from rnnlib.tasks import make_task
+
+# Settings that change which trials run; the others (concurrency, resources) may change on resume.
+_SEARCH_SETTINGS = ("num_samples", "searcher", "scheduler", "max_t", "grace_period", "reduction_factor", "seed",
+                    "trial")
+RESULTS = "results.parquet"
+TRAINER_DRIVER_CPUS = 0.1  # a trainer trial only drives its Train workers, which reserve their own CPUs
+
+
+def experiment_name(search: Search) -> str:
+    """Deterministic: ``tune-<task>-<hash of the base job, the space and the search settings>``."""
+    s = search.settings
+    if s.name:
+        return s.name
+    what = {"job": trained_part(search.base), "search": search.search_raw,
+            "tune": {k: getattr(s, k) for k in _SEARCH_SETTINGS}}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"tune-{search.base.get('task', 'forecast')}-{digest}"
+
+
+def _trial_job(search: Search, params: dict, **top_level) -> JobConfig:
+    """A trial's job: the sampled params, and at most ``max_t`` epochs."""
+    cfg = search.trial_job(params, **top_level)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=search.max_t))
+
+
+def process_trial(config: dict, search: Search) -> None:
+    """A Tune function trial: train in this actor, one report (and checkpoint) per epoch."""
+    import ray.tune
+    import torch
+
+    from jobs.ray_setup import quiet_tune_trial
+
+    quiet_tune_trial()
+    torch.set_num_threads(max(1, int(search.settings.cpus_per_trial)))
+    device = "cuda" if search.settings.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+
+    def report(metrics: dict, folder: str | None) -> None:
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+    train_loop(_trial_job(search, config), ray.tune.get_checkpoint(), report, device=device, verbose=False)
+
+
+def trainer_trial(config: dict, search: Search, exp_uri: str) -> None:
+    """A Tune function trial that drives a multi-worker TorchTrainer (the Train V2 pattern).
+
+    The trainer's name is the trial id, so a resumed trial resumes its Train run from storage."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from jobs.train import build_trainer
+
+    cfg = _trial_job(search, config, storage=storage.join(exp_uri, "trainer"))
+    trial_id = ray.tune.get_context().get_trial_id()
+    build_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()], verbose=False).fit()
+
+
+def _param_space(search: Search) -> dict:
+    from ray import tune
+
+    make = {"choice": lambda a: tune.choice(list(a)), "grid": lambda a: tune.grid_search(list(a)),
+            "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
+            "randint": lambda a: tune.randint(a[0], a[1] + 1)}  # our bounds are inclusive
+    return {d.key: make[d.kind](d.args) for d in search.dims}
+
+
+class Progress:
+    """Prints one line per finished trial; built lazily as a ``ray.tune.Callback`` subclass."""
+
+    @staticmethod
+    def make(search: Search):
+        from ray import tune
+
+        class _Progress(tune.Callback):
+            def __init__(self):
+                self.done = 0
+
+            def _line(self, trial, what: str) -> None:
+                self.done += 1
+                r = trial.last_result or {}
+                params = "  ".join(f"{d.key.split('.')[-1]}={_short(trial.config.get(d.key))}" for d in search.dims)
+                print(f"[{self.done}/{search.num_trials}] {trial.trial_id}  {params}  "
+                      f"epochs {r.get('epoch', 0)}  val {r.get('val_loss', float('nan')):.4f}  {what}", flush=True)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                r = trial.last_result or {}
+                epochs, stale = r.get("epoch", 0), r.get("stale", 0)
+                patience = search.base_job.train.patience
+                what = ("" if epochs >= search.max_t else
+                        "(no better val loss: patience)" if patience and stale >= patience else "(stopped by ASHA)")
+                self._line(trial, what)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._line(trial, "FAILED (see the table at the end)")
+
+        return _Progress()
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _trial_dir(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _tuner(search: Search, name: str, base: JobConfig):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    s = search.settings
+    fs, root = storage.filesystem(base.storage, base.endpoint_url)
+    exp_uri = storage.join(base.storage, name)
+    if s.trial == "process":
+        fn = tune.with_parameters(process_trial, search=search)
+        resources = {"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}
+    else:
+        fn = tune.with_parameters(trainer_trial, search=search, exp_uri=exp_uri)
+        resources = {"CPU": TRAINER_DRIVER_CPUS}
+    trainable = tune.with_resources(fn, resources)
+    exp_path = f"{root.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        print(f"resuming {exp_uri}: finished trials are kept, the others continue from their checkpoints")
+        return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
+    if s.searcher == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            searcher = OptunaSearch(seed=s.seed)
+        except ImportError:
+            raise UserError("tune.searcher=optuna needs optuna: pip install 'rnnjobs[optuna]' "
+                            "(or use tune.searcher=random)") from None
+    else:
+        searcher = BasicVariantGenerator(random_state=s.seed)
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=search.max_t, grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor)
+                 if s.scheduler == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable, param_space=_param_space(search),
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=s.num_samples,
+                                    max_concurrent_trials=s.max_concurrent_trials or None,
+                                    search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir),
+        run_config=tune.RunConfig(
+            name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[Progress.make(search)],
+            failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
+            # the best epoch's checkpoint (the one exported) and the latest (for resuming)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                                    checkpoint_score_order="min")))
+
+
+def _rows(grid, search: Search) -> pd.DataFrame:
+    """One row per trial: its params, status, why it stopped, epochs and losses."""
+    patience = search.base_job.train.patience
+    rows = []
+    for r in grid:
+        df = r.metrics_dataframe
+        last = r.metrics or {}
+        epochs = int(last.get("epoch", 0))
+        row = {"trial_id": last.get("trial_id"),
+               **{d.key: r.config.get(d.key) for d in search.dims}, "status": "error" if r.error else "done"}
+        if r.error:
+            stopped = "error"
+        elif epochs >= search.max_t:
+            stopped = "max_t"
+        elif patience and last.get("stale", 0) >= patience:
+            stopped = "patience"
+        else:
+            stopped = "asha"
+        has = df is not None and len(df) and "val_loss" in df
+        best = df.loc[df["val_loss"].idxmin()] if has else None
+        row.update(stopped=stopped, epochs=epochs,
+                   best_val_loss=float(best["val_loss"]) if has else float("nan"),
+                   best_epoch=int(best["epoch"]) if has else 0,
+                   last_val_loss=float(last.get("val_loss", float("nan"))),
+                   train_seconds=float(df["seconds"].sum()) if has else 0.0,
+                   error=str(r.error).strip().splitlines()[0][:300] if r.error else "")
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("best_val_loss", na_position="last").reset_index(drop=True)
+
+
+def _best_checkpoint(grid, trial_id: str, search: Search, fs):
+    """The best-val-loss checkpoint of a trial, as a Ray ``Checkpoint``."""
+    from ray.tune import Checkpoint
+
+    (r,) = [r for r in grid if (r.metrics or {}).get("trial_id") == trial_id]
+    if search.settings.trial == "process":
+        return min(r.best_checkpoints, key=lambda cm: cm[1]["val_loss"])[0]
+    # trainer trials: TuneReportCallback adds the Train checkpoint's path to each result
+    df = r.metrics_dataframe.dropna(subset=["checkpoint_path"])
+    df = df[[fs.get_file_info(p).type.name == "Directory" for p in df["checkpoint_path"]]]  # still kept
+    return Checkpoint(df.loc[df["val_loss"].idxmin(), "checkpoint_path"], filesystem=fs)
+
+
+def best_yaml(search: Search, params: dict, row: dict) -> str:
+    """A complete train config for the best trial, with the full ``train.epochs`` budget."""
+    cfg = search.trial_job(params)
+    header = (f"# The best trial ({row['trial_id']}) of a search: best val loss {row['best_val_loss']:.5f} "
+              f"at epoch {row['best_epoch']}.\n# Train it: rnnjobs train best.yaml\n")
+    return header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _write_df(df: pd.DataFrame, uri_base: str, endpoint: str | None) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    storage.write_bytes(uri_base + ".csv", df.to_csv(index=False).encode(), endpoint)
+    storage.write_bytes(uri_base + ".parquet", buf.getvalue(), endpoint)  # last: it marks the search done
+
+
+def _top_table(df: pd.DataFrame, search: Search) -> str:
+    keys = [d.key for d in search.dims]
+    top = df.head(search.settings.top)
+    rows = [[i + 1, r["trial_id"], *[_short(r[k]) for k in keys], r["epochs"], r["stopped"], r["best_val_loss"]]
+            for i, r in top.iterrows()]
+    return table(rows, ["#", "trial", *keys, "epochs", "stopped", "best val loss"])
+
+
+def _plot_keys(search: Search) -> tuple[str, str | None]:
+    keys = [d.key for d in search.dims]
+    x = "data.window" if "data.window" in keys else keys[0]
+    color = "model.cell" if "model.cell" in keys and x != "model.cell" else next((k for k in keys if k != x), None)
+    return x, color
+
+
+def run(config: str, overrides: list[str]) -> int:
+    search = load_search(config, overrides)
+    base = search.base_job
+    make_task(base)  # data errors surface here, before Ray starts
+    name = experiment_name(search)
+    exp_uri = storage.join(base.storage, name)
+    s = search.settings
+    grid = f" ({s.num_samples} x {search.grid_size} grid points)" if search.grid_size > 1 else ""
+    print(f"search {name}: {search.num_trials} trials{grid}, {s.searcher} search, {s.scheduler} "
+          f"(max {search.max_t} epochs), {s.trial} trials; storage {exp_uri}")
+    for d in search.dims:
+        print(f"  {d.describe()}")
+    results_uri = storage.join(exp_uri, RESULTS)
+    if storage.exists(results_uri, base.endpoint_url):
+        df = pd.read_parquet(io.BytesIO(storage.read_bytes(results_uri, base.endpoint_url)))
+        print(f"already finished (delete {exp_uri} to search again):\n{_top_table(df, search)}")
+        return 0
+
+    from jobs.ray_setup import init_ray
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often: cheap, resumable
+    # Tune warns when it snapshots often; for small searches that is by design
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its banner and tables; Progress prints a line per trial
+    init_ray()
+    tuner = _tuner(search, name, base)
+    result_grid = tuner.fit()
+    df = _rows(result_grid, search)
+    ok = df[df["status"] == "done"]
+    if ok.empty:
+        print(f"every trial failed; the first error:\n{df['error'].iloc[0]}")
+        return 1
+    best_row = ok.iloc[0].to_dict()
+    params = {d.key: best_row[d.key] for d in search.dims}
+    best_cfg = search.trial_job(params)
+    fs, _ = storage.filesystem(base.storage, base.endpoint_url)
+    ckpt = _best_checkpoint(result_grid, best_row["trial_id"], search, fs)
+    (r,) = [r for r in result_grid if (r.metrics or {}).get("trial_id") == best_row["trial_id"]]
+    by_epoch = {int(h["epoch"]) - 1: h for h in r.metrics_dataframe.to_dict("records")}  # a replayed epoch: last
+    history = [{"epoch": e, **{k: by_epoch[e][k] for k in ("train_loss", "val_loss", "seconds", "train_seconds")}}
+               for e in sorted(by_epoch)]
+    metrics = export_model(best_cfg, make_task(best_cfg), ckpt, history, exp_uri, f"{name} best trial "
+                           f"{best_row['trial_id']}", trial=best_row["trial_id"])
+    storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(search, params, best_row).encode(),
+                        base.endpoint_url)
+    x, color = _plot_keys(search)
+    ylabel = "best val loss (pinball, scaled)" if base.task == "forecast" else "best val loss (nats/char)"
+    storage.write_bytes(storage.join(exp_uri, "search.png"), search_png(df, x, color, name, ylabel),
+                        base.endpoint_url)
+    _write_df(df, storage.join(exp_uri, "results"), base.endpoint_url)
+    epochs = int(df["epochs"].sum())
+    print(f"\n{len(df)} trials, {len(df) - len(ok)} failed, {(df['stopped'] == 'asha').sum()} stopped early by "
+          f"ASHA; {epochs} trial-epochs of {len(df) * search.max_t} without early stopping")
+    print(_top_table(df, search))
+    if base.task == "forecast":
+        from rnnlib.report import forecast_table
+
+        print(f"best trial on the test split:\n{forecast_table(metrics['final'])}")
+    print(f"results: {results_uri} (and results.csv)\nbest config: {storage.join(exp_uri, 'best.yaml')}  "
+          f"(rnnjobs train it as is)\nbest model: {storage.join(exp_uri, 'model')}\n"
+          f"plot: {storage.join(exp_uri, 'search.png')}")
+    return 0

@@ -1,0 +1,73 @@
+"""Search spaces: parsing, validation before Ray starts, and the trial configs they make."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from rnnlib.errors import ConfigError
+from rnnlib.search import load_search
+
+CONFIG = ROOT / "jobs/configs/forecast-tune.yaml"
+
+
+def problems(*overrides, path=CONFIG) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_search(path, list(overrides))
+    return e.value.problems
+
+
+def test_shipped_space_parses_and_samples_valid_jobs():
+    s = load_search(CONFIG)
+    assert {d.key for d in s.dims} >= {"model.cell", "data.window", "model.hidden", "model.layers", "train.lr"}
+    assert s.num_trials == s.settings.num_samples and s.max_t == s.base_job.train.epochs
+    cfg = s.trial_job({"model.cell": "gru", "data.window": 20, "train.lr": 0.01})
+    assert (cfg.model.cell, cfg.data.window, cfg.train.lr) == ("gru", 20, 0.01)
+    assert load_search(ROOT / "jobs/configs/text-tune.yaml").base_job.task == "text"
+
+
+def test_grid_multiplies_samples_and_nested_override_replaces_flat_key():
+    s = load_search(CONFIG, ["tune.num_samples=2", "search.data.window={grid: [10, 20]}",
+                             "search.model.cell={grid: [rnn, lstm, gru]}"])
+    assert s.grid_size == 6 and s.num_trials == 12
+    assert [d for d in s.dims if d.key == "data.window"][0].args == (10, 20)  # one dim, not two
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("search.model.cells={choice: [lstm]}", "search.model.cells: unknown key"),
+    ("search.model={choice: [1]}", "is a section"),
+    ("search.model.cell={choice: []}", "search.model.cell: choice needs a non-empty list"),
+    ("search.train.lr={uniform: [0.1, 0.01]}", "search.train.lr: low 0.1 must be below high 0.01"),
+    ("search.train.lr={loguniform: [0, 0.1]}", "search.train.lr: loguniform needs low > 0"),
+    ("search.model.hidden={uniform: [8, 64]}", "model.hidden is an integer; use randint or choice"),
+    ("search.model.cell={choice: [lstm, tcn]}", "search.model.cell = 'tcn': model.cell: 'tcn' is not allowed"),
+    ("search.model.dropout={uniform: [0.0, 1.5]}", "model.dropout: 1.5 is out of range"),
+    ("search.storage={choice: [a, b]}", "search.storage: not searchable"),
+    ("search.train.lr={normal: [0, 1]}", "search.train.lr: expected one of {choice: ..."),
+    ("tune.num_sample=3", "tune.num_sample: unknown key"),
+    ("tune.grace_period=20", "tune.grace_period: 20 is more than the 8 epochs"),
+])
+def test_bad_space_names_the_key(override, expect):
+    assert any(expect in p for p in problems(override)), problems(override)
+
+
+def test_optuna_refuses_grid(tmp_path):
+    assert any("grid is not supported with tune.searcher=optuna" in p
+               for p in problems("tune.searcher=optuna", "search.data.window={grid: [10, 20]}"))
+
+
+def test_missing_search_section(tmp_path):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    del cfg["search"]
+    p = tmp_path / "no-search.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert any(m.startswith("search: expected a mapping") for m in problems(path=p))
+
+
+def test_cli_bad_space_exits_2_before_ray(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "tune", str(CONFIG), "search.train.lr={loguniform: [-1, 1]}",
+                        f"storage={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "search.train.lr: loguniform needs low > 0" in r.stderr
+    assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())  # nothing started or written
