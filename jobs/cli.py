@@ -17,6 +17,8 @@ EPILOG = """examples:
   rnnjobs generate --model outputs/runs/RUN/model --prompt "ROMEO:" --length 300 --temperature 0.7
   rnnjobs evaluate --model outputs/runs/RUN/model
   rnnjobs check jobs/configs/text-train.yaml data.path=corpus.txt model.cell=lstm
+  rnnjobs submit --address http://HEAD:8265 train jobs/configs/forecast-train.yaml scaling.workers=4
+  rnnjobs jobs list --address http://HEAD:8265
 """
 
 
@@ -41,6 +43,18 @@ def _verify(args) -> int:
     from jobs.score import run_verify
 
     return run_verify(args.run, args.endpoint_url)
+
+
+def _submit(args) -> int:
+    from jobs.submit import submit
+
+    return submit(args.address, args.job, args.config, list(args.overrides), wait=args.wait)
+
+
+def _jobs(args) -> int:
+    from jobs.submit import jobs
+
+    return jobs(args.address, args.action, args.id, follow_logs=args.follow)
 
 
 def _demo(args) -> int:
@@ -123,6 +137,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
     e.set_defaults(func=_evaluate)
 
+    address_help = "Ray Job API of the cluster, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
+    s = sub.add_parser("submit", help="run train, tune, score or generate on a Ray cluster",
+                       description="Check CONFIG here, then submit `rnnjobs JOB CONFIG key=value...` to the "
+                                   "cluster with this project as the working_dir. The submission id is derived "
+                                   "from the command and config: submitting the same thing twice reports the "
+                                   "existing job. With RAY_AUTH_MODE=token, RAY_AUTH_TOKEN (or "
+                                   "RAY_AUTH_TOKEN_PATH) is sent along.",
+                       epilog="exit codes: 0 succeeded, 1 failed, 130 stopped, 2 bad config, 3 cluster unreachable")
+    s.add_argument("--address", help=address_help)
+    s.add_argument("--no-wait", dest="wait", action="store_false", help="print the job id and return")
+    s.add_argument("--follow", dest="wait", action="store_true", help="stream the logs until the job ends (default)")
+    s.add_argument("job", choices=["train", "tune", "score", "generate"], help="the job to run")
+    s.add_argument("config", help="YAML inside this project, e.g. jobs/configs/forecast-score.yaml")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="as for the job itself")
+    s.set_defaults(func=_submit, wait=True)
+
+    j = sub.add_parser("jobs", help="list, inspect, follow or stop jobs on a Ray cluster",
+                       description="The rest of a submitted job's lifecycle, through the Ray Job API.",
+                       epilog="examples:\n  rnnjobs jobs list\n  rnnjobs jobs logs ID --follow\n"
+                              "  rnnjobs jobs stop ID", formatter_class=argparse.RawDescriptionHelpFormatter)
+    j.add_argument("action", choices=["list", "status", "logs", "stop"])
+    j.add_argument("id", nargs="?", help="submission id (from submit or jobs list)")
+    j.add_argument("--address", help=address_help)
+    j.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    j.set_defaults(func=_jobs)
+
     d = sub.add_parser("demo", help="train a small forecaster and char model on the bundled data",
                        description="In-process demo on the bundled sample: a forecaster against the "
                                    "persistence baseline, then a char model and a text sample.")
@@ -141,8 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    from jobs.submit import UNREACHABLE, Unreachable
+
     try:
         return int(args.func(args) or 0)
+    except Unreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return UNREACHABLE
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,9 +20,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Train V2 re-logs every worker print() through its logger, which shows each line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Tune trials keep the job's working directory, so relative data paths mean the same in a trial
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
     if not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+        # "local": a fresh Ray for this job, even if `ray start` left a cluster running on this machine
+        kwargs.update(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
     ray.init(**kwargs)
     logging.getLogger("ray").setLevel(logging.WARNING)
     import ray.data  # noqa: F401  (configures its logger on import; quiet it afterwards)

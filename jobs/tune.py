@@ -207,9 +207,15 @@ def _rows(grid, search: Search) -> pd.DataFrame:
                    best_epoch=int(best["epoch"]) if has else 0,
                    last_val_loss=float(last.get("val_loss", float("nan"))),
                    train_seconds=float(df["seconds"].sum()) if has else 0.0,
-                   error=str(r.error).strip().splitlines()[0][:300] if r.error else "")
+                   error=_last_line(r.error) if r.error else "")
         rows.append(row)
     return pd.DataFrame(rows).sort_values("best_val_loss", na_position="last").reset_index(drop=True)
+
+
+def _last_line(error: BaseException) -> str:
+    """The cause of a trial's error: the last line of Ray's wrapped traceback."""
+    lines = [li for li in str(error).strip().splitlines() if li.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
 
 
 def _best_checkpoint(grid, trial_id: str, search: Search, fs):

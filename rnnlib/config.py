@@ -195,6 +195,8 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
             return value
         return float(value)
     if tp is str:
+        if isinstance(value, date):  # YAML reads an unquoted 2017-02-10 as a date
+            return value.isoformat()
         if not isinstance(value, str):
             problems.append(f"{key}: expected a string, got {_fmt(value)}")
         return value

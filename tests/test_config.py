@@ -1,8 +1,12 @@
+from datetime import date
+
 import pytest
 import yaml
 from conftest import ROOT
 
-from rnnlib.config import ConfigError, TextDataConfig, apply_overrides, job_from_dict, load_job
+from rnnlib.config import (ConfigError, ScoreConfig, TextDataConfig, apply_overrides, job_from_dict, load_job,
+                           section_from_dict)
+from rnnlib.search import load_search
 
 
 def all_yaml():
@@ -18,7 +22,7 @@ def test_every_yaml_parses_and_opens_with_a_comment(path):
     docs = list(yaml.safe_load_all(text))
     assert docs and all(d is not None for d in docs)
     if path.parent.name == "configs" and path.parent.parent.name == "jobs" and "task" in docs[0]:
-        load_job(path)  # job configs also validate
+        (load_search if "search" in docs[0] else load_job)(path)  # job and search configs also validate
 
 
 def test_job_configs_exist():
@@ -94,3 +98,11 @@ def test_run_name_ignores_what_does_not_change_the_model():
     other = job_from_dict({"train": {"epochs": 3}})
     assert run_name(base) == run_name(same) != run_name(other)
     assert run_name(base).startswith("forecast-lstm-")
+
+
+def test_unquoted_yaml_dates_are_accepted_as_dates(tmp_path):
+    p = tmp_path / "dated.yaml"
+    p.write_text("task: forecast\ndata:\n  val_start: 2016-02-16\n")
+    cfg = load_job(p, ["data.test_start=2017-02-10"])
+    assert (cfg.data.val_start, cfg.data.test_start) == ("2016-02-16", "2017-02-10")
+    assert section_from_dict(ScoreConfig, {"as_of": date(2018, 1, 31)}).as_of == "2018-01-31"

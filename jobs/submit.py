@@ -1,0 +1,224 @@
+"""``rnnjobs submit`` and ``rnnjobs jobs``: run the same jobs on a Ray cluster via its Job API.
+
+submit: check the config here -> a deterministic submission id from the command and the resolved
+config -> ``JobSubmissionClient.submit_job`` with this project as the ``working_dir`` -> stream
+the logs and exit with the job's result. Submitting the same thing again reports the job that
+exists (or, if that one failed or was stopped, submits the next attempt, which resumes by name).
+
+Exit codes: 0 succeeded, 1 failed, 130 stopped, 2 bad input (config, id), 3 cluster unreachable.
+Token authentication (``RAY_AUTH_MODE=token``): Ray's client sends ``RAY_AUTH_TOKEN`` (or the
+file at ``RAY_AUTH_TOKEN_PATH``, default ``~/.ray/auth_token``) with every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import shlex
+import time
+from pathlib import Path
+
+from rnnlib.config import to_dict
+from rnnlib.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("train", "tune", "score", "generate")
+# Never uploaded: history, environments, outputs, caches, tests (the data the jobs read is the
+# bundled sample under rnnlib/datasets/ or a data.path / s3:// URI the cluster can read).
+EXCLUDES = [".git", ".venv", "outputs", "data", "bench/results", "tests", "notebooks/.ipynb_checkpoints",
+            "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+# Set for the job's driver and every worker: the same settings `jobs/ray_setup.py` uses locally.
+ENV_VARS = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
+UNREACHABLE = 3
+
+
+class Unreachable(UserError):
+    """The cluster's Job API did not answer."""
+
+
+def resolved_config(command: str, config: str, overrides: list[str]) -> dict:
+    """Validate the config here, as the job will (exit 2 on a mistake); return it as plain data."""
+    if command == "train":
+        from rnnlib.config import load_job
+
+        return to_dict(load_job(config, overrides))
+    if command == "tune":
+        from rnnlib.search import load_search
+
+        s = load_search(config, overrides)
+        return {"job": s.base, "search": s.search_raw, "tune": to_dict(s.settings)}
+    if command == "score":
+        from jobs.score import load_score_config
+
+        return to_dict(load_score_config(config, overrides))
+    from jobs.generate import load_generate_config
+
+    return to_dict(load_generate_config(config, overrides, {}))
+
+
+def submission_id(command: str, resolved: dict) -> str:
+    """Deterministic: the same command and resolved config give the same id."""
+    blob = json.dumps({"command": command, "config": resolved}, sort_keys=True, default=str)
+    return f"rnnjobs-{command}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _excluded(rel: str) -> bool:
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(part, pat) for pat in EXCLUDES for part in parts) or \
+        any(rel == pat or rel.startswith(pat + "/") for pat in EXCLUDES)
+
+
+def working_dir_size(root: Path = ROOT) -> tuple[int, int]:
+    """(files, bytes) of what ``working_dir`` uploads with EXCLUDES applied."""
+    files = size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = [d for d in dirnames if not _excluded(os.path.normpath(os.path.join(rel_dir, d)))]
+        for f in filenames:
+            rel = os.path.normpath(os.path.join(rel_dir, f))
+            if not _excluded(rel):
+                files += 1
+                size += os.path.getsize(os.path.join(dirpath, f))
+    return files, size
+
+
+def entrypoint(command: str, config: str, overrides: list[str]) -> str:
+    """``python -m jobs.cli ...`` with the config's path inside the project (the working_dir)."""
+    path = Path(config).resolve()
+    try:
+        rel = path.relative_to(ROOT)
+    except ValueError:
+        raise UserError(f"{config}: submitted configs must be inside the project folder {ROOT} (it is "
+                        "uploaded as the job's working_dir); copy it under jobs/configs/") from None
+    if _excluded(rel.as_posix()):
+        raise UserError(f"{config}: this folder is not uploaded ({', '.join(EXCLUDES)}); move the config "
+                        "under jobs/configs/")
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "jobs.cli", command, rel.as_posix(), *overrides])
+
+
+def client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise UserError(f"the cluster at {address} refused the request: it uses token authentication. Set "
+                        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token "
+                        "(see cluster/README.md)") from None
+    except ConnectionError as e:
+        raise Unreachable(f"cannot reach the Ray Job API at {address}: {str(e).splitlines()[0]}\n(is the "
+                          "head running and its dashboard port, 8265 by default, forwarded to you?)") from None
+
+
+def _info(c, job_id: str):
+    try:
+        return c.get_job_info(job_id)
+    except RuntimeError as e:  # the Job API answers 404 as a RuntimeError
+        if "does not exist" in str(e) or "404" in str(e):
+            return None
+        raise
+
+
+def follow(c, job_id: str) -> int:
+    """Stream the job's logs until it ends; return its exit code (0, 1 or 130)."""
+    async def tail() -> None:
+        async for lines in c.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        asyncio.run(tail())
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on. `rnnjobs jobs logs {job_id}` to follow again, "
+              f"`rnnjobs jobs stop {job_id}` to stop it")
+        return 130
+    status = wait_terminal(c, job_id, timeout=30)
+    print(f"job {job_id}: {status}")
+    return EXIT.get(status, 1)
+
+
+def wait_terminal(c, job_id: str, timeout: float) -> str:
+    end = time.monotonic() + timeout
+    while True:
+        status = str(c.get_job_status(job_id).value)
+        if status in EXIT or time.monotonic() > end:
+            return status
+        time.sleep(0.5)
+
+
+def submit(address: str | None, command: str, config: str, overrides: list[str], wait: bool) -> int:
+    resolved = resolved_config(command, config, overrides)
+    base_id = submission_id(command, resolved)
+    entry = entrypoint(command, config, overrides)
+    c = client(address)
+    job_id, attempt = base_id, 1
+    while (info := _info(c, job_id)) is not None:
+        status = str(info.status.value)
+        if status not in ("FAILED", "STOPPED"):
+            print(f"already submitted: {job_id} is {status} (same command and config); not submitting again")
+            return follow(c, job_id) if wait else (0 if status != "FAILED" else 1)
+        attempt += 1
+        job_id = f"{base_id}-{attempt}"
+    files, size = working_dir_size()
+    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": ENV_VARS}
+    logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per ignored file while packaging
+    end = time.monotonic() + 120
+    while True:
+        try:
+            c.submit_job(entrypoint=entry, submission_id=job_id, runtime_env=runtime_env,
+                         metadata={"rnnjobs_command": command, "rnnjobs_config": Path(config).name})
+            break
+        except RuntimeError as e:  # a head that just started has no job agent yet
+            if "No available agent" not in str(e) or time.monotonic() > end:
+                raise
+            print("the cluster has no job agent ready yet; retrying", flush=True)
+            time.sleep(3)
+    again = f" (attempt {attempt}: the earlier one failed or was stopped; it resumes by name)" if attempt > 1 else ""
+    print(f"submitted {job_id}{again}\n  entrypoint: {entry}\n  working_dir: {files} files, "
+          f"{size / 1e6:.2f} MB")
+    if not wait:
+        print(job_id)
+        return 0
+    return follow(c, job_id)
+
+
+def jobs(address: str | None, action: str, job_id: str | None, follow_logs: bool = False) -> int:
+    from rnnlib.report import table
+
+    c = client(address)
+    if action == "list":
+        rows = [[j.submission_id or j.job_id, j.status.value, _when(j.start_time), _when(j.end_time),
+                 (j.entrypoint or "")[:60]] for j in sorted(c.list_jobs(), key=lambda j: j.start_time or 0)]
+        print(table(rows, ["id", "status", "started", "ended", "entrypoint"]) if rows else "no jobs")
+        return 0
+    if not job_id:
+        raise UserError(f"jobs {action}: pass the job id (see `rnnjobs jobs list`)")
+    info = _info(c, job_id)
+    if info is None:
+        raise UserError(f"no job {job_id!r} on this cluster (see `rnnjobs jobs list`)")
+    if action == "status":
+        print(f"{job_id}: {info.status.value}\n  entrypoint: {info.entrypoint}\n  started: {_when(info.start_time)}"
+              f"  ended: {_when(info.end_time)}" + (f"\n  message: {info.message}" if info.message else ""))
+        return 0
+    if action == "logs":
+        if follow_logs:
+            return follow(c, job_id)
+        print(c.get_job_logs(job_id), end="")
+        return 0
+    c.stop_job(job_id)  # stop
+    status = wait_terminal(c, job_id, timeout=60)
+    print(f"job {job_id}: {status}")
+    return 0 if status in EXIT else 1
+
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"

@@ -1,0 +1,136 @@
+"""`rnnjobs submit` / `rnnjobs jobs` against a real local Ray head (ray start --head on 127.0.0.1)."""
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from jobhelpers import run, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # this head's own token
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head with token auth and its dashboard (the Job API) on 127.0.0.1 and free ports."""
+    gcs, dash = free_port(), free_port()
+    # every port the head opens, free: another Ray on this machine (a local job) holds the defaults
+    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "metrics-export-port", "runtime-env-agent-port",
+                                                     "node-manager-port", "object-manager-port",
+                                                     "ray-client-server-port")]
+    env = {**os.environ, **TOKEN, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # python = venv
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")  # noqa: SIM115
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             "--num-cpus=2", "--disable-usage-stats", *ports],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    address = f"http://127.0.0.1:{dash}"
+
+    def up():  # Ray reads RAY_AUTH_MODE once, at import: ask the Job API over plain HTTP instead
+        req = urllib.request.Request(f"{address}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {TOKEN['RAY_AUTH_TOKEN']}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 120, "the Ray head's Job API")
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+
+
+def submit(address, *args, timeout=300, env=None):
+    return run("submit", "--address", address, *args, env={"RAY_ADDRESS": "", **TOKEN, **(env or {})},
+               timeout=timeout)
+
+
+def jobs(address, *args):
+    return run("jobs", *args, "--address", address, env=TOKEN)
+
+
+def job_id(stdout: str) -> str:
+    return re.search(r"(?:submitted|already submitted:) (rnnjobs-\S+)", stdout).group(1)
+
+
+def test_score_and_train_succeed_and_resubmitting_does_not_start_again(ray_head, tmp_path):
+    t0 = time.monotonic()
+    runs = tmp_path / "runs"
+    train = ["train", "jobs/configs/forecast-train.yaml", "train.epochs=2", "model.hidden=8", f"storage={runs}"]
+    r = submit(ray_head, *train)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "SUCCEEDED" in r.stdout and "working_dir:" in r.stdout and "epoch 2/2" in r.stdout
+    (model,) = runs.glob("*/model")
+    assert (model / "weights.pt").is_file()
+    out = tmp_path / "forecasts"
+    r = submit(ray_head, "score", "jobs/configs/forecast-score.yaml", f"model={model}", f"output={out}",
+               "actors=1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert list(out.glob("run=*/_SUCCESS")) and list(out.glob("run=*/*.parquet"))
+    first = job_id(r.stdout)
+    again = submit(ray_head, "score", "jobs/configs/forecast-score.yaml", f"model={model}", f"output={out}",
+                   "actors=1", "--no-wait")
+    assert again.returncode == 0 and f"already submitted: {first} is SUCCEEDED" in again.stdout
+    listed = jobs(ray_head, "list")
+    assert listed.stdout.count(first) == 1 and "SUCCEEDED" in listed.stdout
+    print(f"train + score submitted and finished in {time.monotonic() - t0:.1f}s")
+
+
+def test_stop_a_long_job(ray_head, tmp_path):
+    r = submit(ray_head, "--no-wait", "train", "jobs/configs/text-train.yaml", "train.epochs=50",
+               f"storage={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jid = r.stdout.strip().splitlines()[-1]
+    wait_for(lambda: "RUNNING" in jobs(ray_head, "status", jid).stdout, 120, "RUNNING")
+    s = jobs(ray_head, "stop", jid)
+    assert s.returncode == 0 and f"job {jid}: STOPPED" in s.stdout
+    logs = jobs(ray_head, "logs", jid)
+    assert logs.returncode == 0
+
+
+def test_bad_config_is_not_submitted(ray_head, tmp_path):
+    before = jobs(ray_head, "list").stdout
+    r = submit(ray_head, "train", "jobs/configs/forecast-train.yaml", "model.cell=transformer")
+    assert r.returncode == 2 and "model.cell" in r.stderr and "Traceback" not in r.stderr
+    outside = tmp_path / "mine.yaml"
+    outside.write_text((ROOT / "jobs/configs/forecast-train.yaml").read_text())
+    r = submit(ray_head, "train", str(outside))
+    assert r.returncode == 2 and "must be inside the project folder" in r.stderr
+    assert jobs(ray_head, "list").stdout.count("rnnjobs-") == before.count("rnnjobs-")
+
+
+def test_wrong_token_is_refused_with_the_fix(ray_head):
+    r = submit(ray_head, "train", "jobs/configs/forecast-train.yaml", env={"RAY_AUTH_TOKEN": "0" * 64})
+    assert r.returncode == 2 and "Set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in r.stderr
+    assert "0" * 64 not in r.stdout + r.stderr
+
+
+def test_unreachable_cluster_exits_3():
+    r = submit(f"http://127.0.0.1:{free_port()}", "train", "jobs/configs/forecast-train.yaml", timeout=120)
+    assert r.returncode == 3 and "cannot reach the Ray Job API" in r.stderr and "Traceback" not in r.stderr
