@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "best.yaml (a train config) and the best model under <storage>/<name>/. Rerunning the same "
                     "command resumes an interrupted search.",
                     "jobs/configs/forecast-tune.yaml",
-                    "e.g. tune.num_samples=6 train.epochs=2 storage=/tmp/tune 'search.model.cell={choice: [lstm, gru]}'")
+                    "e.g. tune.num_samples=6 train.epochs=2 storage=/tmp/tune "
+                    "'search.model.cell={choice: [lstm, gru]}'")
     _config_command(sub, "score", "score", "forecast or backtest many histories with Ray Data, publish atomically",
                     "Score every history under input= with the bundle at model=, writing Parquet under "
                     "<output>/run=<id>/ with a manifest and _SUCCESS. Rerunning a published run does nothing.",

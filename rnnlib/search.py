@@ -28,8 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from .config import (DATA_CONFIGS, JobConfig, TuneSettings, apply_overrides, build_section, job_from_dict,
-                     read_yaml, set_path)
+from .config import (
+    DATA_CONFIGS,
+    JobConfig,
+    TuneSettings,
+    apply_overrides,
+    build_section,
+    job_from_dict,
+    read_yaml,
+    set_path,
+)
 from .errors import ConfigError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")

@@ -4,8 +4,15 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from rnnlib.config import (ConfigError, ScoreConfig, TextDataConfig, apply_overrides, job_from_dict, load_job,
-                           section_from_dict)
+from rnnlib.config import (
+    ConfigError,
+    ScoreConfig,
+    TextDataConfig,
+    apply_overrides,
+    job_from_dict,
+    load_job,
+    section_from_dict,
+)
 from rnnlib.search import load_search
 
 
