@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rnnlib.errors import UserError
@@ -55,6 +56,13 @@ def _jobs(args) -> int:
     from jobs.submit import jobs
 
     return jobs(args.address, args.action, args.id, follow_logs=args.follow)
+
+
+def _config(args) -> int:
+    from rnnlib.config import reference
+
+    print(reference(args.job))
+    return 0
 
 
 def _demo(args) -> int:
@@ -164,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     j.set_defaults(func=_jobs)
 
+    from rnnlib.config import REFERENCE_JOBS
+
+    cf = sub.add_parser("config", help="print a job's config keys with defaults and help",
+                        description="Print every key of a job's config with its default, what it does, and "
+                                    "its allowed values: a starting point for a YAML, generated from the code.")
+    cf.add_argument("action", choices=["show"])
+    cf.add_argument("job", choices=REFERENCE_JOBS)
+    cf.set_defaults(func=_config)
+
     d = sub.add_parser("demo", help="train a small forecaster and char model on the bundled data",
                        description="In-process demo on the bundled sample: a forecaster against the "
                                    "persistence baseline, then a char model and a text sample.")
@@ -195,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rnnjobs config show ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

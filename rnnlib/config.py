@@ -383,3 +383,50 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: every key with its default and help text, from the classes above
+
+def _limits(f: dataclasses.Field) -> str:
+    lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
+    parts = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []) + ([f"<= {hi:g}"] if hi is not None else [])
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+def describe(cls: type, overrides: dict | None = None, indent: str = "") -> str:
+    """YAML of ``cls``'s defaults with each key's help (and limits or choices) as a comment.
+
+    ``overrides`` replaces a section's class, e.g. ``{"data": TextDataConfig}``."""
+    hints, lines = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        tp = (overrides or {}).get(f.name, hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{(indent + f.name + ':'):<38}# {f.metadata.get('help', '')}")
+            lines.append(describe(tp, None, indent + "  "))
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        value = yaml.safe_dump(_plain(default), default_flow_style=True).strip()
+        value = value[:-4].strip() if value.endswith("\n...") else value.removesuffix("...").strip()
+        choices = [str(a) for a in typing.get_args(tp)] if typing.get_origin(tp) is Literal else []
+        note = f" (one of: {', '.join(choices)})" if choices else _limits(f)
+        lines.append(f"{(indent + f.name + ': ' + value):<38}# {f.metadata.get('help', '')}{note}")
+    return "\n".join(lines)
+
+
+def reference(job: str) -> str:
+    """The commented defaults of a job's config: train-forecast, train-text, tune, score, generate."""
+    if job in ("train-forecast", "train-text"):
+        task = job.split("-")[1]
+        return f"{'task: ' + task:<38}# what the model does (one of: forecast, text)\n" + "\n".join(
+            line for line in describe(JobConfig, {"data": DATA_CONFIGS[task]}).splitlines()
+            if not line.startswith("task:"))
+    if job == "tune":
+        return ("# a train config (rnnjobs config show train-forecast) plus:\n" + f"{'search:':<38}"
+                "# dotted key -> {choice|grid: [...]} or "
+                "{uniform|loguniform|randint: [low, high]}\n  model.cell: {choice: [rnn, lstm, gru]}\n"
+                f"{'tune:':<38}# run-level settings\n" + describe(TuneSettings, None, "  "))
+    return describe({"score": ScoreConfig, "generate": GenerateConfig}[job])
+
+
+REFERENCE_JOBS = ("train-forecast", "train-text", "tune", "score", "generate")

@@ -113,3 +113,21 @@ def test_unquoted_yaml_dates_are_accepted_as_dates(tmp_path):
     cfg = load_job(p, ["data.test_start=2017-02-10"])
     assert (cfg.data.val_start, cfg.data.test_start) == ("2016-02-16", "2017-02-10")
     assert section_from_dict(ScoreConfig, {"as_of": date(2018, 1, 31)}).as_of == "2018-01-31"
+
+
+@pytest.mark.parametrize("job", ["train-forecast", "train-text", "score", "generate", "tune"])
+def test_reference_is_the_defaults_as_valid_yaml(job):
+    from rnnlib.config import GenerateConfig, JobConfig, reference, to_dict
+
+    text = reference(job)
+    raw = yaml.safe_load(text)
+    assert all("#" in line for line in text.splitlines() if line.strip() and not line.startswith("#")
+               and ":" in line and not line.strip().startswith("model.cell"))  # every key says what it is
+    if job.startswith("train"):
+        assert to_dict(job_from_dict(raw)) == to_dict(job_from_dict({"task": job.split("-")[1]}))
+    elif job == "score":
+        assert to_dict(section_from_dict(ScoreConfig, raw)) == to_dict(ScoreConfig())
+    elif job == "generate":
+        assert to_dict(section_from_dict(GenerateConfig, raw)) == to_dict(GenerateConfig())
+    else:
+        assert set(raw) == {"search", "tune"} and raw["tune"]["num_samples"] >= 1
