@@ -58,6 +58,12 @@ def _jobs(args) -> int:
     return jobs(args.address, args.action, args.id, follow_logs=args.follow)
 
 
+def _report(args) -> int:
+    from jobs.report import run
+
+    return run(args.runs, args.out, args.tickers, args.endpoint_url)
+
+
 def _config(args) -> int:
     from rnnlib.config import reference
 
@@ -171,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--address", help=address_help)
     j.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     j.set_defaults(func=_jobs)
+
+    rp = sub.add_parser("report", help="report.md with plots for a search, a training run and/or a score run",
+                        description="Write report.md and PNG plots: the search's trials by cell and window, loss "
+                                    "curves, test metrics and a backtest against persistence, forecasts with "
+                                    "their 80%% band over the recent history.")
+    rp.add_argument("runs", nargs="+", metavar="RUN",
+                    help="<storage>/<name> of a tune or train run, or <output>/run=<id> of a score run")
+    rp.add_argument("--out", help="folder for report.md and the PNGs (default: RUN/report)")
+    rp.add_argument("--tickers", type=int, default=4, help="tickers in the forecast plots (default: %(default)s)")
+    rp.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    rp.set_defaults(func=_report)
 
     from rnnlib.config import REFERENCE_JOBS
 

@@ -390,7 +390,8 @@ def _plain(x: Any) -> Any:
 
 def _limits(f: dataclasses.Field) -> str:
     lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
-    parts = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []) + ([f"<= {hi:g}"] if hi is not None else [])
+    parts = [f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []
+    parts += [f"<= {hi:g}"] if hi is not None else []
     return f" [{', '.join(parts)}]" if parts else ""
 
 

@@ -71,3 +71,51 @@ def search_png(results, x: str, color: str | None, title: str, ylabel: str = "be
     ax.scatter([], [], facecolors="none", edgecolors="gray", label="stopped early by ASHA")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def forecast_bands_png(history: dict, forecasts, band: tuple[str, str] | None, days: int = 120,
+                       title: str = "forecasts with their 80% band") -> bytes:
+    """Small multiples, one per ticker: the last ``days`` closes, then the forecast and its band.
+
+    ``history``: ticker -> DataFrame(date, close); ``forecasts``: rows of (ticker, date, forecast
+    [, lo, hi]) from a score run or a model. If the history runs past the forecast's start (a
+    backtest or an as_of in the past), the actual prices are drawn over the forecast too."""
+    tickers = list(history)
+    cols = 2 if len(tickers) > 1 else 1
+    rows = (len(tickers) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3 * rows), dpi=100, squeeze=False)
+    for ax, t in zip(axes.flat, tickers):
+        f = forecasts[forecasts["ticker"] == t].sort_values("date")
+        h = history[t]
+        start = f["date"].min()
+        past = h[h["date"] < start].tail(days)
+        ax.plot(past["date"], past["close"], color="black", lw=1, label="close")
+        after = h[h["date"] >= start]
+        if len(after):
+            ax.plot(after["date"], after["close"], color="black", lw=1, ls=":", label="actual")
+        if len(past):  # join the forecast to the last observed close
+            dates = [past["date"].iloc[-1], *f["date"]]
+            ax.plot(dates, [past["close"].iloc[-1], *f["forecast"]], color="tab:blue", lw=1.5, label="forecast")
+        if band:
+            ax.fill_between(f["date"], f[band[0]], f[band[1]], color="tab:blue", alpha=0.25, label="80% band")
+        ax.set_title(t, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+    for ax in list(axes.flat)[len(tickers):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def vs_persistence_png(per_ticker, title: str) -> bytes:
+    """rMAE per ticker (model MAE / persistence MAE), sorted; left of 1 the model wins."""
+    d = per_ticker.assign(rmae=per_ticker["mae_model"] / per_ticker["mae_persistence"]).sort_values("rmae")
+    fig, ax = plt.subplots(figsize=(6.5, max(3.0, 0.18 * len(d) + 1)), dpi=100)
+    colors = ["tab:green" if r < 1 else "tab:red" for r in d["rmae"]]
+    ax.barh(d["ticker"], d["rmae"] - 1, left=1, color=colors)
+    ax.axvline(1, color="black", lw=1)
+    ax.set(xlabel="MAE(model) / MAE(persistence)  (< 1: better than the last close)", title=title)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)

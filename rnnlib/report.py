@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 
 def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
-    """A Markdown table with aligned columns; floats shown with 4 significant digits."""
+    """A Markdown table with aligned columns; floats with 4 decimals (4 significant digits when tiny or huge)."""
     def cell(v):
         if isinstance(v, float):
-            return "-" if v != v else f"{v:.4g}"
+            return "-" if v != v else f"{v:.4f}" if 0.01 <= abs(v) < 1e4 else f"{v:.4g}"
         return str(v)
 
     body = [[cell(v) for v in r] for r in rows]

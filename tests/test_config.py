@@ -117,7 +117,7 @@ def test_unquoted_yaml_dates_are_accepted_as_dates(tmp_path):
 
 @pytest.mark.parametrize("job", ["train-forecast", "train-text", "score", "generate", "tune"])
 def test_reference_is_the_defaults_as_valid_yaml(job):
-    from rnnlib.config import GenerateConfig, JobConfig, reference, to_dict
+    from rnnlib.config import GenerateConfig, reference, to_dict
 
     text = reference(job)
     raw = yaml.safe_load(text)

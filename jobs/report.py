@@ -1,0 +1,161 @@
+"""``rnnjobs report RUN [RUN ...]``: report.md with PNG plots for what the jobs wrote.
+
+Each RUN is recognised by what it holds (local folder or s3:// prefix):
+  a search   (<storage>/<tune name>, results.parquet): top trials; val loss by cell and window
+  a training (<storage>/<run name>, metrics.json + model/): test metrics; loss curves; for a
+             forecaster, a backtest over the last days of each series: model vs persistence per
+             ticker, and forecasts with their 80% band after the last day for a few tickers
+  a score run (<output>/run=<id>, _SUCCESS): counts; its forecasts with the band over the history
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from rnnlib import publish, storage
+from rnnlib.checkpoint import open_bundle
+from rnnlib.config import job_from_dict
+from rnnlib.datasets import sample_stocks_dir
+from rnnlib.errors import UserError
+from rnnlib.plots import forecast_bands_png, loss_curve_png, search_png, vs_persistence_png
+from rnnlib.report import forecast_table, table
+from rnnlib.scoring import band_names, score_histories
+from rnnlib.stocks import SUFFIXES, load_histories
+from rnnlib.tasks import load_stock_data
+
+BACKTEST_DAYS = 250
+
+
+class Report:
+    """Markdown sections and the PNGs they show, written to one folder."""
+
+    def __init__(self, out: Path):
+        self.out, self.parts, self.prefix = out, ["# rnnjobs report\n"], ""
+        out.mkdir(parents=True, exist_ok=True)
+
+    def text(self, md: str) -> None:
+        self.parts.append(md.rstrip() + "\n")
+
+    def image(self, name: str, png: bytes, caption: str) -> None:
+        name = self.prefix + name  # one report may show two runs of a kind
+        (self.out / name).write_bytes(png)
+        self.parts.append(f"![{name}]({name})\n\n*{caption}*\n")
+
+    def write(self) -> Path:
+        path = self.out / "report.md"
+        path.write_text("\n".join(self.parts), encoding="utf-8")
+        return path
+
+
+def _kinds(uri: str, endpoint: str | None) -> list[str]:
+    """What a folder holds; a search folder also holds its best trial's exported model."""
+    kinds = [kind for name, kind in (("results.parquet", "search"), ("metrics.json", "train"),
+                                     (publish.SUCCESS, "score")) if storage.exists(storage.join(uri, name), endpoint)]
+    if kinds:
+        return kinds
+    raise UserError(f"{uri}: not a search (results.parquet), a training run (metrics.json) or a published "
+                    "score run (_SUCCESS); pass <storage>/<name> or <output>/run=<id>")
+
+
+def search_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int, top: int = 5) -> None:
+    df = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(uri, "results.parquet"), endpoint)))
+    keys = [c for c in df.columns if "." in c]
+    rows = [[i + 1, r["trial_id"], *[r[k] for k in keys], r["epochs"], r["stopped"], r["best_val_loss"]]
+            for i, r in df.head(top).iterrows()]
+    stopped = int((df["stopped"] == "asha").sum())
+    rep.text(f"## Search: `{uri}`\n\n{len(df)} trials, {stopped} stopped early by ASHA, "
+             f"{int(df['epochs'].sum())} trial-epochs. Top {min(top, len(df))}:\n\n"
+             + table(rows, ["#", "trial", *keys, "epochs", "stopped", "best val loss"]))
+    x = "data.window" if "data.window" in keys else keys[0]
+    color = "model.cell" if "model.cell" in keys and x != "model.cell" else None
+    rep.image("search.png", search_png(df, x, color, Path(uri).name), f"best validation loss per trial by {x}"
+              + (f" and {color}" if color else "") + "; hollow: stopped early by ASHA")
+
+
+def _per_ticker(backtest: pd.DataFrame) -> pd.DataFrame:
+    err = (backtest["actual"] - backtest["forecast"]).abs()
+    naive = (backtest["actual"] - backtest["persistence"]).abs()
+    return (backtest.assign(mae_model=err, mae_persistence=naive).groupby("ticker", as_index=False)
+            [["mae_model", "mae_persistence"]].mean())
+
+
+def _history(hist, tickers) -> dict:
+    return {t: hist.series[t][["date", "close"]] for t in tickers}
+
+
+def train_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -> None:
+    metrics = json.loads(storage.read_bytes(storage.join(uri, "metrics.json"), endpoint))
+    cfg = job_from_dict(metrics["config"])
+    rep.text(f"## Training: `{uri}`\n\n{cfg.task}: {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
+             f"{len(metrics['history'])} epochs, best at epoch {metrics['best_epoch'] + 1}.")
+    ylabel = "pinball loss (scaled)" if cfg.task == "forecast" else "nats per character"
+    rep.image("loss.png", loss_curve_png(metrics["history"], Path(uri).name, ylabel),
+              "train and validation loss by epoch")
+    if cfg.task != "forecast":
+        v = metrics["final"]["val"]
+        rep.text(f"Validation: {v['nats_per_char']:.4f} nats/char, {v['bits_per_char']:.4f} bits/char, "
+                 f"perplexity {v['perplexity']:.2f}.")
+        return
+    rep.text("Test split (the last part of each series, unseen in training):\n\n" + forecast_table(metrics["final"]))
+    bundle = open_bundle(storage.join(uri, "model"), task="forecast", endpoint_url=endpoint)
+    hist, _ = load_stock_data(cfg.data)
+    held_out = min(len(df) for df in hist.series.values()) * (cfg.data.val_frac + cfg.data.test_frac)
+    days = int(min(BACKTEST_DAYS, held_out)) if not cfg.data.test_start else BACKTEST_DAYS
+    bt = score_histories(bundle, hist, mode="backtest", backtest_days=days, step=cfg.data.horizon).forecasts
+    per = _per_ticker(bt)
+    overall = (bt["actual"] - bt["forecast"]).abs().mean() / (bt["actual"] - bt["persistence"]).abs().mean()
+    rep.text(f"Backtest over the last {days} trading days of each series (rolling origins every "
+             f"{cfg.data.horizon} days, {len(bt)} forecasts): rMAE {overall:.4f}; the model beats persistence "
+             f"on {(per['mae_model'] < per['mae_persistence']).sum()} of {len(per)} tickers.")
+    rep.image("vs_persistence.png", vs_persistence_png(per, f"model vs persistence per ticker (rMAE {overall:.3f})"),
+              "MAE of the model divided by MAE of the last close, per ticker, over the backtest")
+    tickers = sorted(hist.series)[:n_tickers]
+    fc = score_histories(bundle, hist, mode="forecast").forecasts
+    rep.image("forecasts.png", forecast_bands_png(_history(hist, tickers), fc, band_names(list(cfg.data.quantiles))),
+              f"the next {cfg.data.horizon} trading days after the last row, with the 80% band, for "
+              f"{', '.join(tickers)}")
+
+
+def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -> None:
+    _, m = publish.read_manifest(uri, endpoint)
+    c = m["counts"]
+    rep.text(f"## Score run: `{uri}`\n\n{m['mode']} as of {m['as_of'] or 'each series’ last row'}, model "
+             f"`{m['model']['uri']}`: {c['series_scored']} series scored, {c['series_rejected']} rejected, "
+             f"{c['rows_rejected']} rows rejected of {c['rows_in']}, {c['forecast_rows']} forecast rows "
+             "(rejects.parquet lists every rejected row and series with its reason).")
+    parts = [f for f in m["files"] if f["kind"] == "forecasts"]
+    fc = pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(uri, f["name"]), endpoint)))
+                    for f in parts], ignore_index=True)
+    if fc.empty:
+        return
+    tickers = sorted(fc["ticker"].unique())[:n_tickers]
+    source = m["input"]["uri"] or str(sample_stocks_dir())
+    files = [u for u, _, _ in storage.list_files(source, SUFFIXES, endpoint_url=endpoint)
+             if Path(u).stem.upper() in tickers] or [u for u, _, _ in storage.list_files(source, SUFFIXES,
+                                                                                         endpoint_url=endpoint)]
+    with tempfile.TemporaryDirectory() as tmp:
+        hist = load_histories([storage.local_copy(u, tmp, endpoint) for u in files])
+    tickers = [t for t in tickers if t in hist.series]
+    quantiles = m["model"].get("quantiles", [])
+    rep.image("score_forecasts.png", forecast_bands_png(_history(hist, tickers), fc, band_names(quantiles)),
+              f"published forecasts with the 80% band over the recent closes: {', '.join(tickers)}")
+
+
+def run(runs: list[str], out: str | None, tickers: int, endpoint_url: str | None) -> int:
+    out_dir = Path(out) if out else Path("outputs/report" if storage.is_s3(runs[0]) else runs[0]) / "report"
+    rep = Report(out_dir)
+    sections = {"search": search_section, "train": train_section, "score": score_section}
+    for i, uri in enumerate(runs):
+        rep.prefix = f"{i + 1}-" if len(runs) > 1 else ""
+        for kind in _kinds(uri, endpoint_url):
+            print(f"{kind}: {uri}", flush=True)
+            sections[kind](rep, uri, endpoint_url, tickers)
+    path = rep.write()
+    images = sorted(p.name for p in out_dir.glob("*.png"))
+    print(f"report: {path} ({', '.join(images)})")
+    return 0
