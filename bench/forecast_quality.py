@@ -38,11 +38,11 @@ from rnnlib.stocks import load_histories  # noqa: E402
 TEST_DAYS, VAL_DAYS = 250, 250
 
 
-def split_dates(source: str) -> tuple[str, str]:
-    """The first date of the last TEST_DAYS trading days, and of the VAL_DAYS before them."""
+def split_dates(source: str, val_days: int = VAL_DAYS) -> tuple[str, str]:
+    """The first date of the last TEST_DAYS trading days, and of the ``val_days`` before them."""
     hist = load_histories(source, min_rows=1)
     dates = sorted(set().union(*(set(df["date"]) for df in hist.series.values())))
-    return (str(dates[-TEST_DAYS - VAL_DAYS].date()), str(dates[-TEST_DAYS].date()))
+    return (str(dates[-TEST_DAYS - val_days].date()), str(dates[-TEST_DAYS].date()))
 
 
 def evaluate(backtest: pd.DataFrame, test_start: str, quantiles: list[float]) -> dict:
@@ -65,9 +65,11 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "jobs/configs/forecast-train.yaml"))
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/stocks/sp500_5yr"))
     p.add_argument("--tag", default="default", help="name of this run in the JSON output")
+    p.add_argument("--val-days", type=int, default=VAL_DAYS,
+                   help="trading days before the test period that validate (early stopping, blend weight)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     a = p.parse_args()
-    val_start, test_start = split_dates(a.data)
+    val_start, test_start = split_dates(a.data, a.val_days)
     cfg = load_job(a.config, [f"data.path={a.data}", f"data.val_start={val_start}",
                               f"data.test_start={test_start}", *a.overrides])
     print(f"train before {val_start}, validate {val_start}..{test_start}, test from {test_start}; "
@@ -83,7 +85,8 @@ def main() -> None:
                              step=cfg.data.horizon)
     figures = evaluate(scored.forecasts, test_start, list(cfg.data.quantiles))
     figures.update(train_seconds=round(train_s, 1), backtest_seconds=round(time.perf_counter() - t1, 1),
-                   epochs=len(res.history), best_val=float(min(h["val_loss"] for h in res.history)))
+                   epochs=len(res.history), best_val=float(min(h["val_loss"] for h in res.history)),
+                   point_weight=bundle.data.get("point_weight", 1.0))
     ok = figures["rmae"] <= 1.0 and 0.75 <= figures.get("coverage_80", np.nan) <= 0.85
     print(table([[k, v] for k, v in figures.items()], ["figure", a.tag]))
     print(f"target rMAE <= 1.00 and coverage 75-85%: {'MET' if ok else 'NOT MET'}")

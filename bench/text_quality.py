@@ -46,39 +46,45 @@ def refeed_rate(model, vocab, n: int, window: int = 100) -> float:
     return n / (time.perf_counter() - start)
 
 
+def train_for(cfg, budget: float):
+    """Train a text config in this process for ``budget`` wall seconds, validating after each epoch
+    (the last one cut at the deadline). Returns (model, task, curve, train chars/s, seconds)."""
+    loop.seed_everything(cfg.train.seed)
+    task = TextTask(cfg)
+    model = task.build_model()
+    opt = make_optimizer(model, cfg)
+    t0 = time.monotonic()
+    deadline, curve, epoch = t0 + budget, [], 0
+    chars, secs = 0, 0.0
+    while time.monotonic() < deadline:
+        batches = task.train_batches(epoch)
+        start = time.monotonic()
+        loop.train_epoch(model, batches, opt, task.loss_fn(), clip=cfg.train.clip, deadline=deadline)
+        if time.monotonic() < deadline:  # throughput from the epochs that finished inside the budget
+            chars += sum(x.numel() for x, _ in batches)
+            secs += time.monotonic() - start
+        val = loop.evaluate(model, task.val_batches(), task.eval_loss_fn())
+        epoch += 1
+        curve.append({"epoch": epoch, "wall_s": time.monotonic() - t0, "val_nats": val})
+        print(f"  epoch {epoch}: {curve[-1]['wall_s']:.0f}s  val {val:.4f} nats/char", flush=True)
+    return model, task, curve, chars / secs if secs else float("nan"), time.monotonic() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=600.0, help="training wall seconds (default 600)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.hidden=512")
     args = ap.parse_args()
     cfg = load_job(CONFIG, args.overrides)
-    loop.seed_everything(cfg.train.seed)
-    task = TextTask(cfg)
-    model = task.build_model()
+    model, task, curve, chars_per_s, train_s = train_for(cfg, args.budget)
     params = sum(p.numel() for p in model.parameters())
-    opt = make_optimizer(model, cfg)
-    t0 = time.monotonic()
-    deadline, curve, epoch = t0 + args.budget, [], 0
-    full_chars, full_secs = 0, 0.0  # throughput from the epochs that finished inside the budget
-    while time.monotonic() < deadline:
-        batches = task.train_batches(epoch)
-        start = time.monotonic()
-        loop.train_epoch(model, batches, opt, task.loss_fn(), clip=cfg.train.clip, deadline=deadline)
-        if time.monotonic() < deadline:
-            full_chars += sum(x.numel() for x, _ in batches)
-            full_secs += time.monotonic() - start
-        val = loop.evaluate(model, task.val_batches(), task.eval_loss_fn())
-        epoch += 1
-        curve.append({"epoch": epoch, "wall_s": time.monotonic() - t0, "val_nats": val})
-        print(f"  epoch {epoch}: {curve[-1]['wall_s']:.0f}s  val {val:.4f} nats/char", flush=True)
-    train_s = time.monotonic() - t0
     best = min(c["val_nats"] for c in curve)
     stateful = 2000 / _timed(lambda: generate(model, task.vocab, "ROMEO:\n", 2000, seed=0))
     refeed = refeed_rate(model, task.vocab, 300)
     m = machine()
     print(f"\nmachine: {m['cpus']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
           f"model {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, {params:,} parameters; "
-          f"training {full_chars / max(full_secs, 1e-9):,.0f} chars/s")
+          f"training {chars_per_s:,.0f} chars/s")
     rows = [("this model, " + f"{args.budget:.0f}s budget", f"{best:.4f}", f"{best / math.log(2):.4f}")]
     rows += [(name, f"{v:.2f}", f"{v / math.log(2):.2f}") for name, v in ANCHORS]
     print(table(rows, ["model", "val nats/char", "bits/char"]))
@@ -87,7 +93,7 @@ def main() -> None:
                  ("ratio", f"{stateful / refeed:.1f}x")], ["generation", "chars/s"]))
     print("\nsample:\n" + "ROMEO:\n" + generate(model, task.vocab, "ROMEO:\n", 300, temperature=0.8, seed=1)[0])
     out = write("text_quality", {"budget_s": args.budget, "train_s": train_s, "params": params,
-                                 "train_chars_per_s": full_chars / max(full_secs, 1e-9),
+                                 "train_chars_per_s": chars_per_s,
                                  "config": args.overrides, "curve": curve, "best_val_nats": best,
                                  "generation_chars_per_s": {"stateful": stateful, "refeed_100": refeed}})
     print(f"\nresults: {out}")

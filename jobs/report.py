@@ -129,7 +129,7 @@ def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
              f"{c['rows_rejected']} rows rejected of {c['rows_in']}, {c['forecast_rows']} forecast rows "
              "(rejects.parquet lists every rejected row and series with its reason).")
     parts = [f for f in m["files"] if f["kind"] == "forecasts"]
-    fc = pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(uri, f["name"]), endpoint)))
+    fc = pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(uri, f["path"]), endpoint)))
                     for f in parts], ignore_index=True)
     if fc.empty:
         return
@@ -150,9 +150,12 @@ def run(runs: list[str], out: str | None, tickers: int, endpoint_url: str | None
     out_dir = Path(out) if out else Path("outputs/report" if storage.is_s3(runs[0]) else runs[0]) / "report"
     rep = Report(out_dir)
     sections = {"search": search_section, "train": train_section, "score": score_section}
+    kinds = {uri: _kinds(uri, endpoint_url) for uri in runs}
+    if any(k == ["train"] for k in kinds.values()):  # a training run is given: skip the searches' best trials
+        kinds = {uri: [k for k in ks if k != "train" or ks == ["train"]] for uri, ks in kinds.items()}
     for i, uri in enumerate(runs):
         rep.prefix = f"{i + 1}-" if len(runs) > 1 else ""
-        for kind in _kinds(uri, endpoint_url):
+        for kind in kinds[uri]:
             print(f"{kind}: {uri}", flush=True)
             sections[kind](rep, uri, endpoint_url, tickers)
     path = rep.write()

@@ -180,6 +180,7 @@ def export_model(cfg: JobConfig, task, checkpoint, history: list[dict], out_uri:
     ``metrics.json`` and ``loss.png``; return the metrics."""
     with checkpoint.as_directory() as d:
         bundle = load_bundle(d, task=cfg.task)
+    task.calibrate(bundle.model)  # the forecaster's blend with persistence, fitted on validation
     metrics = {"run": name, "history": history,
                "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
                **extra, "final": task.final_metrics(bundle.model), "config": to_dict(cfg)}

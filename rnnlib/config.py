@@ -60,6 +60,9 @@ class ForecastDataConfig:
     test_start: str | None = opt(None, "test cutoff date (YYYY-MM-DD); overrides test_frac")
     max_jump: float = opt(1.75, "reject a series whose close moves by more than this factor in a day "
                           "(unadjusted splits)", lo=1.0, lo_open=True)
+    point_shrink: Literal["val", "off"] = opt(
+        "val", "val: blend the median forecast with persistence, the weight fitted on the validation split "
+        "(a forecast combination; the bands move with the median); off: the model alone")
 
 
 @dataclass(frozen=True)

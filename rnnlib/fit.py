@@ -122,7 +122,8 @@ def fit(cfg: JobConfig, *, task: ForecastTask | TextTask | None = None, out: str
     if cfg.train.patience and state.stale >= cfg.train.patience and state.epoch < cfg.train.epochs:
         log(f"early stop: no better val loss for {state.stale} epochs")
     model.load_state_dict(best_weights)
-    res = FitResult(model, task, state.history, task.final_metrics(model.cpu()))
+    task.calibrate(model.cpu())
+    res = FitResult(model, task, state.history, task.final_metrics(model))
     if out is not None:
         res.bundle = save_bundle(out, model, task=task.task, model_args=task.model_args(),
                                  metrics={"history": res.history, **res.metrics}, config=to_dict(cfg),

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import Bundle
-from .features import Windows, fit_transform, naive_scale, series_windows, to_price
+from .features import Windows, fit_transform, naive_scale, series_windows, shrink_to_persistence, to_price
 from .loop import predict
 from .metrics import compare_to_persistence
 from .stocks import REJECT_COLUMNS, Histories, load_histories
@@ -111,7 +111,8 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
     frames, metric_rows = [], []
     for w, (ticker, df, tf, scaler, fit_end) in zip(parts, meta):
         m = pooled.sid == w.sid[0]
-        prices = to_price(out[m].astype(np.float64), w.last, tf)
+        prices = shrink_to_persistence(to_price(out[m].astype(np.float64), w.last, tf), w.last,
+                                       d.get("point_weight", 1.0), d["quantiles"].index(0.5) if d["quantiles"] else 0)
         frame, metrics = _rows(mode, ticker, df, w, prices, d, scaler, fit_end)
         frames.append(frame)
         if metrics is not None:

@@ -16,7 +16,15 @@ from . import loop
 from .config import ForecastDataConfig, JobConfig, TextDataConfig
 from .datasets import sample_stocks_dir, tinyshakespeare_path
 from .errors import DataError
-from .features import ForecastData, feature_columns, make_forecast_data, min_rows, windows_to_price
+from .features import (
+    ForecastData,
+    feature_columns,
+    fit_shrink,
+    make_forecast_data,
+    min_rows,
+    shrink_to_persistence,
+    windows_to_price,
+)
 from .metrics import compare_to_persistence, pinball, text_metrics
 from .models import CharLM, Forecaster
 from .stocks import Histories, load_histories
@@ -57,6 +65,7 @@ class ForecastTask:
         self.cfg, self.d = cfg, cfg.data
         self.hist, self.data = load_stock_data(cfg.data)
         self.quantiles = tuple(self.d.quantiles)
+        self.point_weight = 1.0  # the model alone until calibrate() fits the blend with persistence
 
     def model_args(self) -> dict:
         m = self.cfg.model
@@ -90,14 +99,29 @@ class ForecastTask:
     def point_index(self) -> int:
         return self.quantiles.index(0.5) if self.quantiles else 0
 
+    def _prices(self, model, w) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted prices (N, H, Q) before any blending, actual prices (N, H))."""
+        return (windows_to_price(loop.predict(model, w.x), w, self.data.transforms),
+                windows_to_price(w.y, w, self.data.transforms))
+
+    def calibrate(self, model) -> float:
+        """Fit the median's blend weight with persistence on the validation windows
+        (``data.point_shrink: val``); 1.0 (the model alone) when off."""
+        w = self.data.val
+        if self.d.point_shrink == "off" or len(w) == 0:
+            self.point_weight = 1.0
+        else:
+            prices, actual = self._prices(model, w)
+            self.point_weight = fit_shrink(prices[..., self.point_index()], actual, w.last)
+        return self.point_weight
+
     def final_metrics(self, model, part: str = "test") -> dict:
         """Metrics in price units on the test (or val) windows, next to persistence."""
         w = getattr(self.data, part)
         if len(w) == 0:
             return {}
-        out = loop.predict(model, w.x)
-        prices = windows_to_price(out, w, self.data.transforms)
-        actual = windows_to_price(w.y, w, self.data.transforms)
+        prices, actual = self._prices(model, w)
+        prices = shrink_to_persistence(prices, w.last, self.point_weight, self.point_index())
         lo = hi = None
         res = {}
         if len(self.quantiles) >= 3:
@@ -107,6 +131,7 @@ class ForecastTask:
         res.update(compare_to_persistence(actual, prices[..., self.point_index()], w.last,
                                           self.data.mase_scale[w.sid], lo, hi))
         res["series"], res["windows"] = len(np.unique(w.sid)), len(w)
+        res["point_weight"] = self.point_weight
         return res
 
     def bundle_kwargs(self) -> dict:
@@ -114,7 +139,7 @@ class ForecastTask:
         return dict(
             data={"target": d.target, "columns": list(self.data.columns), "transform": d.transform,
                   "window": d.window, "horizon": d.horizon, "quantiles": list(self.quantiles),
-                  "max_jump": d.max_jump},
+                  "max_jump": d.max_jump, "point_weight": self.point_weight},
             scalers=dict(zip(self.data.tickers, self.data.transforms)))
 
 
@@ -157,6 +182,10 @@ class TextTask:
 
     def val_batches(self) -> list[tuple]:
         return stream_batches(self.val_ids, EVAL_BATCH, self.d.seq_len)
+
+    def calibrate(self, model) -> float:
+        """Nothing to calibrate for a char model (the forecaster's blend with persistence)."""
+        return 1.0
 
     def final_metrics(self, model, part: str = "val") -> dict:
         return {"val": evaluate_text(model, self.val_ids, self.d.seq_len), "vocab_size": len(self.vocab)}

@@ -31,15 +31,9 @@ def test_check_prints_data_summary():
     assert "3 series kept" in r.stdout and "mostly invalid" in r.stdout
 
 
-def test_demo_quick_end_to_end(tmp_path):
-    r = rnnjobs("demo", "--quick", "--out", str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    assert "rMAE (model / persistence)" in r.stdout and "80% band coverage" in r.stdout
-    assert "ROMEO:" in r.stdout and "nats/char" in r.stdout
-    for m in ("forecast-model", "text-model"):
-        assert (tmp_path / m / "bundle.json").is_file() and (tmp_path / m / "weights.pt").is_file()
-
-
 def test_help_lists_commands():
     r = rnnjobs("--help")
-    assert r.returncode == 0 and "check" in r.stdout and "demo" in r.stdout
+    assert r.returncode == 0
+    for command in ("check", "train", "tune", "score", "verify", "generate", "evaluate", "report", "submit", "jobs",
+                    "config", "demo"):
+        assert f"    {command}" in r.stdout, command

@@ -96,3 +96,19 @@ def test_forecast_data_pools_series_with_their_own_scalers(series):
     assert data.train.x.shape[1:] == (20, 1) and data.val.y.shape[1] == 5
     assert set(np.unique(data.test.sid)) == {0, 1, 2}
     assert data.transforms[0].scale[0] != data.transforms[2].scale[0]
+
+
+def test_fit_shrink_picks_the_validation_blend():
+    from rnnlib.features import fit_shrink, shrink_to_persistence
+
+    rng = np.random.default_rng(0)
+    last = np.full(2000, 100.0)
+    actual = last[:, None] + rng.normal(0, 1, (2000, 3))
+    useless = last[:, None] + rng.normal(0, 1, (2000, 3))  # noise: persistence is better
+    assert fit_shrink(useless, actual, last) <= 0.1
+    good = actual + rng.normal(0, 0.3, (2000, 3))  # close to the truth: keep the model
+    assert fit_shrink(good, actual, last) >= 0.9
+    prices = np.stack([useless - 1, useless, useless + 1], axis=-1)
+    shrunk = shrink_to_persistence(prices, last, 0.0, 1)
+    np.testing.assert_allclose(shrunk[..., 1], np.broadcast_to(last[:, None], (2000, 3)))
+    np.testing.assert_allclose(shrunk[..., 2] - shrunk[..., 0], 2.0)

@@ -8,7 +8,7 @@ from rnnlib import publish
 from rnnlib.checkpoint import load_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
-from rnnlib.features import series_windows, to_price
+from rnnlib.features import series_windows, shrink_to_persistence, to_price
 from rnnlib.fit import fit
 from rnnlib.loop import predict
 from rnnlib.scoring import score_files
@@ -50,8 +50,13 @@ def test_backtest_equals_direct_rnnlib_predictions(bundle):
     origins = sorted(bt.origin.unique())
     ends = np.flatnonzero(df.date.isin(origins).to_numpy())
     w = series_windows(df, tf, 20, 5, ends)
-    direct = to_price(predict(bundle.model, w.x).astype(np.float64), w.last, tf)[..., 1]  # the median
-    np.testing.assert_allclose(bt.forecast.to_numpy(), direct.ravel(), rtol=1e-6)
+    raw = to_price(predict(bundle.model, w.x).astype(np.float64), w.last, tf)
+    weight = bundle.data["point_weight"]  # the blend with persistence fitted on validation at training
+    assert 0.0 <= weight <= 1.0
+    direct = shrink_to_persistence(raw, w.last, weight, 1)
+    np.testing.assert_allclose(bt.forecast.to_numpy(), direct[..., 1].ravel(), rtol=1e-6)  # the median
+    np.testing.assert_allclose(direct[..., 1] - direct[..., 0], raw[..., 1] - raw[..., 0])  # band width kept
+    np.testing.assert_allclose(direct[..., 1] - w.last[:, None], weight * (raw[..., 1] - w.last[:, None]))
     future = df.close.to_numpy()[ends[:, None] + np.arange(1, 6)]
     np.testing.assert_allclose(bt.actual.to_numpy().reshape(-1, 5), future)
     m = res.metrics.iloc[0]
