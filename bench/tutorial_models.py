@@ -55,10 +55,10 @@ def main() -> None:
         res = fit(cfg, log=lambda s: print("  " + s, flush=True))
         m, best = res.metrics, min(h["val_loss"] for h in res.history)
         rows.append([name, cfg.data.horizon, best, m["model"]["mase"], m["persistence"]["mase"], m["rmae"],
-                     m["model"].get("coverage", float("nan"))])
+                     m["model"].get("coverage", float("nan")), m["point_weight"]])
         out[name] = {"val_loss": best, "epochs": len(res.history), "test": m}
     print(table(rows, ["config", "horizon", "best val loss (own loss)", "MASE", "MASE persistence",
-                       "rMAE", "80% coverage"]))
+                       "rMAE", "80% coverage", "blend weight"]))
     print(f"wrote {write('tutorial_models', out)}")
 
 

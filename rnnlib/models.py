@@ -89,6 +89,7 @@ class Forecaster(nn.Module):
         super().__init__()
         self.n_features, self.horizon, self.n_outputs = n_features, horizon, n_outputs
         self.backbone = Backbone(cell, n_features, hidden, layers, dropout)
+        self.drop = nn.Dropout(dropout)  # before the head; the backbone drops between layers
         self.head = nn.Linear(hidden, horizon * n_outputs)
 
     def init_hidden(self, batch: int) -> Hidden:
@@ -97,7 +98,7 @@ class Forecaster(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, W, F) -> (B, horizon, n_outputs)
         out, _ = self.backbone(x)
-        return self.head(out[:, -1]).view(-1, self.horizon, self.n_outputs)
+        return self.head(self.drop(out[:, -1])).view(-1, self.horizon, self.n_outputs)
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:

@@ -73,3 +73,16 @@ def test_generation_is_seeded_and_greedy_is_argmax():
         expect += v.chars[nxt]
     assert greedy == expect
     assert len(generate(lm, v, "", 5, seed=1)[0]) == 5  # empty prompt is fine
+
+
+def test_forecaster_dropout_reaches_the_head_with_one_layer():
+    import torch
+
+    from rnnlib.models import Forecaster
+
+    m = Forecaster(n_features=1, horizon=5, n_outputs=3, hidden=16, layers=1, dropout=0.5)
+    x = torch.randn(8, 20, 1)
+    m.train()
+    assert not torch.equal(m(x), m(x))  # dropout active in training, even with one layer
+    m.eval()
+    assert torch.equal(m(x), m(x))
