@@ -60,7 +60,7 @@ def ray_head(tmp_path_factory):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(30)
+            head.wait(5)  # it drains for up to 30 s; a test head has nothing worth draining
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
