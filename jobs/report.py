@@ -23,8 +23,9 @@ from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.errors import UserError
 from rnnlib.plots import forecast_bands_png, loss_curve_png, search_png, vs_persistence_png
-from rnnlib.report import forecast_table, table
+from rnnlib.report import forecast_table
 from rnnlib.scoring import band_names, score_histories
+from rnnlib.search import plot_keys, searched_keys, top_trials_table
 from rnnlib.stocks import SUFFIXES, load_histories
 from rnnlib.tasks import load_stock_data
 
@@ -64,15 +65,10 @@ def _kinds(uri: str, endpoint: str | None) -> list[str]:
 
 def search_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int, top: int = 5) -> None:
     df = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(uri, "results.parquet"), endpoint)))
-    keys = [c for c in df.columns if "." in c]
-    rows = [[i + 1, r["trial_id"], *[r[k] for k in keys], r["epochs"], r["stopped"], r["best_val_loss"]]
-            for i, r in df.head(top).iterrows()]
     stopped = int((df["stopped"] == "asha").sum())
     rep.text(f"## Search: `{uri}`\n\n{len(df)} trials, {stopped} stopped early by ASHA, "
-             f"{int(df['epochs'].sum())} trial-epochs. Top {min(top, len(df))}:\n\n"
-             + table(rows, ["#", "trial", *keys, "epochs", "stopped", "best val loss"]))
-    x = "data.window" if "data.window" in keys else keys[0]
-    color = "model.cell" if "model.cell" in keys and x != "model.cell" else None
+             f"{int(df['epochs'].sum())} trial-epochs. Top {min(top, len(df))}:\n\n" + top_trials_table(df, top))
+    x, color = plot_keys(searched_keys(df))
     rep.image("search.png", search_png(df, x, color, Path(uri).name), f"best validation loss per trial by {x}"
               + (f" and {color}" if color else "") + "; hollow: stopped early by ASHA")
 

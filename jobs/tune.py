@@ -29,8 +29,7 @@ from rnnlib import storage
 from rnnlib.config import JobConfig, to_dict
 from rnnlib.errors import UserError
 from rnnlib.plots import search_png
-from rnnlib.report import table
-from rnnlib.search import Search, load_search
+from rnnlib.search import Search, load_search, plot_keys, short, stop_reason, top_trials_table
 from rnnlib.tasks import make_task
 
 # Settings that change which trials run; the others (concurrency, resources) may change on resume.
@@ -97,40 +96,33 @@ def _param_space(search: Search) -> dict:
     return {d.key: make[d.kind](d.args) for d in search.dims}
 
 
-class Progress:
-    """Prints one line per finished trial; built lazily as a ``ray.tune.Callback`` subclass."""
+def _progress(search: Search):
+    """A ``ray.tune.Callback`` that prints one line per finished trial."""
+    from ray import tune
 
-    @staticmethod
-    def make(search: Search):
-        from ray import tune
+    patience = search.base_job.train.patience
 
-        class _Progress(tune.Callback):
-            def __init__(self):
-                self.done = 0
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.done = 0
 
-            def _line(self, trial, what: str) -> None:
-                self.done += 1
-                r = trial.last_result or {}
-                params = "  ".join(f"{d.key.split('.')[-1]}={_short(trial.config.get(d.key))}" for d in search.dims)
-                print(f"[{self.done}/{search.num_trials}] {trial.trial_id}  {params}  "
-                      f"epochs {r.get('epoch', 0)}  val {r.get('val_loss', float('nan')):.4f}  {what}", flush=True)
+        def _line(self, trial, what: str) -> None:
+            self.done += 1
+            r = trial.last_result or {}
+            params = "  ".join(f"{d.key.split('.')[-1]}={short(trial.config.get(d.key))}" for d in search.dims)
+            print(f"[{self.done}/{search.num_trials}] {trial.trial_id}  {params}  "
+                  f"epochs {r.get('epoch', 0)}  val {r.get('val_loss', float('nan')):.4f}  {what}", flush=True)
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                r = trial.last_result or {}
-                epochs, stale = r.get("epoch", 0), r.get("stale", 0)
-                patience = search.base_job.train.patience
-                what = ("" if epochs >= search.max_t else
-                        "(no better val loss: patience)" if patience and stale >= patience else "(stopped by ASHA)")
-                self._line(trial, what)
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            why = stop_reason(r.get("epoch", 0), r.get("stale", 0), search.max_t, patience)
+            self._line(trial, {"max_t": "", "patience": "(no better val loss: patience)",
+                               "asha": "(stopped by ASHA)"}[why])
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trial, "FAILED (see the table at the end)")
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, "FAILED (see the table at the end)")
 
-        return _Progress()
-
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return Progress()
 
 
 def _trial_dir(trial) -> str:
@@ -175,7 +167,7 @@ def _tuner(search: Search, name: str, base: JobConfig):
                                     max_concurrent_trials=s.max_concurrent_trials or None,
                                     search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir),
         run_config=tune.RunConfig(
-            name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[Progress.make(search)],
+            name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[_progress(search)],
             failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
             # the best epoch's checkpoint (the one exported) and the latest (for resuming)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
@@ -192,14 +184,7 @@ def _rows(grid, search: Search) -> pd.DataFrame:
         epochs = int(last.get("epoch", 0))
         row = {"trial_id": last.get("trial_id"),
                **{d.key: r.config.get(d.key) for d in search.dims}, "status": "error" if r.error else "done"}
-        if r.error:
-            stopped = "error"
-        elif epochs >= search.max_t:
-            stopped = "max_t"
-        elif patience and last.get("stale", 0) >= patience:
-            stopped = "patience"
-        else:
-            stopped = "asha"
+        stopped = "error" if r.error else stop_reason(epochs, last.get("stale", 0), search.max_t, patience)
         has = df is not None and len(df) and "val_loss" in df
         best = df.loc[df["val_loss"].idxmin()] if has else None
         row.update(stopped=stopped, epochs=epochs,
@@ -246,21 +231,6 @@ def _write_df(df: pd.DataFrame, uri_base: str, endpoint: str | None) -> None:
     storage.write_bytes(uri_base + ".parquet", buf.getvalue(), endpoint)  # last: it marks the search done
 
 
-def _top_table(df: pd.DataFrame, search: Search) -> str:
-    keys = [d.key for d in search.dims]
-    top = df.head(search.settings.top)
-    rows = [[i + 1, r["trial_id"], *[_short(r[k]) for k in keys], r["epochs"], r["stopped"], r["best_val_loss"]]
-            for i, r in top.iterrows()]
-    return table(rows, ["#", "trial", *keys, "epochs", "stopped", "best val loss"])
-
-
-def _plot_keys(search: Search) -> tuple[str, str | None]:
-    keys = [d.key for d in search.dims]
-    x = "data.window" if "data.window" in keys else keys[0]
-    color = "model.cell" if "model.cell" in keys and x != "model.cell" else next((k for k in keys if k != x), None)
-    return x, color
-
-
 def run(config: str, overrides: list[str]) -> int:
     search = load_search(config, overrides)
     base = search.base_job
@@ -276,7 +246,7 @@ def run(config: str, overrides: list[str]) -> int:
     results_uri = storage.join(exp_uri, RESULTS)
     if storage.exists(results_uri, base.endpoint_url):
         df = pd.read_parquet(io.BytesIO(storage.read_bytes(results_uri, base.endpoint_url)))
-        print(f"already finished (delete {exp_uri} to search again):\n{_top_table(df, search)}")
+        print(f"already finished (delete {exp_uri} to search again):\n{top_trials_table(df, search.settings.top)}")
         return 0
 
     from jobs.ray_setup import init_ray
@@ -306,7 +276,7 @@ def run(config: str, overrides: list[str]) -> int:
                            f"{best_row['trial_id']}", trial=best_row["trial_id"])
     storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(search, params, best_row).encode(),
                         base.endpoint_url)
-    x, color = _plot_keys(search)
+    x, color = plot_keys([d.key for d in search.dims])
     ylabel = "best val loss (pinball, scaled)" if base.task == "forecast" else "best val loss (nats/char)"
     storage.write_bytes(storage.join(exp_uri, "search.png"), search_png(df, x, color, name, ylabel),
                         base.endpoint_url)
@@ -314,7 +284,7 @@ def run(config: str, overrides: list[str]) -> int:
     epochs = int(df["epochs"].sum())
     print(f"\n{len(df)} trials, {len(df) - len(ok)} failed, {(df['stopped'] == 'asha').sum()} stopped early by "
           f"ASHA; {epochs} trial-epochs of {len(df) * search.max_t} without early stopping")
-    print(_top_table(df, search))
+    print(top_trials_table(df, search.settings.top))
     if base.task == "forecast":
         from rnnlib.report import forecast_table
 

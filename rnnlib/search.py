@@ -227,3 +227,40 @@ def load_search(path: str | Path, overrides: list[str] = ()) -> Search:
     if problems:
         raise ConfigError(problems, str(path))
     return Search(base=raw, dims=dims, settings=settings, search_raw=search_raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: shared by the tune job and the report
+
+def stop_reason(epochs: int, stale: int, max_t: int, patience: int) -> str:
+    """Why a finished trial stopped: ran to ``max_t``, early stopping (``patience``), or ASHA."""
+    if epochs >= max_t:
+        return "max_t"
+    return "patience" if patience and stale >= patience else "asha"
+
+
+def searched_keys(results) -> list[str]:
+    """The searched config keys of a results table: its dotted columns."""
+    return [c for c in results.columns if "." in c]
+
+
+def short(value: Any) -> str:
+    """A sampled value for a table or a log line: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def top_trials_table(results, top: int) -> str:
+    """The best ``top`` trials of a results table (sorted best first) as a Markdown table."""
+    from .report import table
+
+    keys = searched_keys(results)
+    rows = [[i + 1, r["trial_id"], *[short(r[k]) for k in keys], r["epochs"], r["stopped"], r["best_val_loss"]]
+            for i, r in results.head(top).iterrows()]
+    return table(rows, ["#", "trial", *keys, "epochs", "stopped", "best val loss"])
+
+
+def plot_keys(keys: list[str]) -> tuple[str, str | None]:
+    """(x, colour) for the search plot: window size by cell type when both were searched."""
+    x = "data.window" if "data.window" in keys else keys[0]
+    color = "model.cell" if "model.cell" in keys and x != "model.cell" else next((k for k in keys if k != x), None)
+    return x, color
