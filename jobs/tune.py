@@ -203,11 +203,10 @@ def _last_line(error: BaseException) -> str:
     return lines[-1][:300] if lines else type(error).__name__
 
 
-def _best_checkpoint(grid, trial_id: str, search: Search, fs):
-    """The best-val-loss checkpoint of a trial, as a Ray ``Checkpoint``."""
+def _best_checkpoint(r, search: Search, fs):
+    """The best-val-loss checkpoint of a trial's ``ray.tune.Result``, as a Ray ``Checkpoint``."""
     from ray.tune import Checkpoint
 
-    (r,) = [r for r in grid if (r.metrics or {}).get("trial_id") == trial_id]
     if search.settings.trial == "process":
         return min(r.best_checkpoints, key=lambda cm: cm[1]["val_loss"])[0]
     # trainer trials: TuneReportCallback adds the Train checkpoint's path to each result
@@ -216,9 +215,8 @@ def _best_checkpoint(grid, trial_id: str, search: Search, fs):
     return Checkpoint(df.loc[df["val_loss"].idxmin(), "checkpoint_path"], filesystem=fs)
 
 
-def best_yaml(search: Search, params: dict, row: dict) -> str:
-    """A complete train config for the best trial, with the full ``train.epochs`` budget."""
-    cfg = search.trial_job(params)
+def best_yaml(cfg: JobConfig, row: dict) -> str:
+    """A complete train config for the best trial (with the full ``train.epochs`` budget)."""
     header = (f"# The best trial ({row['trial_id']}) of a search: best val loss {row['best_val_loss']:.5f} "
               f"at epoch {row['best_epoch']}.\n# Train it: rnnjobs train best.yaml\n")
     return header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
@@ -267,14 +265,14 @@ def run(config: str, overrides: list[str]) -> int:
     params = {d.key: best_row[d.key] for d in search.dims}
     best_cfg = search.trial_job(params)
     fs, _ = storage.filesystem(base.storage, base.endpoint_url)
-    ckpt = _best_checkpoint(result_grid, best_row["trial_id"], search, fs)
     (r,) = [r for r in result_grid if (r.metrics or {}).get("trial_id") == best_row["trial_id"]]
+    ckpt = _best_checkpoint(r, search, fs)
     by_epoch = {int(h["epoch"]) - 1: h for h in r.metrics_dataframe.to_dict("records")}  # a replayed epoch: last
     history = [{"epoch": e, **{k: by_epoch[e][k] for k in ("train_loss", "val_loss", "seconds", "train_seconds")}}
                for e in sorted(by_epoch)]
     metrics = export_model(best_cfg, make_task(best_cfg), ckpt, history, exp_uri, f"{name} best trial "
                            f"{best_row['trial_id']}", trial=best_row["trial_id"])
-    storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(search, params, best_row).encode(),
+    storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(best_cfg, best_row).encode(),
                         base.endpoint_url)
     x, color = plot_keys([d.key for d in search.dims])
     ylabel = "best val loss (pinball, scaled)" if base.task == "forecast" else "best val loss (nats/char)"
