@@ -8,6 +8,8 @@ import importlib
 import os
 import sys
 
+from jobs.submit import COMMANDS as SUBMITTABLE
+from jobs.submit import UNREACHABLE, Unreachable
 from rnnlib.errors import UserError
 
 EPILOG = """examples:
@@ -77,6 +79,10 @@ def _demo(args) -> int:
     return run(out=args.out, quick=args.quick)
 
 
+def _endpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+
+
 def _config_command(sub, name: str, module: str, help: str, description: str, example: str,
                     overrides_help: str) -> None:
     """A subcommand taking CONFIG and key=value overrides, run by ``jobs.<module>.run``."""
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read _SUCCESS, then the manifest it commits, then check every listed "
                                    "file's bytes, sha256 and rows. Exit 0 if all match, 1 with a report.")
     v.add_argument("run", help="the run=<id> folder or s3:// prefix")
-    v.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    _endpoint_flag(v)
     v.set_defaults(func=_verify)
 
     g = sub.add_parser("generate", help="generate text from a trained char model",
@@ -140,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="also write the samples to this file or s3:// URI")
     g.add_argument("--drop-unknown", dest="drop_unknown", action="store_const", const=True,
                    help="drop prompt characters outside the vocabulary (with a warning)")
-    g.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    _endpoint_flag(g)
     g.set_defaults(func=_generate)
 
     e = sub.add_parser("evaluate", help="loss of a char model on a text (nats, bits per char, perplexity)",
@@ -149,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="text bundle folder or s3:// URI")
     e.add_argument("--text", help="UTF-8 text file (default: the bundle's held-out split)")
     e.add_argument("--seq-len", dest="seq_len", type=int, help="chunk length (default: the training seq_len)")
-    e.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    _endpoint_flag(e)
     e.set_defaults(func=_evaluate)
 
     address_help = "Ray Job API of the cluster, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
@@ -163,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help=address_help)
     s.add_argument("--no-wait", dest="wait", action="store_false", help="print the job id and return")
     s.add_argument("--follow", dest="wait", action="store_true", help="stream the logs until the job ends (default)")
-    s.add_argument("job", choices=["train", "tune", "score", "generate"], help="the job to run")
+    s.add_argument("job", choices=SUBMITTABLE, help="the job to run")
     s.add_argument("config", help="YAML inside this project, e.g. jobs/configs/forecast-score.yaml")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="as for the job itself")
     s.set_defaults(func=_submit, wait=True)
@@ -186,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="<storage>/<name> of a tune or train run, or <output>/run=<id> of a score run")
     rp.add_argument("--out", help="folder for report.md and the PNGs (default: RUN/report)")
     rp.add_argument("--tickers", type=int, default=4, help="tickers in the forecast plots (default: %(default)s)")
-    rp.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint")
+    _endpoint_flag(rp)
     rp.set_defaults(func=_report)
 
     from rnnlib.config import REFERENCE_JOBS
@@ -218,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from jobs.submit import UNREACHABLE, Unreachable
-
     try:
         return int(args.func(args) or 0)
     except Unreachable as e:

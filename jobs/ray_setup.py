@@ -5,6 +5,16 @@ from __future__ import annotations
 import logging
 import os
 
+# Set for every Ray process of a job: here before a local ray.init, in the runtime_env of a
+# submitted job (jobs/submit.py), and as ENV in cluster/Dockerfile.
+RAY_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    # Train V2 re-logs every worker print() through its logger, which shows each line twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Tune trials keep the job's working directory, so relative data paths mean the same in a trial.
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+}
+
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS (or the job's cluster), else start a local Ray.
@@ -16,12 +26,8 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Train V2 re-logs every worker print() through its logger, which shows each line twice.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    # Tune trials keep the job's working directory, so relative data paths mean the same in a trial
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    for key, value in {**RAY_ENV, "RAY_DEDUP_LOGS": "1"}.items():
+        os.environ.setdefault(key, value)
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
     if not os.environ.get("RAY_ADDRESS"):
         # "local": a fresh Ray for this job, even if `ray start` left a cluster running on this machine

@@ -131,9 +131,8 @@ def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
         return
     tickers = sorted(fc["ticker"].unique())[:n_tickers]
     source = m["input"]["uri"] or str(sample_stocks_dir())
-    files = [u for u, _, _ in storage.list_files(source, SUFFIXES, endpoint_url=endpoint)
-             if Path(u).stem.upper() in tickers] or [u for u, _, _ in storage.list_files(source, SUFFIXES,
-                                                                                         endpoint_url=endpoint)]
+    listed = [u for u, _, _ in storage.list_files(source, SUFFIXES, endpoint_url=endpoint)]
+    files = [u for u in listed if Path(u).stem.upper() in tickers] or listed  # names not tickers: read all
     with tempfile.TemporaryDirectory() as tmp:
         hist = load_histories([storage.local_copy(u, tmp, endpoint) for u in files])
     tickers = [t for t in tickers if t in hist.series]

@@ -22,6 +22,7 @@ import shlex
 import time
 from pathlib import Path
 
+from jobs.ray_setup import RAY_ENV
 from rnnlib.config import to_dict
 from rnnlib.errors import UserError
 
@@ -31,8 +32,6 @@ COMMANDS = ("train", "tune", "score", "generate")
 # bundled sample under rnnlib/datasets/ or a data.path / s3:// URI the cluster can read).
 EXCLUDES = [".git", ".venv", "outputs", "data", "bench/results", "tests", "notebooks/.ipynb_checkpoints",
             "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "*.egg-info"]
-# Set for the job's driver and every worker: the same settings `jobs/ray_setup.py` uses locally.
-ENV_VARS = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
 UNREACHABLE = 3
 
@@ -169,7 +168,7 @@ def submit(address: str | None, command: str, config: str, overrides: list[str],
         attempt += 1
         job_id = f"{base_id}-{attempt}"
     files, size = working_dir_size()
-    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": ENV_VARS}
+    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": RAY_ENV}
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per ignored file while packaging
     end = time.monotonic() + 120
     while True:
