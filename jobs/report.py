@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +25,8 @@ from rnnlib.plots import forecast_bands_png, loss_curve_png, search_png, vs_pers
 from rnnlib.report import forecast_table
 from rnnlib.scoring import band_names, score_histories
 from rnnlib.search import plot_keys, searched_keys, top_trials_table
-from rnnlib.stocks import SUFFIXES, load_histories
+from rnnlib.sources import Listing, list_source
+from rnnlib.stocks import load_histories, ticker_from_filename
 from rnnlib.tasks import load_stock_data
 
 BACKTEST_DAYS = 250
@@ -99,7 +99,7 @@ def train_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
         return
     rep.text("Test split (the last part of each series, unseen in training):\n\n" + forecast_table(metrics["final"]))
     bundle = open_bundle(storage.join(uri, "model"), task="forecast", endpoint_url=endpoint)
-    hist, _ = load_stock_data(cfg.data)
+    hist, _ = load_stock_data(cfg.data, endpoint or cfg.endpoint_url)
     held_out = min(len(df) for df in hist.series.values()) * (cfg.data.val_frac + cfg.data.test_frac)
     days = int(min(BACKTEST_DAYS, held_out)) if not cfg.data.test_start else BACKTEST_DAYS
     bt = score_histories(bundle, hist, mode="backtest", backtest_days=days, step=cfg.data.horizon).forecasts
@@ -130,11 +130,11 @@ def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
     if fc.empty:
         return
     tickers = sorted(fc["ticker"].unique())[:n_tickers]
-    source = m["input"]["uri"] or str(sample_stocks_dir())
-    listed = [u for u, _, _ in storage.list_files(source, SUFFIXES, endpoint_url=endpoint)]
-    files = [u for u in listed if Path(u).stem.upper() in tickers] or listed  # names not tickers: read all
-    with tempfile.TemporaryDirectory() as tmp:
-        hist = load_histories([storage.local_copy(u, tmp, endpoint) for u in files])
+    listing = list_source(m["input"]["uri"] or str(sample_stocks_dir()), endpoint_url=endpoint)
+    mine = [e for e in listing.entries if ticker_from_filename(e.uri) in tickers]
+    if mine:  # per-ticker files: read only the tickers shown; other layouts: read all
+        listing = Listing(listing.uri, mine)
+    hist = load_histories(listing, endpoint_url=endpoint)
     tickers = [t for t in tickers if t in hist.series]
     quantiles = m["model"].get("quantiles", [])
     rep.image("score_forecasts.png", forecast_bands_png(_history(hist, tickers), fc, band_names(quantiles)),

@@ -14,28 +14,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
+import re
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rnnlib import publish, storage
 from rnnlib.checkpoint import open_bundle, versions
 from rnnlib.config import ScoreConfig, apply_overrides, read_yaml, section_from_dict, to_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.errors import ConfigError, UserError
-from rnnlib.stocks import REJECT_COLUMNS, SUFFIXES
+from rnnlib.sources import Entry, Listing, list_source
+from rnnlib.stocks import REJECT_COLUMNS, REJECT_SERIES, SKIP_FILE, Rows, read_rows, validate_rows
 
 # Settings that change what is computed; pool sizes and batch sizes do not.
 _RUN_KEYS = ("mode", "as_of", "backtest_days", "step", "columns")
 
 
 class ScoreBatch:
-    """A Ray Data actor: loads the bundle once, scores batches of history files."""
+    """A Ray Data actor: loads the bundle once, scores batches of history files (per-ticker layout:
+    every ticker's rows are in the batch)."""
 
     def __init__(self, model: str, run_uri: str, attempt: str, settings: dict, endpoint_url: str | None):
         self.bundle = open_bundle(model, task="forecast", endpoint_url=endpoint_url)
@@ -45,12 +49,13 @@ class ScoreBatch:
         from rnnlib.scoring import score_files
 
         _fault_hook()
-        uris = list(batch["uri"])
-        with tempfile.TemporaryDirectory() as tmp:
-            local = {str(storage.local_copy(u, tmp, self.endpoint_url)): u for u in uris}
-            res = score_files(self.bundle, [Path(p) for p in local], **self.settings)
-        rejects = res.rejects.assign(file=res.rejects["file"].map(lambda f: local.get(f, f)))  # URIs, not temp paths
-        key = "\n".join(uris)
+        entries = [Entry.from_json(e) for e in batch["entry"]]
+        uris = [e.uri for e in entries]
+        res = score_files(self.bundle, Listing(uris[0], entries), endpoint_url=self.endpoint_url, **self.settings)
+        return self.publish(res, "\n".join(uris), len(uris))
+
+    def publish(self, res, key: str, files: int) -> pd.DataFrame:
+        """Write this batch's parts; return its one-row summary for the driver."""
         parts = [publish.write_part(self.run_uri, publish.part_name("forecasts", self.attempt, key),
                                     res.forecasts, "forecasts", self.endpoint_url)]
         if res.metrics is not None:
@@ -58,10 +63,51 @@ class ScoreBatch:
                                             res.metrics, "metrics", self.endpoint_url))
         h = res.hist
         return pd.DataFrame([{
-            "files": len(uris), "parts": json.dumps(parts), "rejects": rejects.to_json(orient="records"),
+            "files": files, "parts": json.dumps(parts), "rejects": res.rejects.to_json(orient="records"),
+            "tickers": json.dumps(sorted(res.forecasts["ticker"].unique().tolist())),
             "rows_in": h.rows_in, "rows_kept": h.rows_kept, "rows_rejected": h.rows_rejected,
             "rows_after_as_of": res.rows_after_as_of, "series_in": len(h.series) + len(h.rejected_series()),
             "series_scored": res.series_scored}])
+
+
+# Long layout: files -> rows (stage 1) -> hash shuffle by ticker -> blocks of whole tickers (stage 2).
+# What reading refused (bad lines, unreadable files) travels in one extra row per file batch,
+# under a ticker no history can have, so the counts add up where the block is validated.
+_INFO_TICKER, _INFO = "\x00read", "__info"
+
+
+def read_rows_batch(batch: pd.DataFrame, files: list[str], needed: tuple, columns: dict,
+                    endpoint_url: str | None) -> pa.Table:
+    """Stage 1: read a batch of files into canonical text rows (uniform columns) + one info row."""
+    entries = [Entry.from_json(e) for e in batch["entry"]]
+    rows = read_rows(Listing("", entries), needed=needed, columns=columns, endpoint_url=endpoint_url,
+                     files=files, uniform=True)
+    info = {"files": len(entries), "rejects": rows.rejects}
+    table = rows.table.append_column(_INFO, pa.nulls(rows.table.num_rows, pa.string()))
+    row = {c: pa.nulls(1, table.schema.field(c).type) for c in table.column_names}
+    row.update(ticker=pa.array([_INFO_TICKER]), **{_INFO: pa.array([json.dumps(info)])})
+    return pa.concat_tables([table, pa.table(row, schema=table.schema)])
+
+
+class ScoreBlock(ScoreBatch):
+    """Stage 2: a block holding every row of its tickers (Ray Data's hash shuffle by ticker, as
+    ``groupby().map_groups`` does), validated and scored in one batched pass."""
+
+    def __call__(self, table: pa.Table) -> pd.DataFrame:
+        from rnnlib.scoring import score_histories, validation_args
+
+        _fault_hook()
+        is_info = pc.fill_null(pc.equal(table["ticker"], _INFO_TICKER), False)
+        infos = [json.loads(i) for i in table.filter(is_info)[_INFO].to_pylist()]
+        data = table.filter(pc.invert(is_info)).drop_columns([_INFO])
+        rejects = [r for i in infos for r in i["rejects"]]
+        rows = Rows(data, self.settings["files"], rejects, data.num_rows + sum(r["rows"] for r in rejects))
+        hist = validate_rows(rows, **validation_args(self.bundle, self.settings["mode"]))
+        res = score_histories(self.bundle, hist, **{k: v for k, v in self.settings.items()
+                                                     if k not in ("columns", "files")})
+        tickers = pc.unique(data["ticker"]).to_pylist()
+        key = "\n".join(sorted(map(str, tickers))) or "\n".join(json.dumps(i) for i in infos)
+        return self.publish(res, key, sum(i["files"] for i in infos))
 
 
 def _fault_hook() -> None:
@@ -87,12 +133,12 @@ def run(config: str, overrides: list[str]) -> int:
         raise ConfigError(["model: required; point it at a forecast bundle (<storage>/<run>/model)"], config)
     bundle = open_bundle(cfg.model, task="forecast", endpoint_url=cfg.endpoint_url)  # fails before Ray
     source = cfg.input or str(sample_stocks_dir())
-    listing = storage.list_files(source, SUFFIXES, endpoint_url=cfg.endpoint_url)
-    if not listing:
-        raise UserError(f"{source}: no .csv or .parquet files")
-    rid = run_id(cfg, bundle.meta["weights_sha256"], listing)
+    listing = list_source(source, endpoint_url=cfg.endpoint_url)
+    rid = run_id(cfg, bundle.meta["weights_sha256"], listing.key())
     run_uri = storage.join(cfg.output, f"run={rid}")
-    print(f"score run {rid}: {cfg.mode}, {len(listing)} file(s) from {source}, model {cfg.model}")
+    print(f"score run {rid}: {cfg.mode}, {len(listing.entries)} file(s) from {source} "
+          f"({input_layout(cfg, listing)} layout), model {cfg.model}"
+          + (f"; {len(listing.skipped)} entries not read (listed in rejects.parquet)" if listing.skipped else ""))
     if publish.is_published(run_uri, cfg.endpoint_url):
         print(f"already published: {run_uri} (nothing to do)")
         return 0
@@ -105,17 +151,35 @@ def run(config: str, overrides: list[str]) -> int:
     attempt = uuid.uuid4().hex[:8]
     settings = {"mode": cfg.mode, "as_of": cfg.as_of, "backtest_days": cfg.backtest_days, "step": cfg.step,
                 "batch_size": cfg.batch_size, "columns": cfg.columns}
+    layout = input_layout(cfg, listing)
+    endpoint = storage.endpoint(cfg.endpoint_url)  # as the driver resolved it; never credentials
     start = time.perf_counter()
-    ds = ray.data.from_items([{"uri": u} for u, _, _ in listing])
-    ds = ds.map_batches(
-        ScoreBatch, batch_size=cfg.files_per_batch, batch_format="pandas",
-        # the endpoint as the driver resolved it (config or AWS_ENDPOINT_URL_S3); never credentials
-        fn_constructor_kwargs={"model": cfg.model, "run_uri": run_uri, "attempt": attempt,
-                               "settings": settings, "endpoint_url": storage.endpoint(cfg.endpoint_url)},
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.gpu else 0)
+    ds = ray.data.from_items([{"entry": e.to_json()} for e in listing.entries])
+    actor_args = dict(compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
+                      num_gpus=1 if cfg.gpu else 0)
+    kwargs = {"model": cfg.model, "run_uri": run_uri, "attempt": attempt, "endpoint_url": endpoint}
+    if layout == "per_ticker":
+        ds = ds.map_batches(ScoreBatch, batch_size=cfg.files_per_batch, batch_format="pandas",
+                            fn_constructor_kwargs={**kwargs, "settings": settings}, **actor_args)
+    else:
+        files = [e.uri for e in listing.entries]
+        ds = ds.map_batches(read_rows_batch, batch_size=cfg.files_per_batch, batch_format="pandas",
+                            fn_kwargs={"files": files, "needed": tuple(bundle.data["columns"]),
+                                       "columns": cfg.columns, "endpoint_url": endpoint})
+        blocks = max(2 * cfg.actors, min(256, len(files) // cfg.files_per_batch))
+        # The shuffle runs to the end before the scoring actors start: its tasks need whole CPUs,
+        # which a running actor pool can hold all of (a deadlock on a small cluster). The shuffled
+        # blocks wait in Ray's object store (spread over the nodes, spilled to disk when full).
+        ds = ds.repartition(blocks, keys=["ticker"]).materialize()
+        ds = ds.map_batches(
+            ScoreBlock, batch_size=None, batch_format="pyarrow",
+            fn_constructor_kwargs={**kwargs, "settings": {**settings, "files": files}}, **actor_args)
     summaries = ds.to_pandas()
     scored_s = time.perf_counter() - start
+    twice = _scored_twice(summaries)
+    if twice:
+        raise UserError(f"{source}: ticker(s) {', '.join(twice[:5])} span more than one batch of files (their rows "
+                        "are in several files); nothing was published. Rerun with input_layout=long")
     manifest, rejects = _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri)
     if os.environ.get("RNNJOBS_SCORE_CRASH_BEFORE_COMMIT"):  # test-only: die between parts and commit
         os._exit(1)
@@ -128,15 +192,32 @@ def run(config: str, overrides: list[str]) -> int:
           f"{c['series_rejected']} rejected, {c['forecast_rows']} forecast rows"
           + (f"; removed {len(removed)} file(s) of earlier failed attempts" if removed else ""))
     if len(rejects):
-        for r in rejects[rejects.action == "reject_series"].itertuples():
+        for r in rejects[rejects.action == REJECT_SERIES].itertuples():
             print(f"  rejected {r.ticker or '?'} ({os.path.basename(str(r.file))}): {r.reason}")
     print(f"verify: rnnjobs verify {run_uri}")
     return 0
 
 
+def input_layout(cfg: ScoreConfig, listing: Listing) -> str:
+    """``cfg.input_layout``, with ``auto`` decided from the listing alone (no file is opened)."""
+    if cfg.input_layout != "auto":
+        return cfg.input_layout
+    dated = re.compile(r"(19|20)\d\d([-_]?\d\d)")
+    if any(e.partitions or dated.search(posixpath.basename(e.uri)) for e in listing.entries):
+        return "long"
+    return "per_ticker"
+
+
+def _scored_twice(summaries: pd.DataFrame) -> list[str]:
+    """Tickers scored in more than one batch (each series must be scored exactly once)."""
+    seen = pd.Series([t for s in summaries["tickers"] for t in json.loads(s)], dtype=object)
+    return sorted(seen[seen.duplicated()].unique())
+
+
 def _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri) -> dict:
     files = [p for s in summaries["parts"] for p in json.loads(s)]
     rows = [r for s in summaries["rejects"] for r in json.loads(s)]
+    rows += [dict(file=uri, rows=0, action=SKIP_FILE, reason=why) for uri, why in listing.skipped]
     rejects = pd.DataFrame(rows, columns=REJECT_COLUMNS).sort_values(["file", "ticker", "row"], na_position="first",
                                                                        ignore_index=True)  # same bytes every attempt
     files.append(publish.write_part(run_uri, "rejects.parquet", rejects, "rejects", cfg.endpoint_url))
@@ -144,11 +225,12 @@ def _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri) ->
                                                  "series_in", "series_scored", "files")}
     counts = {**tot, "series_rejected": tot["series_in"] - tot["series_scored"],
               "forecast_rows": sum(f["rows"] for f in files if f["kind"] == "forecasts")}
-    listing_sha = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    listing_sha = hashlib.sha256(json.dumps(listing.key()).encode()).hexdigest()
     return {"run_id": rid, "attempt": attempt, "created": datetime.now(timezone.utc).isoformat(),
             "mode": cfg.mode, "as_of": cfg.as_of,
             "model": {"uri": cfg.model, "weights_sha256": bundle.meta["weights_sha256"], **bundle.data},
-            "input": {"uri": source, "files": len(listing), "listing_sha256": listing_sha},
+            "input": {"uri": source, "files": len(listing.entries), "skipped": len(listing.skipped),
+                      "listing_sha256": listing_sha},
             "counts": counts, "files": files, "config": to_dict(cfg), "versions": versions()}, rejects
 
 

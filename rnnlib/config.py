@@ -43,7 +43,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ForecastDataConfig:
-    path: str | None = opt(None, "folder or file of OHLCV histories (CSV/Parquet); null = bundled sample")
+    path: str | None = opt(None, "file, folder or s3:// prefix of OHLCV histories (CSV, .csv.gz, TSV, "
+                           "Parquet; per-ticker files or long tables, Hive partitions); null = bundled sample")
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
     target: Literal["close", "adj_close"] = opt("close", "price column to forecast")
     features: tuple[Literal["close", "open", "high", "low", "volume"], ...] = opt(
@@ -67,7 +68,8 @@ class ForecastDataConfig:
 
 @dataclass(frozen=True)
 class TextDataConfig:
-    path: str | None = opt(None, "UTF-8 text file; null = bundled tinyshakespeare")
+    path: str | None = opt(None, "UTF-8 text file, or a folder or s3:// prefix of .txt files; null = "
+                           "bundled tinyshakespeare")
     seq_len: int = opt(128, "characters per training sequence (truncated backprop length)", lo=2)
     batching: Literal["stream", "random"] = opt(
         "stream", "stream: contiguous streams with carried hidden state; random: independent windows")
@@ -294,7 +296,12 @@ def job_from_dict(raw: Any, source: str = "config") -> JobConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    input: str | None = opt(None, "folder/file or s3:// prefix of histories (CSV/Parquet); null = bundled sample")
+    input: str | None = opt(None, "file, folder or s3:// prefix of histories (CSV, .csv.gz, TSV, Parquet; "
+                            "per-ticker files or long tables, Hive partitions); null = bundled sample")
+    input_layout: Literal["auto", "per_ticker", "long"] = opt(
+        "auto", "per_ticker: each ticker's rows are in one file (batches of files are scored as they are); "
+        "long: a ticker's rows may span files (rows are grouped by ticker with a Ray Data hash shuffle); "
+        "auto: long when files sit in key=value folders or their names hold a date, else per_ticker")
     model: str | None = opt(None, "forecast bundle: local folder or s3:// URI (<storage>/<run>/model)")
     output: str = opt("outputs/forecasts", "local folder or s3:// prefix; each run publishes under run=<id>/")
     mode: Literal["forecast", "backtest"] = opt("forecast", "forecast: the next horizon days after the last "

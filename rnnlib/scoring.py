@@ -19,7 +19,6 @@ per-ticker backtest metrics
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,8 @@ from .checkpoint import Bundle
 from .features import Windows, fit_transform, naive_scale, series_windows, shrink_to_persistence, to_price
 from .loop import predict
 from .metrics import compare_to_persistence
-from .stocks import REJECT_COLUMNS, Histories, load_histories
+from .sources import Listing
+from .stocks import REJECT_COLUMNS, REJECT_SERIES, Histories, load_histories
 
 MODES = ("forecast", "backtest")
 
@@ -58,13 +58,20 @@ def min_rows_for(bundle: Bundle, mode: str) -> int:
     return d["window"] + 1 + (d["horizon"] if mode == "backtest" else 0)
 
 
-def score_files(bundle: Bundle, files: list[Path], *, mode: str = "forecast", as_of: str | None = None,
-                backtest_days: int = 250, step: int | None = None, batch_size: int = 512,
-                columns: dict[str, str] | None = None) -> ScoreResult:
-    """Load and validate ``files``, then score every usable series in one batched pass."""
+def validation_args(bundle: Bundle, mode: str) -> dict:
+    """How histories are validated for scoring with ``bundle``: ``load_histories`` /
+    ``validate_rows`` keyword arguments."""
     d = bundle.data
-    hist = load_histories(list(files), needed=tuple(d["columns"]), columns=columns,
-                          min_rows=min_rows_for(bundle, mode), max_jump=d.get("max_jump", 1.75))
+    return dict(needed=tuple(d["columns"]), min_rows=min_rows_for(bundle, mode), max_jump=d.get("max_jump", 1.75))
+
+
+def score_files(bundle: Bundle, files: list | Listing, *, mode: str = "forecast", as_of: str | None = None,
+                backtest_days: int = 250, step: int | None = None, batch_size: int = 512,
+                columns: dict[str, str] | None = None, endpoint_url: str | None = None) -> ScoreResult:
+    """Load and validate ``files`` (paths or URIs, or a ``sources.Listing``), then score every
+    usable series in one batched pass."""
+    hist = load_histories(files if isinstance(files, Listing) else list(files), columns=columns,
+                          endpoint_url=endpoint_url, **validation_args(bundle, mode))
     return score_histories(bundle, hist, mode=mode, as_of=as_of, backtest_days=backtest_days, step=step,
                            batch_size=batch_size)
 
@@ -98,7 +105,7 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
             why = (f"too short to score after as_of {as_of}: {n} rows, need {window + 1}" if mode == "forecast"
                    else f"no backtest origin: {n} rows, need more than window + horizon ({window}+{horizon})")
             extra_rejects.append(dict(file=None, ticker=ticker, row=None, date=None, rows=0,
-                                      action="reject_series", reason=why))
+                                      action=REJECT_SERIES, reason=why))
             continue
         parts.append(w)
         meta.append((ticker, df, tf, scaler, fit_end))

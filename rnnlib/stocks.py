@@ -1,5 +1,9 @@
 """Stock histories: load per-ticker files or long tables, validate with reasons.
 
+Files come from ``rnnlib.sources`` (a local path, ``file://`` or ``s3://`` URI; per-ticker files,
+one long table with a ticker column, or a long table split over many files). The rows of a ticker
+from every file are merged (in listing order) into one series, then validated.
+
 Every input row is accounted for: ``rows_in == rows_kept + rejects.rows.sum()``.
 What happens to a bad row, by reason (first matching reason wins):
 
@@ -14,7 +18,8 @@ non-numeric / NaN / inf value         the row is dropped (only columns the job u
 non-positive price, negative volume   the row is dropped
 high < low, close outside [low, high] the row is dropped (a one-day glitch, e.g. LNT's
                                       halved close on 2016-05-19)
-duplicated date                       later copies are dropped, the first is kept
+duplicated date                       later copies are dropped, the first (in listing order:
+                                      the file sorting first, then its first line) is kept
 dates out of order                    the series is sorted; a note is recorded, no row lost
 close moves by more than ``max_jump``  rows before the jump are dropped: an unadjusted split
   in one day                          or spin-off (EBAY, NI) makes the older prices
@@ -24,25 +29,25 @@ more than half the rows invalid       the whole series is rejected (a mislabelle
 fewer rows than ``min_rows``          the whole series is rejected (too short to window)
 unreadable file, not UTF-8, empty,    the whole file is rejected
   missing a required column
-ticker already loaded from a file     the later file's series is rejected
+an entry that is not a history file   listed as not read (see ``rnnlib.sources``)
 ====================================  =====================================================
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from .errors import DataError
+from .sources import ROW, Listing, list_source, read_entries
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
-CANONICAL = ("date", "ticker") + PRICE_COLUMNS + ("volume",)
 
 # Normalised spelling (lower case, spaces and dashes as underscores) -> canonical column.
 ALIASES = {
@@ -53,7 +58,13 @@ ALIASES = {
     "name": "ticker", "ticker": "ticker", "symbol": "ticker",
 }
 REJECT_COLUMNS = ["file", "ticker", "row", "date", "rows", "action", "reason"]
-SUFFIXES = (".csv", ".parquet", ".pq")
+
+# Reject actions: what happened to the rows a reject line counts.
+DROP_ROW = "drop_row"            # one row dropped
+DROP_ROWS = "drop_rows"          # a block of rows dropped (before a split)
+REJECT_SERIES = "reject_series"  # a whole series or file rejected
+SKIP_FILE = "skip_file"          # an entry of the source not read (rows 0: nothing was in it for us)
+NOTE = "note"                    # nothing lost; something worth knowing
 
 
 @dataclass
@@ -63,8 +74,8 @@ class Histories:
     Each series is a DataFrame with a ``date`` column (datetime64, strictly increasing) and
     the canonical price/volume columns the job asked for, as float64.
     ``rejects`` has one line per dropped row (``rows == 1``), per dropped block or rejected
-    series (``rows`` = rows lost) and per note (``rows == 0``). ``row`` is the 1-based data
-    row within the file (the header is not counted: in a CSV, the line is ``row + 1``).
+    series (``rows`` = rows lost) and per note or skipped entry (``rows == 0``). ``row`` is the
+    1-based data line within ``file`` (the header is line 0).
     """
 
     series: dict[str, pd.DataFrame]
@@ -81,31 +92,27 @@ class Histories:
         return int(self.rejects["rows"].sum())
 
     def rejected_series(self) -> pd.DataFrame:
-        return self.rejects[self.rejects["action"] == "reject_series"]
+        return self.rejects[self.rejects["action"] == REJECT_SERIES]
+
+    def skipped_files(self) -> pd.DataFrame:
+        return self.rejects[self.rejects["action"] == SKIP_FILE]
 
     def summary(self) -> str:
-        """One line of counts, then each rejected series with its reason."""
+        """One line of counts, then each rejected series and skipped entry with its reason."""
+        skipped = self.skipped_files()
         lines = [f"{len(self.files)} file(s), {self.rows_in} rows: {self.rows_kept} kept, "
                  f"{self.rows_rejected} rejected; {len(self.series)} series kept, "
-                 f"{len(self.rejected_series())} rejected"]
+                 f"{len(self.rejected_series())} rejected"
+                 + (f"; {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} not read" if len(skipped) else "")]
         for r in self.rejected_series().itertuples():
-            lines.append(f"  rejected {r.ticker or '?'} ({Path(r.file).name}): {r.reason}")
+            lines.append(f"  rejected {r.ticker or '?'} ({_short(r.file)}): {r.reason}")
+        for r in skipped.itertuples():
+            lines.append(f"  not read {_short(r.file)}: {r.reason}")
         return "\n".join(lines)
 
 
-def list_history_files(path: str | Path, recursive: bool = False) -> list[Path]:
-    """History files under a folder (sorted), or the file itself."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if not p.is_dir():
-        raise DataError(f"{p}: no such file or folder (set data.path to a folder of CSV/Parquet "
-                        "histories, or leave it null for the bundled sample)")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in SUFFIXES)
-    if not files:
-        raise DataError(f"{p}: no .csv or .parquet files found")
-    return files
+def _short(file) -> str:
+    return posixpath.basename(str(file)) if file and "/" in str(file) and " " not in str(file) else str(file)
 
 
 def normalise_columns(names: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -124,16 +131,18 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
 
 
-def ticker_from_filename(path: Path) -> str:
-    """``AAPL_data.csv`` -> ``AAPL``; ``NYSE:NBL_data.csv`` -> ``NYSE:NBL``."""
-    return re.sub(r"[_\-]data$", "", path.stem, flags=re.IGNORECASE)
+def ticker_from_filename(path: str | Path) -> str:
+    """``AAPL_data.csv`` -> ``AAPL``; ``NYSE:NBL_data.csv`` -> ``NYSE:NBL``; ``KO.csv.gz`` -> ``KO``."""
+    name = posixpath.basename(str(path))
+    stem = name.split(".")[0] if "." in name else name
+    return re.sub(r"[_\-]data$", "", stem, flags=re.IGNORECASE)
 
 
 class _Rejects:
     def __init__(self):
         self.items: list[dict] = []
 
-    def add(self, file, ticker, row, date, rows, action, reason):
+    def add(self, *, file, action: str, reason: str, ticker=None, row=None, date=None, rows: int = 0):
         self.items.append(dict(file=str(file), ticker=ticker, row=row, date=date, rows=int(rows),
                                action=action, reason=reason))
 
@@ -142,108 +151,155 @@ class _Rejects:
         return df.astype({"rows": "int64"})
 
 
-def _read_csv_rows(path: Path, rejects: _Rejects) -> tuple[pd.DataFrame | None, int]:
-    """Read a CSV as strings. Rows with the wrong number of fields are rejected with their row."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        rejects.add(path, None, None, None, 0, "reject_series",
-                    f"not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8")
-        return None, 0
-    except OSError as e:
-        rejects.add(path, None, None, None, 0, "reject_series", f"cannot read file: {e.strerror}")
-        return None, 0
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if not rows:
-        rejects.add(path, None, None, None, 0, "reject_series", "empty file (no header, no rows)")
-        return None, 0
-    header, body = rows[0], rows[1:]
-    good, rownums = [], []
-    for i, r in enumerate(body, start=1):
-        if len(r) == len(header):
-            good.append(r)
-            rownums.append(i)
-        else:
-            snippet = ",".join(r)[:60]
-            rejects.add(path, None, i, None, 1, "drop_row",
-                        f"{len(r)} fields where the header has {len(header)}: {snippet!r}")
-    df = pd.DataFrame(good, columns=header, dtype=object)
-    df.index = pd.Index(rownums, name="row")
-    return df, len(body)
-
-
-def _read_table(path: Path, rejects: _Rejects) -> tuple[pd.DataFrame | None, int]:
-    if path.suffix.lower() == ".csv":
-        return _read_csv_rows(path, rejects)
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the file is unusable
-        rejects.add(path, None, None, None, 0, "reject_series", f"cannot read Parquet: {e}")
-        return None, 0
-    df.index = pd.Index(np.arange(1, len(df) + 1), name="row")
-    return df, len(df)
+FILE = "__file"  # the column holding each row's index into Histories.files
 
 
 def load_histories(
-    path: str | Path | list[Path],
+    source: str | Path | list | Listing,
     *,
     needed: tuple[str, ...] = ("close",),
     columns: dict[str, str] | None = None,
     min_rows: int = 1,
     max_jump: float = 1.75,
-    recursive: bool = False,
+    endpoint_url: str | None = None,
 ) -> Histories:
-    """Load and validate every history file under ``path`` (a folder, a file, or a file list).
+    """Load and validate every history under ``source``: a URI (local path, ``file://``,
+    ``s3://``) of a file, folder or prefix, a list of them, or a ``sources.Listing``.
 
-    ``needed``: the canonical value columns the job uses (features and target); only these
-    must be valid on a row. ``min_rows``: shortest usable series after cleaning.
+    Per-ticker files, one long table with a ticker column, and long tables split over many files
+    (Hive partitions, one file per day or month) all work: the rows of a ticker from every file
+    are merged into one series before validation, and every rejected row names its file and line.
+    ``needed``: the canonical value columns the job uses (features and target); only these must
+    be valid on a row. ``min_rows``: shortest usable series after cleaning.
     """
-    files = path if isinstance(path, list) else list_history_files(path, recursive)
+    listing = source if isinstance(source, Listing) else _listing(source, endpoint_url)
+    return validate_rows(read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url),
+                         needed=needed, min_rows=min_rows, max_jump=max_jump)
+
+
+@dataclass
+class Rows:
+    """History rows as read, before validation: what ``read_rows`` hands ``validate_rows``.
+
+    ``table`` has the canonical columns as text plus ``ticker``, ``ROW`` (the data line) and
+    ``FILE`` (an index into ``files``); ``rejects`` holds what reading already refused
+    (bad lines, unreadable files, skipped entries); ``rows_in`` counts every data line read.
+    A job may read rows in one place and validate them in another (a shuffle by ticker between).
+    """
+
+    table: pa.Table | None
+    files: list[str]
+    rejects: list[dict]
+    rows_in: int
+
+
+ROW_COLUMNS = ("ticker", "date") + PRICE_COLUMNS + ("volume",)
+
+
+def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns: dict[str, str] | None = None,
+              endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False) -> Rows:
+    """Read every entry of ``listing``. ``files``: the list ``FILE`` indexes (default: the
+    listing's own); ``uniform``: give the table every column of ``ROW_COLUMNS`` (nulls where a
+    file has none), so tables from different reads concatenate."""
     rejects = _Rejects()
+    for uri, why in listing.skipped:
+        rejects.add(file=uri, action=SKIP_FILE, reason=why)
+    files = files if files is not None else [e.uri for e in listing.entries]
+    index = {u: i for i, u in enumerate(files)}
+    tables, rows_in = [], 0
+    for entry, got in zip(listing.entries, read_entries(listing.entries, endpoint_url)):
+        rows_in += got.rows_in
+        for line, why in got.bad_rows:
+            rejects.add(file=entry.uri, row=line, rows=1, action=DROP_ROW, reason=why)
+        if got.error:
+            rejects.add(file=entry.uri, action=REJECT_SERIES, reason=got.error, rows=got.rows_in)
+            continue
+        if got.table.num_rows == 0:
+            rejects.add(file=entry.uri, action=REJECT_SERIES, reason="no data rows (header only)")
+            continue
+        table = _canonical(entry, index[entry.uri], got.table, needed, columns, rejects)
+        if table is not None:
+            tables.append(table)
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    if uniform:
+        n = table.num_rows if table is not None else 0
+        cols = {c: table[c] if table is not None and c in table.column_names else pa.nulls(n, pa.string())
+                for c in ROW_COLUMNS}
+        cols[ROW] = table[ROW] if table is not None else pa.array([], pa.int64())
+        cols[FILE] = table[FILE] if table is not None else pa.array([], pa.int32())
+        table = pa.table(cols)
+    return Rows(table, files, rejects.items, rows_in)
+
+
+def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows: int = 1,
+                  max_jump: float = 1.75) -> Histories:
+    """Merge the rows of each ticker into one series and validate it (the table at the top)."""
+    rejects = _Rejects()
+    rejects.items = list(rows.rejects)
     series: dict[str, pd.DataFrame] = {}
-    source: dict[str, Path] = {}
-    rows_in = 0
-    for f in files:
-        raw, n = _read_table(Path(f), rejects)
-        rows_in += n
-        if raw is None:
-            continue
-        if n == 0:
-            rejects.add(f, None, None, None, 0, "reject_series", "no data rows (header only)")
-            continue
-        for ticker, df in _split_by_ticker(Path(f), raw, needed, columns, rejects):
-            clean = _clean_series(Path(f), ticker, df, needed, min_rows, max_jump, rejects)
-            if clean is None:
-                continue
-            if ticker in series:
-                rejects.add(f, ticker, None, None, len(clean), "reject_series",
-                            f"duplicate ticker: {ticker} was already loaded from {source[ticker]}")
-                continue
-            series[ticker], source[ticker] = clean, Path(f)
-    hist = Histories(series, rejects.frame(), rows_in, [str(f) for f in files])
+    for ticker, df in _by_ticker(rows.table, rows.files, rejects):
+        clean = _clean_series(rows.files, ticker, df, needed, min_rows, max_jump, rejects)
+        if clean is not None:
+            series[ticker] = clean
+    hist = Histories(series, rejects.frame(), rows.rows_in, rows.files)
     assert hist.rows_in == hist.rows_kept + hist.rows_rejected, "row accounting broke"
     return hist
 
 
-def _split_by_ticker(path, raw, needed, columns, rejects):
-    """Rename columns, check the required ones exist, yield (ticker, frame) pairs."""
-    mapping = normalise_columns(list(raw.columns), columns)
-    df = raw[list(mapping)].rename(columns=mapping)
-    missing = [c for c in ("date",) + tuple(needed) if c not in df.columns]
+def _listing(source, endpoint_url) -> Listing:
+    if not isinstance(source, list):
+        return list_source(str(source), endpoint_url=endpoint_url)
+    out = Listing(", ".join(map(str, source[:3])) + (" ..." if len(source) > 3 else ""))
+    for s in source:
+        one = list_source(str(s), endpoint_url=endpoint_url)
+        out.entries += one.entries
+        out.skipped += one.skipped
+    return out
+
+
+def _canonical(entry, index, table, needed, columns, rejects) -> pa.Table | None:
+    """Rename columns to canonical names, check the required ones, add the ticker (from the file
+    name when there is no ticker column) and the file index."""
+    mapping = normalise_columns([c for c in table.column_names if c != ROW], columns)
+    missing = [c for c in ("date",) + tuple(needed) if c not in mapping.values()]
     if missing:
-        rejects.add(path, None, None, None, len(df), "reject_series",
-                    f"missing column(s) {', '.join(missing)}; found {', '.join(map(str, raw.columns))}. "
-                    "Map yours with data.columns, e.g. {Price: close}")
+        found = ", ".join(c for c in table.column_names if c != ROW)
+        rejects.add(file=entry.uri, rows=table.num_rows, action=REJECT_SERIES,
+                    reason=f"missing column(s) {', '.join(missing)}; found {found}. "
+                           "Map yours with data.columns, e.g. {Price: close}")
+        return None
+    out = table.select([*mapping, ROW]).rename_columns([*mapping.values(), ROW])
+    n = out.num_rows
+    if "ticker" not in mapping.values():
+        out = out.append_column("ticker", pa.array([ticker_from_filename(entry.uri)] * n, pa.string()))
+    return out.append_column(FILE, pa.array(np.full(n, index, dtype=np.int32)))
+
+
+def _by_ticker(table, files, rejects):
+    """Yield ``(ticker, frame)`` in ticker order, each frame holding the ticker's rows from every
+    file, ordered by file then line (index: the data line; column ``FILE``: the file index).
+    Columns no file of the ticker has are left out."""
+    if table is None or table.num_rows == 0:
         return
-    if "ticker" not in df.columns:
-        yield ticker_from_filename(path), df
-        return
-    tick = df["ticker"].astype("string").str.strip()
-    blank = tick.isna() | (tick == "")
-    for row in df.index[blank]:
-        rejects.add(path, None, int(row), None, 1, "drop_row", "blank ticker")
-    for ticker, part in df[~blank].groupby(tick[~blank], sort=True):
-        yield str(ticker), part.drop(columns="ticker")
+    tick = pc.utf8_trim_whitespace(table["ticker"])
+    blank = pc.fill_null(pc.equal(tick, ""), True)
+    if pc.any(blank).as_py():
+        bad = table.filter(blank)
+        for f, r in zip(bad[FILE].to_numpy(), bad[ROW].to_numpy()):
+            rejects.add(file=files[f], row=int(r), rows=1, action=DROP_ROW, reason="blank ticker")
+        table, tick = table.filter(pc.invert(blank)), tick.filter(pc.invert(blank))
+    enc = tick.combine_chunks().dictionary_encode()
+    names = enc.dictionary.to_pylist()
+    codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # ticker order, alphabetical
+    order = np.lexsort((table[ROW].to_numpy(), table[FILE].to_numpy(), rank[codes]))
+    table = table.drop_columns(["ticker"]).take(pa.array(order))
+    sorted_codes = codes[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        df = table.slice(a, b - a).to_pandas().dropna(axis=1, how="all")
+        df.index = pd.Index(df.pop(ROW).to_numpy(), name="row")
+        yield names[sorted_codes[a]], df
 
 
 def _parse_dates(raw: pd.Series) -> pd.Series:
@@ -254,22 +310,66 @@ def _parse_dates(raw: pd.Series) -> pd.Series:
     return dates
 
 
-def _clean_series(path, ticker, df, needed, min_rows, max_jump, rejects) -> pd.DataFrame | None:
-    n_in = len(df)
-    reason = np.full(n_in, None, dtype=object)
+def _clean_series(files, ticker, df, needed, min_rows, max_jump, rejects) -> pd.DataFrame | None:
+    """Validate one ticker's rows (from one or many files): drop bad rows, order by date, cut
+    at a split; None when the series is rejected. Every row lost is recorded in ``rejects``."""
+    file_idx = df[FILE].to_numpy()
+    where = files[file_idx[0]] if (file_idx == file_idx[0]).all() else \
+        f"{len(np.unique(file_idx))} files: {files[file_idx[0]]} ..."
+    dates = _parse_dates(df["date"])
+    present = [c for c in PRICE_COLUMNS + ("volume",) if c in df.columns]
+    values = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan) for c in present}
+    reason = _row_problems(df, dates, values, needed)
+    ok = reason == None  # noqa: E711
+    seen = pd.Series(dates.to_numpy()).where(ok)
+    dup = seen.duplicated(keep="first").to_numpy() & ok
+    if dup.any():
+        pos = np.flatnonzero(ok)
+        first = dict(zip(seen.iloc[pos[::-1]], pos[::-1]))
+        for i in np.flatnonzero(dup):
+            j = first[seen.iloc[i]]
+            there = f"row {df.index[j]}" + (f" of {files[file_idx[j]]}" if file_idx[j] != file_idx[i] else "")
+            differ = [c for c in needed if values[c][i] != values[c][j]]
+            reason[i] = (f"duplicate date; first at {there}" if not differ else
+                         f"duplicate date with another {differ[0]} ({values[differ[0]][i]:g}; first at {there}: "
+                         f"{values[differ[0]][j]:g}, kept)")
+    for i in np.flatnonzero(reason != None):  # noqa: E711
+        d = dates.iloc[i]
+        rejects.add(file=files[file_idx[i]], ticker=ticker, row=int(df.index[i]), rows=1, action=DROP_ROW,
+                    date=None if pd.isna(d) else d.date().isoformat(), reason=reason[i])
+    keep = reason == None  # noqa: E711
+    n_in, n_bad = len(df), int((~keep).sum())
+    if n_in and n_bad * 2 > n_in:
+        rejects.add(file=where, ticker=ticker, rows=n_in - n_bad, action=REJECT_SERIES,
+                    reason=f"mostly invalid: {n_bad} of {n_in} rows rejected (see the row entries)")
+        return None
+
+    out = pd.DataFrame({"date": dates.to_numpy()[keep]})
+    for c in present:
+        out[c] = values[c][keep]
+    if not out["date"].is_monotonic_increasing:
+        rejects.add(file=where, ticker=ticker, action=NOTE, reason="dates were not in order; sorted")
+        out = out.sort_values("date", kind="stable")
+    out = _cut_at_split(out.reset_index(drop=True), where, ticker, needed, max_jump, rejects)
+    if len(out) < min_rows:
+        rejects.add(file=where, ticker=ticker, rows=len(out), action=REJECT_SERIES,
+                    reason=f"too short: {len(out)} valid rows, need at least {min_rows} for this job's window "
+                           "and horizon")
+        return None
+    return out
+
+
+def _row_problems(df, dates, values, needed) -> np.ndarray:
+    """The first problem of each row (None where the row is fine), row by row rules only."""
+    reason = np.full(len(df), None, dtype=object)
 
     def flag(mask, message):
         # First reason wins; messages are formatted only for the (few) rows newly flagged.
         for i in np.flatnonzero(np.asarray(mask) & (reason == None)):  # noqa: E711
             reason[i] = message(i)
 
-    dates = _parse_dates(df["date"])
     raw_date = df["date"].to_numpy()
     flag(dates.isna().to_numpy(), lambda i: f"unparseable date {str(raw_date[i])[:40]!r}")
-
-    present = [c for c in PRICE_COLUMNS + ("volume",) if c in df.columns]
-    values = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-              for c in present}
     with np.errstate(invalid="ignore"):
         for c in needed:
             v, raw = values[c], df[c].to_numpy()
@@ -286,45 +386,21 @@ def _clean_series(path, ticker, df, needed, min_rows, max_jump, rejects) -> pd.D
                 v = values[c]
                 flag((v > h * (1 + 1e-6)) | (v < lo * (1 - 1e-6)),
                      lambda i, c=c, v=v: f"{c} outside [low, high]: {v[i]:g} not in [{lo[i]:g}, {h[i]:g}]")
-    ok = reason == None  # noqa: E711
-    seen = pd.Series(dates.to_numpy()).where(ok)
-    first = dict(zip(seen[ok][::-1], df.index[ok][::-1]))
-    flag(seen.duplicated(keep="first").to_numpy() & ok,
-         lambda i: f"duplicate date; first at row {first[seen.iloc[i]]}")
+    return reason
 
-    for i in np.flatnonzero(reason != None):  # noqa: E711
-        d = dates.iloc[i]
-        rejects.add(path, ticker, int(df.index[i]), None if pd.isna(d) else d.date().isoformat(), 1,
-                    "drop_row", reason[i])
-    keep = reason == None  # noqa: E711
-    n_bad = int((~keep).sum())
-    if n_in and n_bad * 2 > n_in:
-        rejects.add(path, ticker, None, None, n_in - n_bad, "reject_series",
-                    f"mostly invalid: {n_bad} of {n_in} rows rejected (see the row entries)")
-        return None
 
-    out = pd.DataFrame({"date": dates.to_numpy()[keep]})
-    for c in present:
-        out[c] = values[c][keep]
-    if not out["date"].is_monotonic_increasing:
-        rejects.add(path, ticker, None, None, 0, "note", "dates were not in order; sorted")
-        out = out.sort_values("date", kind="stable")
-    out = out.reset_index(drop=True)
-
+def _cut_at_split(out, where, ticker, needed, max_jump, rejects) -> pd.DataFrame:
+    """Drop the rows before the last one-day move beyond ``max_jump`` (an unadjusted split)."""
     price = "close" if "close" in needed else next((c for c in needed if c in PRICE_COLUMNS), None)
-    if price is not None and len(out) > 1:
-        ratio = out[price].to_numpy()[1:] / out[price].to_numpy()[:-1]
-        jumps = np.flatnonzero((ratio > max_jump) | (ratio < 1 / max_jump))
-        if len(jumps):
-            cut = int(jumps[-1]) + 1
-            day = out["date"].iloc[cut].date().isoformat()
-            rejects.add(path, ticker, None, day, cut, "drop_rows",
-                        f"{cut} rows before {day} dropped: {price} moved x{ratio[cut - 1]:.2f} in one day "
-                        f"(unadjusted split or spin-off; max_jump={max_jump:g})")
-            out = out.iloc[cut:].reset_index(drop=True)
-
-    if len(out) < min_rows:
-        rejects.add(path, ticker, None, None, len(out), "reject_series",
-                    f"too short: {len(out)} valid rows, need at least {min_rows} for this job's window and horizon")
-        return None
-    return out
+    if price is None or len(out) < 2:
+        return out
+    ratio = out[price].to_numpy()[1:] / out[price].to_numpy()[:-1]
+    jumps = np.flatnonzero((ratio > max_jump) | (ratio < 1 / max_jump))
+    if not len(jumps):
+        return out
+    cut = int(jumps[-1]) + 1
+    day = out["date"].iloc[cut].date().isoformat()
+    rejects.add(file=where, ticker=ticker, date=day, rows=cut, action=DROP_ROWS,
+                reason=f"{cut} rows before {day} dropped: {price} moved x{ratio[cut - 1]:.2f} in one day "
+                       f"(unadjusted split or spin-off; max_jump={max_jump:g})")
+    return out.iloc[cut:].reset_index(drop=True)

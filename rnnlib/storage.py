@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -44,6 +45,33 @@ def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSyst
     if uri.startswith("file://"):
         uri = urlparse(uri).path
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def access_error(uri: str, err: Exception, endpoint_url: str | None = None) -> str:
+    """A user-facing message for a failed access to ``uri``: what went wrong and the fix.
+
+    It quotes the store's error code only: never credentials, and never the raw message (which
+    can hold request ids and signatures)."""
+    msg = str(err)
+    low = msg.lower()
+    if not is_s3(uri):
+        return f"{uri}: {getattr(err, 'strerror', None) or msg.splitlines()[0][:200]}"
+    ep = endpoint(endpoint_url)
+    where = f"the S3 endpoint {ep}" if ep else "S3"
+    if "nosuchbucket" in low or "bucket does not exist" in low or "no such bucket" in low:
+        return f"{uri}: the bucket does not exist; check the bucket name (and the endpoint: {where})"
+    if any(k in low for k in ("invalidaccesskeyid", "signaturedoesnotmatch", "expiredtoken", "invalidtoken")):
+        return (f"{uri}: the credentials were refused by {where}; check the AWS credentials (AWS_PROFILE, "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, or the node's role)")
+    if "access denied" in low or "access_denied" in low or "accessdenied" in low or "forbidden" in low:
+        return (f"{uri}: access denied by {where}; the credentials in use (AWS chain) may not read this "
+                "bucket: check the bucket policy or the role, or set AWS_PROFILE")
+    if "no credentials" in low or "unable to locate credentials" in low or "credentials" in low and "missing" in low:
+        return f"{uri}: no AWS credentials found; set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a role"
+    if any(k in low for k in ("curl", "connect", "resolve host", "timed out", "timeout", "network")):
+        return (f"{uri}: cannot reach {where}; check endpoint_url / AWS_ENDPOINT_URL_S3 and the network")
+    code = re.search(r"(AWS Error|error code)[: ]+\[?([A-Za-z_ ]{3,40})", msg)
+    return f"{uri}: cannot read from {where} ({code.group(2).strip() if code else type(err).__name__})"
 
 
 def join(uri: str, *parts: str) -> str:
@@ -111,15 +139,6 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), recursive: bool = False
 
 def _mtime(info: pafs.FileInfo) -> float:
     return info.mtime.timestamp() if info.mtime is not None else 0.0
-
-
-def local_copy(uri: str, folder: str | Path, endpoint_url: str | None = None) -> Path:
-    """A local path for ``uri``: the file itself if local, else a download into ``folder``."""
-    if not is_s3(uri):
-        return Path(filesystem(uri)[1])
-    target = Path(folder) / posixpath.basename(uri)
-    target.write_bytes(read_bytes(uri, endpoint_url))
-    return target
 
 
 def s3_client(endpoint_url: str | None = None):

@@ -33,12 +33,12 @@ from .text import Vocab, random_windows, read_text, split_text, stream_batches
 EVAL_BATCH = 32  # text validation streams: fixed so val loss is comparable across configs
 
 
-def load_stock_data(d: ForecastDataConfig) -> tuple[Histories, ForecastData]:
-    """Load, validate and window the histories a forecast config names."""
+def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None) -> tuple[Histories, ForecastData]:
+    """Load, validate and window the histories a forecast config names (a local path or URI)."""
     source = d.path or sample_stocks_dir()
     by_date = bool(d.val_start or d.test_start)
     hist = load_histories(source, needed=feature_columns(d.target, d.features),
-                          columns=d.columns, max_jump=d.max_jump,
+                          columns=d.columns, max_jump=d.max_jump, endpoint_url=endpoint_url,
                           min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date))
     if not hist.series:
         raise DataError(f"{source}: no usable series.\n{hist.summary()}")
@@ -63,7 +63,7 @@ class ForecastTask:
     def __init__(self, cfg: JobConfig):
         assert isinstance(cfg.data, ForecastDataConfig)
         self.cfg, self.d = cfg, cfg.data
-        self.hist, self.data = load_stock_data(cfg.data)
+        self.hist, self.data = load_stock_data(cfg.data, cfg.endpoint_url)
         self.quantiles = tuple(self.d.quantiles)
         self.point_weight = 1.0  # the model alone until calibrate() fits the blend with persistence
 
@@ -150,7 +150,7 @@ class TextTask:
         assert isinstance(cfg.data, TextDataConfig)
         self.cfg, self.d = cfg, cfg.data
         path = self.d.path or tinyshakespeare_path()
-        text = read_text(path)
+        text = read_text(path, cfg.endpoint_url)
         self.vocab = Vocab.from_text(text, unknown=self.d.unknown)
         self.train_ids, self.val_ids = split_text(self.vocab.encode(text), self.d.val_frac)
         if len(self.val_ids) < EVAL_BATCH * 2 + 1:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .sources import read_text_files
 
 UNK = "\ufffd"  # the unknown token, used only when a Vocab is built with unknown="token"
 
@@ -72,21 +73,21 @@ class Vocab:
         return f"Vocab({len(self)} chars, unknown={self.unknown!r})"
 
 
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 text file; anything else is a ``DataError`` naming the file and byte."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{p}: no such file (set data.path to a UTF-8 text file, or null for the "
-                        "bundled tinyshakespeare)") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, e.g. "
-                        f"iconv -f LATIN1 -t UTF-8") from None
-    if not text:
-        raise DataError(f"{p}: the file is empty")
+def read_text(path: str | Path, endpoint_url: str | None = None) -> str:
+    """Read a UTF-8 corpus: a file, or every ``.txt`` file under a folder or prefix (local path,
+    ``file://`` or ``s3://``; files in name order, joined by a newline). Anything else is a
+    ``DataError`` naming the file and byte."""
+    parts = []
+    for uri, data in read_text_files(str(path), endpoint_url):
+        try:
+            parts.append(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{uri}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, e.g. "
+                            f"iconv -f LATIN1 -t UTF-8") from None
+    text = "\n".join(parts)
+    if not text.strip("\n"):
+        raise DataError(f"{path}: the file is empty" if len(parts) == 1 else f"{path}: all {len(parts)} .txt "
+                        "files are empty")
     return text
 
 

@@ -152,3 +152,37 @@ def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
     f = read_published(run_uri)
     assert len(f) == 26 * HORIZON and not f.duplicated(["ticker", "step"]).any()  # no duplicates, no gaps
     assert publish.verify(run_uri).ok
+
+
+def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path):
+    """A ticker spread over one Parquet file per day (Hive partitions): Ray Data groups its rows
+    by ticker; forecasts equal the per-ticker layout's row for row, each series scored once."""
+    from layouts import write_layout
+
+    raw = {f.name.split("_")[0]: pd.read_csv(f, dtype=str).drop(columns="Name").iloc[-300:]
+           for f in sorted(sample_stocks_dir().glob("*.csv"))[:8]}
+    runs = {}
+    for layout in ("per_ticker", "hive_daily"):
+        src = write_layout(raw, tmp_path / layout, layout)
+        (src / "_SUCCESS").write_text("")  # a marker a Spark job leaves: listed, not read
+        r = run("score", CONFIG, f"input={src}", f"model={model_dir}", f"output={tmp_path / 'out' / layout}",
+                "mode=backtest", "backtest_days=100", "files_per_batch=20")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"({'long' if layout == 'hive_daily' else layout} layout)" in r.stdout
+        runs[layout] = only_run(tmp_path / "out" / layout)
+    assert len(list((tmp_path / "hive_daily").glob("date=*"))) == 300
+    key = ["ticker", "origin", "step"]
+    a, b = (read_published(runs[k]).sort_values(key, ignore_index=True) for k in ("per_ticker", "hive_daily"))
+    assert len(a) > 0 and not b.duplicated(key).any()
+    pd.testing.assert_frame_equal(a, b)
+    counts = {k: publish.read_manifest(u)[1]["counts"] for k, u in runs.items()}
+    assert counts["hive_daily"]["rows_in"] == counts["per_ticker"]["rows_in"] == sum(map(len, raw.values()))
+    assert counts["hive_daily"]["files"] == 300 and counts["per_ticker"]["files"] == 8
+    assert counts["hive_daily"]["series_scored"] == counts["per_ticker"]["series_scored"] == 8
+    rejects = read_published(runs["hive_daily"], "rejects")
+    assert list(rejects[rejects.action == "skip_file"].file) == [str(tmp_path / "hive_daily" / "_SUCCESS")]
+    # forced per-ticker batching on files that split tickers: refused, nothing published
+    bad = run("score", CONFIG, f"input={tmp_path / 'hive_daily'}", f"model={model_dir}", "files_per_batch=100",
+              f"output={tmp_path / 'out' / 'forced'}", "input_layout=per_ticker")
+    assert bad.returncode == 2 and "input_layout=long" in bad.stderr and "Traceback" not in bad.stderr
+    assert not any((tmp_path / "out" / "forced").rglob("_SUCCESS"))

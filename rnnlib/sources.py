@@ -1,0 +1,337 @@
+"""Where histories and corpora come from: a URI (local path, ``file://``, ``s3://``) to a file,
+a folder or a prefix, in the layouts real feeds produce.
+
+Listing walks the whole tree below the URI. Every entry is either read or skipped with a reason
+(``Skipped``), so nothing vanishes without a word:
+
+=====================================  ==================================================
+entry                                  what happens
+=====================================  ==================================================
+``*.csv``, ``*.tsv``                   read with ``pyarrow.csv`` (``.tsv``: tab-separated)
+... plus ``.gz``, ``.bz2``, ``.zst``   decompressed while reading
+``*.parquet``, ``*.pq``                read with ``pyarrow.parquet``
+``key=value/`` folders (Hive style)    each key becomes a column of the files below it
+                                       (``date=2026-11-27/part-0.parquet`` gives every row
+                                       that date); a column in the file wins over the key
+names starting with ``_`` or ``.``     skipped: markers and hidden files (``_SUCCESS``,
+                                       ``.crc``, ``.DS_Store``), as Spark and Hive readers do
+any other suffix                       skipped, with the reason
+a link that leads nowhere              skipped (dangling link)
+a link that leads outside the root     skipped, not followed
+=====================================  ==================================================
+
+Reading keeps what the file says: every column is text (``stocks.py`` validates values and
+names each bad one), plus ``ROW``, the 1-based data line in the file (the header is line 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import posixpath
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import storage
+from .errors import DataError, UserError
+
+ROW = "__row"  # the column holding each row's data line in its file
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
+PARQUET = (".parquet", ".pq")
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+HISTORY_SUFFIXES = tuple(DELIMITERS) + PARQUET
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file under the source URI that will be read."""
+
+    uri: str
+    size: int
+    mtime: float
+    suffix: str  # ".csv", ".tsv", ".parquet" or ".pq"
+    compression: str | None = None
+    partitions: tuple[tuple[str, str], ...] = ()  # Hive keys of the folders above it, outermost first
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        d = json.loads(text)
+        return cls(**{**d, "partitions": tuple(tuple(p) for p in d["partitions"])})
+
+
+@dataclass
+class Listing:
+    """What a URI holds: the files to read and every entry not read, with why."""
+
+    uri: str
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason)
+
+    def key(self) -> list[tuple[str, int, float]]:
+        """``(uri, size, mtime)`` of every file read: what a run id or fingerprint hashes."""
+        return [(e.uri, e.size, e.mtime) for e in self.entries]
+
+
+def classify(name: str, suffixes: tuple[str, ...]) -> tuple[str | None, str | None, str | None]:
+    """``(suffix, compression, reason skipped)`` for a file name."""
+    low = name.lower()
+    if low.startswith(("_", ".")):
+        return None, None, "marker or hidden file (name starts with '_' or '.'), not data"
+    stem, ext = posixpath.splitext(low)
+    compression = COMPRESSIONS.get(ext)
+    if compression:
+        stem, ext = posixpath.splitext(stem)
+        if ext in PARQUET:  # Parquet compresses inside the file; an outer layer is not readable
+            return None, None, f"compressed Parquet ({name}) is not readable; store .parquet as is"
+    if ext in suffixes:
+        return ext, compression, None
+    want = ", ".join(suffixes)
+    return None, None, f"not a data file: suffix {ext or '(none)'!r}; readable suffixes are {want}" + (
+        " (optionally .gz, .bz2, .zst or .lz4)" if any(s in DELIMITERS for s in suffixes) else "")
+
+
+def list_source(uri: str, suffixes: tuple[str, ...] = HISTORY_SUFFIXES,
+                endpoint_url: str | None = None) -> Listing:
+    """Every entry under ``uri`` (recursively), sorted: files to read and entries skipped.
+
+    Raises ``DataError`` when the URI does not exist or nothing under it is readable, naming the
+    URI and what was found instead.
+    """
+    uri = str(uri)
+    listing = Listing(uri)
+    fs, root = storage.filesystem(uri, endpoint_url)
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.Directory:
+            found = _walk_local(uri, root, listing) if isinstance(fs, pafs.LocalFileSystem) else \
+                _walk_remote(uri, fs, root)
+    except OSError as e:
+        raise UserError(storage.access_error(uri, e, endpoint_url)) from None
+    if info.type == pafs.FileType.File:
+        found = [(uri, info.size, _mtime(info), ())]
+    elif info.type == pafs.FileType.Directory:
+        pass
+    elif storage.is_s3(uri) and fs.get_file_info(root.split("/")[0]).type == pafs.FileType.NotFound:
+        raise DataError(f"{uri}: the bucket {root.split('/')[0]} does not exist (or these credentials cannot "
+                        "see it); check the bucket name and the endpoint")
+    else:
+        raise DataError(f"{uri}: no such file or folder{' (nor an S3 prefix)' if storage.is_s3(uri) else ''}; "
+                        "set data.path (score: input) to a file, folder or s3:// prefix of histories, or null "
+                        "for the bundled sample")
+    for u, size, mtime, parts in sorted(found):
+        suffix, compression, why = classify(posixpath.basename(u), suffixes)
+        if why:
+            listing.skipped.append((u, why))
+        else:
+            listing.entries.append(Entry(u, size, mtime, suffix, compression, parts))
+    listing.skipped.sort()
+    if not listing.entries:
+        seen = f"; found {len(listing.skipped)} other entr{'y' if len(listing.skipped) == 1 else 'ies'}, " \
+               f"e.g. {listing.skipped[0][0]}: {listing.skipped[0][1]}" if listing.skipped else " (it is empty)"
+        raise DataError(f"{uri}: no readable {'/'.join(s.lstrip('.') for s in suffixes)} files{seen}")
+    return listing
+
+
+def _partitions(rel_dir: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for part in rel_dir.split("/"):
+        key, eq, value = part.partition("=")
+        if eq and key:
+            out.append((unquote(key), unquote(value)))
+    return tuple(out)
+
+
+def _walk_remote(uri: str, fs: pafs.FileSystem, root: str) -> list:
+    base = uri.rstrip("/")
+    out = []
+    for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if f.type != pafs.FileType.File:
+            continue
+        rel = f.path[len(root):].lstrip("/")
+        out.append((f"{base}/{rel}", f.size, _mtime(f), _partitions(posixpath.dirname(rel))))
+    return out
+
+
+def _walk_local(uri: str, root: str, listing: Listing) -> list:
+    """os.walk, because pyarrow's local listing drops dangling links without a word."""
+    base, real_root = uri.rstrip("/"), os.path.realpath(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            u = f"{base}/{rel_dir}/{name}" if rel_dir else f"{base}/{name}"
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if not os.path.exists(target):
+                    listing.skipped.append((u, f"dangling link to {os.readlink(full)}"))
+                    continue
+                if os.path.commonpath([real_root, target]) != real_root:
+                    listing.skipped.append((u, "link leads outside the data folder; not followed"))
+                    continue
+                if os.path.isdir(target):
+                    listing.skipped.append((u, "link to a folder; not followed"))
+                    continue
+            if not os.path.isfile(full):
+                listing.skipped.append((u, "not a regular file"))
+                continue
+            st = os.stat(full)
+            out.append((u, st.st_size, st.st_mtime, _partitions(rel_dir)))
+    return out
+
+
+def _mtime(info: pafs.FileInfo) -> float:
+    return info.mtime.timestamp() if info.mtime is not None else 0.0
+
+
+@dataclass
+class FileRead:
+    """One file's rows as text columns plus ``ROW``; or why the file could not be read."""
+
+    table: pa.Table | None
+    rows_in: int
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (data line, reason)
+    error: str | None = None
+
+
+def read_entry(entry: Entry, endpoint_url: str | None = None) -> FileRead:
+    """Read one history file as text columns; never raises for what is inside the file."""
+    fs, path = storage.filesystem(entry.uri, endpoint_url)
+    try:
+        if entry.suffix in PARQUET:
+            out = _read_parquet(fs, path)
+        else:
+            with fs.open_input_stream(path, compression=entry.compression) as f:
+                data = f.read()
+            out = _read_csv(data, DELIMITERS[entry.suffix])
+    except OSError as e:
+        return FileRead(None, 0, error=f"cannot read: {storage.access_error(entry.uri, e, endpoint_url)}")
+    if out.table is not None and entry.partitions:
+        for key, value in entry.partitions:
+            if key not in out.table.column_names:
+                out.table = out.table.append_column(key, pa.array([value] * out.table.num_rows, pa.string()))
+    return out
+
+
+def read_entries(entries: list[Entry], endpoint_url: str | None = None, threads: int = 0) -> Iterator[FileRead]:
+    """``read_entry`` over many files, in order, a few at a time (object stores answer each
+    request slowly, so reads overlap; pyarrow releases the GIL while it reads and parses)."""
+    threads = threads or (16 if entries and storage.is_s3(entries[0].uri) else 4)
+    if len(entries) < 2:
+        yield from (read_entry(e, endpoint_url) for e in entries)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        # a bounded window of reads in flight keeps memory flat however many files there are
+        pending = [pool.submit(read_entry, e, endpoint_url) for e in entries[:threads * 2]]
+        for k in range(len(entries)):
+            got = pending[k].result()
+            pending[k] = None
+            if k + threads * 2 < len(entries):
+                pending.append(pool.submit(read_entry, entries[k + threads * 2], endpoint_url))
+            yield got
+
+
+def _read_parquet(fs: pafs.FileSystem, path: str) -> FileRead:
+    try:
+        table = pq.read_table(path, filesystem=fs)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        return FileRead(None, 0, error=f"not a readable Parquet file: {str(e)[:200]}")
+    cols = [c.cast(pa.string()) if c.type != pa.string() else c for c in table.columns]
+    rows = pa.array(np.arange(1, table.num_rows + 1, dtype=np.int64))
+    return FileRead(pa.table(cols + [rows], names=[*table.column_names, ROW]), table.num_rows)
+
+
+def _read_csv(data: bytes, delimiter: str) -> FileRead:
+    """Parse CSV bytes with pyarrow; rows with the wrong field count become ``bad_rows``."""
+    if not data.strip():
+        return FileRead(None, 0, error="empty file (no header, no rows)")
+    header = data.split(b"\n", 1)[0].lstrip(b"\xef\xbb\xbf").decode("utf-8", "replace")
+    names = next(csv.reader([header], delimiter=delimiter), [])
+    invalid: list[tuple[int, str, int]] = []
+
+    def on_invalid(row) -> str:
+        try:
+            text = row.text
+        except UnicodeDecodeError:  # the whole file is refused as not UTF-8 below
+            text = ""
+        invalid.append((row.number, text, row.actual_columns))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False,
+                                             invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid as e:
+        try:  # the first thing to rule out: text that is not UTF-8 fails in many ways
+            data.decode("utf-8")
+        except UnicodeDecodeError as u:
+            return FileRead(None, 0, error=f"not UTF-8 text ({u.reason} at byte {u.start}); save the file as UTF-8")
+        return FileRead(None, 0, error=f"not readable as delimited text: {_excerpt(str(e).splitlines()[0], 200)}")
+    # Data line of each row: the lines after the header less the skipped ones. pyarrow numbers
+    # physical lines (header = 1); when a quoted field spans lines, number records instead.
+    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) - 1
+    bad_lines = np.array([num - 1 for num, _, _ in invalid if num is not None], dtype=np.int64)
+    rows = np.setdiff1d(np.arange(1, n_lines + 1, dtype=np.int64), bad_lines)
+    if len(rows) != table.num_rows:
+        rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    table = table.append_column(ROW, pa.array(rows))
+    # blank lines are not rows (they parse as all-empty records)
+    blank = None
+    for c in table.column_names[:-1]:
+        empty = pc.equal(pc.utf8_length(table[c]), 0)
+        blank = empty if blank is None else pc.and_(blank, empty)
+    if blank is not None:
+        table = table.filter(pc.invert(blank))
+    bad = [(num - 1 if num is not None else 0,
+            f"{got} fields where the header has {len(names)}: {_excerpt(text)}") for num, text, got in invalid]
+    return FileRead(table, table.num_rows + len(bad), bad)
+
+
+def _excerpt(text: str, n: int = 60) -> str:
+    """A short, printable excerpt of a file's content for a reject reason."""
+    s = "".join(ch if ch.isprintable() else "?" for ch in str(text)[:n])
+    return repr(s + ("..." if len(str(text)) > n else ""))
+
+
+def read_text_files(uri: str, endpoint_url: str | None = None) -> list[tuple[str, bytes]]:
+    """``(uri, bytes)`` of a text corpus: one file, or every ``.txt`` file under a folder or
+    prefix, in name order."""
+    fs, path = storage.filesystem(uri, endpoint_url)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as e:
+        raise UserError(storage.access_error(uri, e, endpoint_url)) from None
+    if info.type == pafs.FileType.File:
+        files = [str(uri)]
+    elif info.type == pafs.FileType.Directory:
+        files = [e.uri for e in list_source(uri, (".txt",), endpoint_url).entries]
+    else:
+        raise DataError(f"{uri}: no such file, folder or prefix (set data.path to a UTF-8 text file, a "
+                        "folder or s3:// prefix of .txt files, or null for the bundled tinyshakespeare)")
+    out = []
+    for f in files:
+        try:
+            out.append((f, storage.read_bytes(f, endpoint_url)))
+        except OSError as e:
+            raise UserError(storage.access_error(f, e, endpoint_url)) from None
+    return out
