@@ -7,8 +7,11 @@ day over each series' last 250 days:
 (a) the tutorial's way: one forward call per window;
 (b) the ceiling: all windows in memory, large batches, one process, no I/O (best of a few
     batch sizes), also as a fraction of this machine's fp32 matrix-multiply rate measured here;
-(c) `rnnjobs score` end to end (Ray Data, Parquet parts, manifest, _SUCCESS) to a local folder
-    and to a moto S3 server on 127.0.0.1, timed inside one running Ray (ray.init excluded).
+(c) `rnnjobs score` end to end (Ray Data, Parquet parts, manifest, _SUCCESS), timed inside one
+    running Ray (ray.init excluded): the per-ticker CSVs from a local folder; the same rows as one
+    Parquet file per trading day (Hive `date=` folders: the long layout, grouped by ticker with a
+    Ray Data hash shuffle); the per-ticker CSVs read from and published to moto S3 on 127.0.0.1.
+    Windows are counted from each run's manifest.
 Then forecast mode at 505 and 5,050 series (the histories repeated under new tickers): wall
 time and peak memory (RSS summed over the job's process and every process it started).
 
@@ -30,11 +33,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import boto3  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 from common import machine, write  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from layouts import write_layout  # noqa: E402
+
+from rnnlib import publish, storage  # noqa: E402
 from rnnlib.checkpoint import load_bundle  # noqa: E402
 from rnnlib.config import job_from_dict  # noqa: E402
 from rnnlib.datasets import sample_stocks_dir  # noqa: E402
@@ -127,11 +136,18 @@ def score_job(args: list[str]) -> tuple[float, int]:
     return time.perf_counter() - start, mem.peak
 
 
+def published_windows(out: str) -> int:
+    """Backtest windows a published run scored, from its manifest (forecast rows / horizon)."""
+    runs = [u for u, _, _ in storage.list_files(out, recursive=True) if u.endswith("/_SUCCESS")]
+    assert len(runs) == 1, runs
+    _, manifest = publish.read_manifest(runs[0].rsplit("/", 1)[0])
+    return manifest["counts"]["forecast_rows"] // HORIZON
+
+
 def start_moto():
     """A moto S3 server on 127.0.0.1; fake credentials set before Ray starts its workers."""
     import logging
 
-    import boto3
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
@@ -179,29 +195,43 @@ def main() -> None:
     from jobs.ray_setup import init_ray
     from jobs.score import run as score_run
 
+    raw = {f.name.removesuffix("_data.csv"): pd.read_csv(f, dtype=str).drop(columns="Name")
+           for f in sorted(src.glob("*.csv"))}
+    daily = write_layout(raw, work / "daily", "hive_daily")
     moto = start_moto()
+    s3 = boto3.client("s3")
+    for f in sorted(src.glob("*.csv")):
+        s3.upload_file(str(f), "bench", f"histories/{f.name}")
     init_ray()
     config = str(ROOT / "jobs" / "configs" / "forecast-score.yaml")
-    common = [f"input={src}", f"model={work / 'model'}", "mode=backtest", "backtest_days=250", "step=1",
+    common = [f"model={work / 'model'}", "mode=backtest", "backtest_days=250", "step=1",
               f"batch_size={best_batch}", "files_per_batch=32"]
-    start = time.perf_counter()
-    score_run(config, common + [f"output={work / 'out-local'}"])
-    job_local = n / (time.perf_counter() - start)
-    start = time.perf_counter()
-    score_run(config, common + ["output=s3://bench/out"])
-    job_s3 = n / (time.perf_counter() - start)
+    jobs = {"per-ticker CSV, local folder": [f"input={src}", f"output={work / 'out-local'}"],
+            f"one Parquet file per day ({len(list(daily.glob('date=*')))} files), local": [
+                f"input={daily}", f"output={work / 'out-daily'}"],
+            "per-ticker CSV, moto S3 in and out": ["input=s3://bench/histories/", "output=s3://bench/out"]}
+    job_rate, job_windows = {}, {}
+    for label, extra in jobs.items():
+        start = time.perf_counter()
+        score_run(config, common + extra)
+        secs = time.perf_counter() - start
+        job_windows[label] = published_windows(extra[1].removeprefix("output="))
+        job_rate[label] = job_windows[label] / secs
     moto.stop()
+    assert len(set(job_windows.values())) == 1, f"the layouts scored different windows: {job_windows}"
 
     rows = [("(a) one forward call per window", round(per_window), per_window / ceiling, "-"),
             (f"(b) batched PyTorch, batch {best_batch}, {threads} threads", round(ceiling), 1.0,
-             f"{ceiling * flops / 1e9 / gflops:.1%}"),
-            ("(c) rnnjobs score, local folder", round(job_local), job_local / ceiling, "-"),
-            ("(c) rnnjobs score, moto S3", round(job_s3), job_s3 / ceiling, "-")]
+             f"{ceiling * flops / 1e9 / gflops:.1%}")]
+    rows += [(f"(c) rnnjobs score, {label}", round(r), r / ceiling, "-") for label, r in job_rate.items()]
+    per_ticker, by_day = list(job_rate.values())[:2]
     m = machine()
     print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}, {threads} threads; fp32 matmul "
           f"{gflops:.1f} GFLOP/s (2048x2048); {flops / 1e6:.2f} MFLOP per window (LSTM 2x64 over 60 steps)")
     print(f"{len(hist.series)} series from {src}, {n} backtest windows\n")
     print(table(rows, ["mode", "windows/s", "x (b)", "(b) / matmul rate"]))
+    print(f"windows counted from each run's manifest: {next(iter(job_windows.values()))} (the ceiling's: {n}); "
+          f"daily Parquet / per-ticker CSV: {by_day / per_ticker:.2f}x")
 
     scale = {}
     copies = 2 if args.quick else 10
@@ -216,7 +246,7 @@ def main() -> None:
           f"{big['files'] / base['files']:.0f}x the series")
     out = write("score_throughput", {"source": str(src), "windows": n, "flops_per_window": flops,
                                      "matmul_gflops": gflops, "per_window": per_window, "ceilings": ceilings,
-                                     "job_local": job_local, "job_s3": job_s3, "forecast_scale": scale})
+                                     "jobs": job_rate, "job_windows": job_windows, "forecast_scale": scale})
     print(f"\nresults: {out}")
     shutil.rmtree(work, ignore_errors=True)
 

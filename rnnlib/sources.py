@@ -26,6 +26,7 @@ names each bad one), plus ``ROW``, the 1-based data line in the file (the header
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import json
@@ -261,16 +262,15 @@ def _read_csv(data: bytes, delimiter: str) -> FileRead:
     """Parse CSV bytes with pyarrow; rows with the wrong field count become ``bad_rows``."""
     if not data.strip():
         return FileRead(None, 0, error="empty file (no header, no rows)")
+    bad = _utf8_error(data)
+    if bad:
+        return FileRead(None, 0, error=f"not UTF-8 text ({bad}); save the file as UTF-8")
     header = data.split(b"\n", 1)[0].lstrip(b"\xef\xbb\xbf").decode("utf-8", "replace")
     names = next(csv.reader([header], delimiter=delimiter), [])
     invalid: list[tuple[int, str, int]] = []
 
     def on_invalid(row) -> str:
-        try:
-            text = row.text
-        except UnicodeDecodeError:  # the whole file is refused as not UTF-8 below
-            text = ""
-        invalid.append((row.number, text, row.actual_columns))
+        invalid.append((row.number, row.text, row.actual_columns))
         return "skip"
 
     try:
@@ -282,16 +282,13 @@ def _read_csv(data: bytes, delimiter: str) -> FileRead:
             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
     except pa.ArrowInvalid as e:
-        try:  # the first thing to rule out: text that is not UTF-8 fails in many ways
-            data.decode("utf-8")
-        except UnicodeDecodeError as u:
-            return FileRead(None, 0, error=f"not UTF-8 text ({u.reason} at byte {u.start}); save the file as UTF-8")
         return FileRead(None, 0, error=f"not readable as delimited text: {_excerpt(str(e).splitlines()[0], 200)}")
     # Data line of each row: the lines after the header less the skipped ones. pyarrow numbers
     # physical lines (header = 1); when a quoted field spans lines, number records instead.
     n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) - 1
-    bad_lines = np.array([num - 1 for num, _, _ in invalid if num is not None], dtype=np.int64)
-    rows = np.setdiff1d(np.arange(1, n_lines + 1, dtype=np.int64), bad_lines)
+    kept = np.ones(n_lines + 1, dtype=bool)
+    kept[[num - 1 for num, _, _ in invalid if num is not None and 0 < num - 1 <= n_lines]] = False
+    rows = np.flatnonzero(kept[1:]) + 1
     if len(rows) != table.num_rows:
         rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
     table = table.append_column(ROW, pa.array(rows))
@@ -305,6 +302,17 @@ def _read_csv(data: bytes, delimiter: str) -> FileRead:
     bad = [(num - 1 if num is not None else 0,
             f"{got} fields where the header has {len(names)}: {_excerpt(text)}") for num, text, got in invalid]
     return FileRead(table, table.num_rows + len(bad), bad)
+
+
+def _utf8_error(data: bytes, chunk: int = 1 << 20) -> str | None:
+    """Where ``data`` stops being UTF-8 (checked a MiB at a time, no copy of the whole file)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for i in range(0, len(data), chunk):
+        try:
+            decoder.decode(data[i:i + chunk], final=i + chunk >= len(data))
+        except UnicodeDecodeError as e:
+            return f"{e.reason} at byte {i + e.start}"
+    return None
 
 
 def _excerpt(text: str, n: int = 60) -> str:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,10 +276,24 @@ def _canonical(entry, index, table, needed, columns, rejects) -> pa.Table | None
     return out.append_column(FILE, pa.array(np.full(n, index, dtype=np.int32)))
 
 
+@dataclass
+class _TickerRows:
+    """One ticker's rows from every file, as arrays in file-then-line order."""
+
+    dates: np.ndarray                  # datetime64[ns]; NaT where the date did not parse
+    values: dict[str, np.ndarray]      # float64 for each value column this ticker's files have
+    line: np.ndarray                   # data line of each row in its file
+    file: np.ndarray                   # index of each row's file in Histories.files
+    raw: Callable[[str, int], object]  # the text of column c at row k as read (for messages)
+
+    def __len__(self) -> int:
+        return len(self.dates)
+
+
 def _by_ticker(table, files, rejects):
-    """Yield ``(ticker, frame)`` in ticker order, each frame holding the ticker's rows from every
-    file, ordered by file then line (index: the data line; column ``FILE``: the file index).
-    Columns no file of the ticker has are left out."""
+    """Yield ``(ticker, rows)`` in ticker order, each holding the ticker's rows from every file,
+    ordered by file then line. Dates and numbers are parsed once for the whole table (dates once
+    per distinct spelling); only a rejected row's text is looked up again, for its message."""
     if table is None or table.num_rows == 0:
         return
     tick = pc.utf8_trim_whitespace(table["ticker"])
@@ -288,18 +303,45 @@ def _by_ticker(table, files, rejects):
         for f, r in zip(bad[FILE].to_numpy(), bad[ROW].to_numpy()):
             rejects.add(file=files[f], row=int(r), rows=1, action=DROP_ROW, reason="blank ticker")
         table, tick = table.filter(pc.invert(blank)), tick.filter(pc.invert(blank))
-    enc = tick.combine_chunks().dictionary_encode()
-    names = enc.dictionary.to_pylist()
-    codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    names = pc.unique(tick).to_pylist()
+    codes = pc.index_in(tick, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
     rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # ticker order, alphabetical
-    order = np.lexsort((table[ROW].to_numpy(), table[FILE].to_numpy(), rank[codes]))
-    table = table.drop_columns(["ticker"]).take(pa.array(order))
+    line, file = table[ROW].to_numpy(), table[FILE].to_numpy()
+    order = np.lexsort((line, file, rank[codes]))
+    dates = _parse_date_column(table["date"])
+    present = [c for c in PRICE_COLUMNS + ("volume",) if c in table.column_names]
+    values = {c: _to_float(table[c]) for c in present}
+    has = {c: table[c].is_valid().to_numpy(zero_copy_only=False) for c in present}
     sorted_codes = codes[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
     for a, b in zip(starts[:-1], starts[1:]):
-        df = table.slice(a, b - a).to_pandas().dropna(axis=1, how="all")
-        df.index = pd.Index(df.pop(ROW).to_numpy(), name="row")
-        yield names[sorted_codes[a]], df
+        idx = order[a:b]
+        yield names[sorted_codes[a]], _TickerRows(
+            dates[idx], {c: values[c][idx] for c in present if has[c][idx].any()}, line[idx], file[idx],
+            lambda c, k, idx=idx: table[c][int(idx[k])].as_py())
+
+
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _to_float(col: pa.ChunkedArray) -> np.ndarray:
+    """Text to float64, NaN where it is not a number (the row checks name the text)."""
+    text = pc.utf8_trim_whitespace(col)
+    try:
+        out = pc.cast(text, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some text is not a number: those become null
+        out = pc.cast(pc.if_else(pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, pa.string())),
+                      pa.float64())
+    return out.to_numpy(zero_copy_only=False)
+
+
+def _parse_date_column(col: pa.ChunkedArray) -> np.ndarray:
+    """Dates as datetime64[ns], NaT where unparseable; each distinct spelling is parsed once."""
+    text = pc.utf8_trim_whitespace(col)
+    uniq = pc.unique(text)
+    parsed = _parse_dates(pd.Series(uniq.to_pylist(), dtype=object)).to_numpy(dtype="datetime64[ns]")
+    pos = pc.fill_null(pc.index_in(text, value_set=uniq), -1).to_numpy(zero_copy_only=False)
+    return np.where(pos >= 0, parsed[np.maximum(pos, 0)], np.datetime64("NaT", "ns"))
 
 
 def _parse_dates(raw: pd.Series) -> pd.Series:
@@ -310,43 +352,42 @@ def _parse_dates(raw: pd.Series) -> pd.Series:
     return dates
 
 
-def _clean_series(files, ticker, df, needed, min_rows, max_jump, rejects) -> pd.DataFrame | None:
+def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rejects) -> pd.DataFrame | None:
     """Validate one ticker's rows (from one or many files): drop bad rows, order by date, cut
     at a split; None when the series is rejected. Every row lost is recorded in ``rejects``."""
-    file_idx = df[FILE].to_numpy()
-    where = files[file_idx[0]] if (file_idx == file_idx[0]).all() else \
-        f"{len(np.unique(file_idx))} files: {files[file_idx[0]]} ..."
-    dates = _parse_dates(df["date"])
-    present = [c for c in PRICE_COLUMNS + ("volume",) if c in df.columns]
-    values = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan) for c in present}
-    reason = _row_problems(df, dates, values, needed)
+    where = files[s.file[0]] if (s.file == s.file[0]).all() else \
+        f"{len(np.unique(s.file))} files: {files[s.file[0]]} ..."
+    missing = [c for c in needed if c not in s.values]
+    if missing:  # every file of this ticker lacks the column (files of other tickers have it)
+        rejects.add(file=where, ticker=ticker, rows=len(s), action=REJECT_SERIES,
+                    reason=f"missing column(s) {', '.join(missing)} in every row of {ticker}")
+        return None
+    reason = _row_problems(s, needed)
     ok = reason == None  # noqa: E711
-    seen = pd.Series(dates.to_numpy()).where(ok)
+    seen = pd.Series(s.dates).where(ok)
     dup = seen.duplicated(keep="first").to_numpy() & ok
     if dup.any():
         pos = np.flatnonzero(ok)
         first = dict(zip(seen.iloc[pos[::-1]], pos[::-1]))
         for i in np.flatnonzero(dup):
             j = first[seen.iloc[i]]
-            there = f"row {df.index[j]}" + (f" of {files[file_idx[j]]}" if file_idx[j] != file_idx[i] else "")
-            differ = [c for c in needed if values[c][i] != values[c][j]]
+            there = f"row {s.line[j]}" + (f" of {files[s.file[j]]}" if s.file[j] != s.file[i] else "")
+            differ = [c for c in needed if s.values[c][i] != s.values[c][j]]
             reason[i] = (f"duplicate date; first at {there}" if not differ else
-                         f"duplicate date with another {differ[0]} ({values[differ[0]][i]:g}; first at {there}: "
-                         f"{values[differ[0]][j]:g}, kept)")
+                         f"duplicate date with another {differ[0]} ({s.values[differ[0]][i]:g}; first at {there}: "
+                         f"{s.values[differ[0]][j]:g}, kept)")
     for i in np.flatnonzero(reason != None):  # noqa: E711
-        d = dates.iloc[i]
-        rejects.add(file=files[file_idx[i]], ticker=ticker, row=int(df.index[i]), rows=1, action=DROP_ROW,
-                    date=None if pd.isna(d) else d.date().isoformat(), reason=reason[i])
+        d = s.dates[i]
+        rejects.add(file=files[s.file[i]], ticker=ticker, row=int(s.line[i]), rows=1, action=DROP_ROW,
+                    date=None if np.isnat(d) else str(d)[:10], reason=reason[i])
     keep = reason == None  # noqa: E711
-    n_in, n_bad = len(df), int((~keep).sum())
+    n_in, n_bad = len(s), int((~keep).sum())
     if n_in and n_bad * 2 > n_in:
         rejects.add(file=where, ticker=ticker, rows=n_in - n_bad, action=REJECT_SERIES,
                     reason=f"mostly invalid: {n_bad} of {n_in} rows rejected (see the row entries)")
         return None
 
-    out = pd.DataFrame({"date": dates.to_numpy()[keep]})
-    for c in present:
-        out[c] = values[c][keep]
+    out = pd.DataFrame({"date": s.dates[keep], **{c: v[keep] for c, v in s.values.items()}})
     if not out["date"].is_monotonic_increasing:
         rejects.add(file=where, ticker=ticker, action=NOTE, reason="dates were not in order; sorted")
         out = out.sort_values("date", kind="stable")
@@ -359,22 +400,21 @@ def _clean_series(files, ticker, df, needed, min_rows, max_jump, rejects) -> pd.
     return out
 
 
-def _row_problems(df, dates, values, needed) -> np.ndarray:
+def _row_problems(s: _TickerRows, needed) -> np.ndarray:
     """The first problem of each row (None where the row is fine), row by row rules only."""
-    reason = np.full(len(df), None, dtype=object)
+    reason = np.full(len(s), None, dtype=object)
 
     def flag(mask, message):
         # First reason wins; messages are formatted only for the (few) rows newly flagged.
         for i in np.flatnonzero(np.asarray(mask) & (reason == None)):  # noqa: E711
             reason[i] = message(i)
 
-    raw_date = df["date"].to_numpy()
-    flag(dates.isna().to_numpy(), lambda i: f"unparseable date {str(raw_date[i])[:40]!r}")
+    values = s.values
+    flag(np.isnat(s.dates), lambda i: f"unparseable date {str(s.raw('date', i))[:40]!r}")
     with np.errstate(invalid="ignore"):
         for c in needed:
-            v, raw = values[c], df[c].to_numpy()
-            flag(~np.isfinite(v), lambda i, c=c, raw=raw: f"non-numeric, missing or infinite {c}: "
-                                                          f"{str(raw[i])[:40]!r}")
+            v = values[c]
+            flag(~np.isfinite(v), lambda i, c=c: f"non-numeric, missing or infinite {c}: {str(s.raw(c, i))[:40]!r}")
             if c == "volume":
                 flag(v < 0, lambda i, v=v: f"negative volume: {v[i]:g}")
             else:

@@ -160,3 +160,36 @@ def test_check_reads_s3_data_and_fails_cleanly(bucket, moto_s3):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "bucket nobucket does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr and moto_s3[1]["AWS_SECRET_ACCESS_KEY"] not in bad.stderr + bad.stdout
+
+
+def test_refused_credentials_exit_2_naming_the_uri_not_the_secret(tmp_path):
+    """A second moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0): unknown keys
+    are refused, as S3 refuses them."""
+    import socket
+    import time
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.2)
+        secret = "wrong-secret-never-printed"
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIANOTAKEY", "AWS_SECRET_ACCESS_KEY": secret,
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
+        env.pop("AWS_SESSION_TOKEN", None)
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", "check", "jobs/configs/forecast-train.yaml",
+                            "data.path=s3://prices/daily/"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        server.kill()
+        server.wait()
+    assert r.returncode == 2, r.stderr
+    assert "s3://prices/daily/: access denied" in r.stderr and "AWS_PROFILE" in r.stderr
+    assert secret not in r.stdout + r.stderr and "Traceback" not in r.stderr
