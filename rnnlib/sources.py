@@ -29,10 +29,11 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import io
 import json
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -203,7 +204,8 @@ def _mtime(info: pafs.FileInfo) -> float:
 
 @dataclass
 class FileRead:
-    """One file's rows as text columns plus ``ROW``; or why the file could not be read."""
+    """One file's rows (text columns plus ``ROW``, or what ``convert`` made of them); or why the
+    file could not be read."""
 
     table: pa.Table | None
     rows_in: int
@@ -211,108 +213,158 @@ class FileRead:
     error: str | None = None
 
 
-def read_entry(entry: Entry, endpoint_url: str | None = None) -> FileRead:
-    """Read one history file as text columns; never raises for what is inside the file."""
+Convert = Callable[[pa.Table], "pa.Table | None"]
+BATCH_ROWS = 1 << 16  # Parquet rows per batch; CSV batches are about 1 MiB of text
+
+
+def read_entry(entry: Entry, endpoint_url: str | None = None, convert: Convert | None = None) -> FileRead:
+    """Read one history file; never raises for what is inside the file.
+
+    The file is parsed a batch at a time: each batch of text columns (with ``ROW`` and the Hive
+    partition keys) goes through ``convert`` right away, so the whole file never exists as text
+    (a batch ``convert`` maps to None is counted and dropped)."""
     fs, path = storage.filesystem(entry.uri, endpoint_url)
+
+    def finish(batch: pa.Table) -> pa.Table | None:
+        for key, value in entry.partitions:
+            if key not in batch.column_names:
+                batch = batch.append_column(key, pa.array([value] * batch.num_rows, pa.string()))
+        return convert(batch) if convert else batch
+
     try:
         if entry.suffix in PARQUET:
-            out = _read_parquet(fs, path)
-        else:
-            with fs.open_input_stream(path, compression=entry.compression) as f:
-                data = f.read()
-            out = _read_csv(data, DELIMITERS[entry.suffix])
+            return _read_parquet(fs, path, finish)
+        with fs.open_input_stream(path, compression=entry.compression) as f:
+            return _read_csv(_Utf8Stream(f), DELIMITERS[entry.suffix], finish)
     except OSError as e:
         return FileRead(None, 0, error=f"cannot read: {storage.access_error(entry.uri, e, endpoint_url)}")
-    if out.table is not None and entry.partitions:
-        for key, value in entry.partitions:
-            if key not in out.table.column_names:
-                out.table = out.table.append_column(key, pa.array([value] * out.table.num_rows, pa.string()))
-    return out
 
 
-def read_entries(entries: list[Entry], endpoint_url: str | None = None, threads: int = 0) -> Iterator[FileRead]:
+def read_entries(entries: list[Entry], endpoint_url: str | None = None, convert=None,
+                 threads: int = 0) -> Iterator[FileRead]:
     """``read_entry`` over many files, in order, a few at a time (object stores answer each
-    request slowly, so reads overlap; pyarrow releases the GIL while it reads and parses)."""
+    request slowly, so reads overlap; pyarrow releases the GIL while it reads and parses).
+    ``convert(entry)`` gives the batch converter of a file."""
     threads = threads or (16 if entries and storage.is_s3(entries[0].uri) else 4)
+    one = lambda e: read_entry(e, endpoint_url, convert(e) if convert else None)  # noqa: E731
     if len(entries) < 2:
-        yield from (read_entry(e, endpoint_url) for e in entries)
+        yield from (one(e) for e in entries)
         return
     with ThreadPoolExecutor(threads) as pool:
         # a bounded window of reads in flight keeps memory flat however many files there are
-        pending = [pool.submit(read_entry, e, endpoint_url) for e in entries[:threads * 2]]
+        pending = [pool.submit(one, e) for e in entries[:threads * 2]]
         for k in range(len(entries)):
             got = pending[k].result()
             pending[k] = None
             if k + threads * 2 < len(entries):
-                pending.append(pool.submit(read_entry, entries[k + threads * 2], endpoint_url))
+                pending.append(pool.submit(one, entries[k + threads * 2]))
             yield got
 
 
-def _read_parquet(fs: pafs.FileSystem, path: str) -> FileRead:
+def _concat(parts: list[pa.Table]) -> pa.Table | None:
+    parts = [p for p in parts if p is not None]
+    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+def _read_parquet(fs: pafs.FileSystem, path: str, finish) -> FileRead:
     try:
-        table = pq.read_table(path, filesystem=fs)
+        f = pq.ParquetFile(path, filesystem=fs)
+        parts, start = [], 1
+        for batch in f.iter_batches(batch_size=BATCH_ROWS):
+            cols = [c.cast(pa.string()) if c.type != pa.string() else c for c in batch.columns]
+            rows = pa.array(np.arange(start, start + batch.num_rows, dtype=np.int64))
+            parts.append(finish(pa.table(cols + [rows], names=[*batch.schema.names, ROW])))
+            start += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        return FileRead(None, 0, error=f"not a readable Parquet file: {str(e)[:200]}")
-    cols = [c.cast(pa.string()) if c.type != pa.string() else c for c in table.columns]
-    rows = pa.array(np.arange(1, table.num_rows + 1, dtype=np.int64))
-    return FileRead(pa.table(cols + [rows], names=[*table.column_names, ROW]), table.num_rows)
+        return FileRead(None, 0, error=f"not a readable Parquet file: {_excerpt(str(e), 200)}")
+    table = _concat(parts)
+    return FileRead(table if table is not None else pa.table({ROW: pa.array([], pa.int64())}), start - 1)
 
 
-def _read_csv(data: bytes, delimiter: str) -> FileRead:
-    """Parse CSV bytes with pyarrow; rows with the wrong field count become ``bad_rows``."""
-    if not data.strip():
+class _Utf8Stream(io.RawIOBase):
+    """The bytes of a stream as pyarrow reads them, checked as UTF-8 on the way (so a file is
+    neither held whole in memory nor read twice); its first line can be read ahead."""
+
+    def __init__(self, stream):
+        self.stream, self.ahead, self.offset = stream, b"", 0
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.error: str | None = None
+
+    def header(self) -> bytes:
+        while b"\n" not in self.ahead:
+            more = self.stream.read(1 << 16)
+            if not more:
+                break
+            self.ahead += more
+        return self.ahead.split(b"\n", 1)[0]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.ahead[:len(buf)] if self.ahead else self.stream.read(len(buf))
+        self.ahead = self.ahead[len(data):]
+        try:
+            self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as e:
+            self.error = f"{e.reason} at byte {self.offset + e.start}"
+            raise OSError(f"not UTF-8 text ({self.error})") from None
+        self.offset += len(data)
+        buf[:len(data)] = data
+        return len(data)
+
+
+def _read_csv(stream: _Utf8Stream, delimiter: str, finish) -> FileRead:
+    """Parse CSV with pyarrow, a block at a time; rows with the wrong field count become
+    ``bad_rows``; blank lines are not rows."""
+    header = stream.header()
+    if not header.strip() and not stream.ahead.strip():
         return FileRead(None, 0, error="empty file (no header, no rows)")
-    bad = _utf8_error(data)
-    if bad:
-        return FileRead(None, 0, error=f"not UTF-8 text ({bad}); save the file as UTF-8")
-    header = data.split(b"\n", 1)[0].lstrip(b"\xef\xbb\xbf").decode("utf-8", "replace")
-    names = next(csv.reader([header], delimiter=delimiter), [])
+    names = next(csv.reader([header.lstrip(b"\xef\xbb\xbf").decode("utf-8", "replace")], delimiter=delimiter), [])
     invalid: list[tuple[int, str, int]] = []
 
     def on_invalid(row) -> str:
         invalid.append((row.number, row.text, row.actual_columns))
         return "skip"
 
+    parts, rows_in, next_line, used = [], 0, 1, 0
     try:
-        table = pacsv.read_csv(
-            pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+        reader = pacsv.open_csv(
+            pa.PythonFile(stream, mode="r"),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 20),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False,
                                              invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid as e:
+        for batch in reader:
+            # Data line of each row: pyarrow numbers the skipped rows by physical line (header = 1);
+            # the others take the lines in between, in order (a quoted field spanning lines shifts them).
+            skip = {num - 1 for num, _, _ in invalid[used:] if num is not None}
+            used = len(invalid)
+            span = np.arange(next_line, next_line + batch.num_rows + len(skip), dtype=np.int64)
+            lines = span[~np.isin(span, list(skip))][: batch.num_rows]
+            next_line = int(lines[-1]) + 1 if len(lines) else next_line
+            table = pa.Table.from_batches([batch]).append_column(ROW, pa.array(lines))
+            blank = None
+            for c in table.column_names[:-1]:
+                empty = pc.equal(pc.utf8_length(table[c]), 0)
+                blank = empty if blank is None else pc.and_(blank, empty)
+            if blank is not None:
+                table = table.filter(pc.invert(blank))
+            rows_in += table.num_rows
+            parts.append(finish(table))
+    except (pa.ArrowInvalid, OSError) as e:
+        if stream.error:
+            return FileRead(None, 0, error=f"not UTF-8 text ({stream.error}); save the file as UTF-8")
+        if isinstance(e, OSError) and not isinstance(e, pa.ArrowInvalid):
+            raise
         return FileRead(None, 0, error=f"not readable as delimited text: {_excerpt(str(e).splitlines()[0], 200)}")
-    # Data line of each row: the lines after the header less the skipped ones. pyarrow numbers
-    # physical lines (header = 1); when a quoted field spans lines, number records instead.
-    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) - 1
-    kept = np.ones(n_lines + 1, dtype=bool)
-    kept[[num - 1 for num, _, _ in invalid if num is not None and 0 < num - 1 <= n_lines]] = False
-    rows = np.flatnonzero(kept[1:]) + 1
-    if len(rows) != table.num_rows:
-        rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
-    table = table.append_column(ROW, pa.array(rows))
-    # blank lines are not rows (they parse as all-empty records)
-    blank = None
-    for c in table.column_names[:-1]:
-        empty = pc.equal(pc.utf8_length(table[c]), 0)
-        blank = empty if blank is None else pc.and_(blank, empty)
-    if blank is not None:
-        table = table.filter(pc.invert(blank))
     bad = [(num - 1 if num is not None else 0,
             f"{got} fields where the header has {len(names)}: {_excerpt(text)}") for num, text, got in invalid]
-    return FileRead(table, table.num_rows + len(bad), bad)
-
-
-def _utf8_error(data: bytes, chunk: int = 1 << 20) -> str | None:
-    """Where ``data`` stops being UTF-8 (checked a MiB at a time, no copy of the whole file)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    for i in range(0, len(data), chunk):
-        try:
-            decoder.decode(data[i:i + chunk], final=i + chunk >= len(data))
-        except UnicodeDecodeError as e:
-            return f"{e.reason} at byte {i + e.start}"
-    return None
+    table = _concat(parts)
+    if table is None:
+        table = pa.table({**{n: pa.array([], pa.string()) for n in names}, ROW: pa.array([], pa.int64())})
+    return FileRead(table, rows_in + len(bad), bad)
 
 
 def _excerpt(text: str, n: int = 60) -> str:

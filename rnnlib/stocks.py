@@ -35,6 +35,7 @@ an entry that is not a history file   listed as not read (see ``rnnlib.sources``
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from collections.abc import Callable
@@ -194,42 +195,96 @@ class Rows:
     rows_in: int
 
 
-ROW_COLUMNS = ("ticker", "date") + PRICE_COLUMNS + ("volume",)
+VALUE_COLUMNS = PRICE_COLUMNS + ("volume",)
+RAW = "__raw"  # JSON {column: text as read} of the cells that did not parse (for messages); null elsewhere
+ROW_SCHEMA = pa.schema([("ticker", pa.string()), ("date", pa.timestamp("ns")),
+                        *[(c, pa.float64()) for c in VALUE_COLUMNS],
+                        (ROW, pa.int64()), (FILE, pa.int32()), (RAW, pa.string())])
 
 
 def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns: dict[str, str] | None = None,
               endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False) -> Rows:
-    """Read every entry of ``listing``. ``files``: the list ``FILE`` indexes (default: the
-    listing's own); ``uniform``: give the table every column of ``ROW_COLUMNS`` (nulls where a
-    file has none), so tables from different reads concatenate."""
+    """Read every entry of ``listing`` into typed rows (``ROW_SCHEMA``'s columns: dates and
+    numbers parsed batch by batch as each file is read, the text of a cell that does not parse
+    kept in ``RAW`` for its message). ``files``: the list ``FILE`` indexes (default: the
+    listing's own); ``uniform``: every ``ROW_SCHEMA`` column, nulls where no file has one, so
+    tables from different reads concatenate."""
     rejects = _Rejects()
     for uri, why in listing.skipped:
         rejects.add(file=uri, action=SKIP_FILE, reason=why)
     files = files if files is not None else [e.uri for e in listing.entries]
     index = {u: i for i, u in enumerate(files)}
+    found: dict[str, dict] = {}  # per file: its column mapping and the required columns it lacks
+
+    def converter(entry):
+        info = found.setdefault(entry.uri, {})
+
+        def convert(text: pa.Table) -> pa.Table | None:
+            if "mapping" not in info:  # the first batch decides for the file
+                names = [c for c in text.column_names if c != ROW]
+                info["mapping"] = normalise_columns(names, columns)
+                info["names"] = names
+                info["missing"] = [c for c in ("date",) + tuple(needed) if c not in info["mapping"].values()]
+            if info["missing"]:
+                return None
+            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform)
+        return convert
+
     tables, rows_in = [], 0
-    for entry, got in zip(listing.entries, read_entries(listing.entries, endpoint_url)):
+    for entry, got in zip(listing.entries, read_entries(listing.entries, endpoint_url, converter)):
         rows_in += got.rows_in
         for line, why in got.bad_rows:
             rejects.add(file=entry.uri, row=line, rows=1, action=DROP_ROW, reason=why)
+        info = found.pop(entry.uri, {})
+        n_rows = got.rows_in - len(got.bad_rows)
         if got.error:
             rejects.add(file=entry.uri, action=REJECT_SERIES, reason=got.error, rows=got.rows_in)
-            continue
-        if got.table.num_rows == 0:
+        elif n_rows == 0:
             rejects.add(file=entry.uri, action=REJECT_SERIES, reason="no data rows (header only)")
-            continue
-        table = _canonical(entry, index[entry.uri], got.table, needed, columns, rejects)
-        if table is not None:
-            tables.append(table)
+        elif info.get("missing"):
+            rejects.add(file=entry.uri, rows=n_rows, action=REJECT_SERIES,
+                        reason=f"missing column(s) {', '.join(info['missing'])}; found {', '.join(info['names'])}. "
+                               "Map yours with data.columns, e.g. {Price: close}")
+        elif got.table is not None:
+            tables.append(got.table)
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if uniform:
-        n = table.num_rows if table is not None else 0
-        cols = {c: table[c] if table is not None and c in table.column_names else pa.nulls(n, pa.string())
-                for c in ROW_COLUMNS}
-        cols[ROW] = table[ROW] if table is not None else pa.array([], pa.int64())
-        cols[FILE] = table[FILE] if table is not None else pa.array([], pa.int32())
-        table = pa.table(cols)
+        table = pa.table({f.name: table[f.name] if table is not None and f.name in table.column_names
+                          else pa.nulls(table.num_rows if table is not None else 0, f.type) for f in ROW_SCHEMA},
+                         schema=ROW_SCHEMA)
     return Rows(table, files, rejects.items, rows_in)
+
+
+def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool) -> pa.Table:
+    """A batch of one file's text rows as ``ROW_SCHEMA`` columns (only those the file has, unless
+    ``uniform``); the ticker comes from the file name when the file has no ticker column."""
+    n = text.num_rows
+    src = {canonical: text[name] for name, canonical in mapping.items()}
+    problems: dict[int, dict] = {}
+
+    def keep_text(mask, column):
+        for i in np.flatnonzero(mask):
+            problems.setdefault(int(i), {})[column] = src[column][int(i)].as_py()
+
+    cols = {"ticker": pc.utf8_trim_whitespace(src["ticker"]) if "ticker" in src else
+            pa.array([ticker_from_filename(uri)] * n, pa.string())}
+    dates = _parse_date_column(src["date"])
+    keep_text(np.isnat(dates), "date")
+    cols["date"] = pa.array(dates, pa.timestamp("ns"), from_pandas=True)
+    for c in VALUE_COLUMNS:
+        if c in src:
+            v = _to_float(src[c])
+            keep_text(~np.isfinite(v), c)
+            cols[c] = pa.array(v, pa.float64())  # NaN stays NaN: "not a number", not "no column"
+        elif uniform:
+            cols[c] = pa.nulls(n, pa.float64())
+    cols[ROW] = text[ROW]
+    cols[FILE] = pa.array(np.full(n, index, dtype=np.int32))
+    raw = [None] * n if problems else None
+    for i, p in problems.items():
+        raw[i] = json.dumps(p)
+    cols[RAW] = pa.array(raw, pa.string()) if raw else pa.nulls(n, pa.string())
+    return pa.table(cols)
 
 
 def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows: int = 1,
@@ -238,7 +293,7 @@ def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows:
     rejects = _Rejects()
     rejects.items = list(rows.rejects)
     series: dict[str, pd.DataFrame] = {}
-    for ticker, df in _by_ticker(rows.table, rows.files, rejects):
+    for ticker, df in _by_ticker(rows, rejects):
         clean = _clean_series(rows.files, ticker, df, needed, min_rows, max_jump, rejects)
         if clean is not None:
             series[ticker] = clean
@@ -258,24 +313,6 @@ def _listing(source, endpoint_url) -> Listing:
     return out
 
 
-def _canonical(entry, index, table, needed, columns, rejects) -> pa.Table | None:
-    """Rename columns to canonical names, check the required ones, add the ticker (from the file
-    name when there is no ticker column) and the file index."""
-    mapping = normalise_columns([c for c in table.column_names if c != ROW], columns)
-    missing = [c for c in ("date",) + tuple(needed) if c not in mapping.values()]
-    if missing:
-        found = ", ".join(c for c in table.column_names if c != ROW)
-        rejects.add(file=entry.uri, rows=table.num_rows, action=REJECT_SERIES,
-                    reason=f"missing column(s) {', '.join(missing)}; found {found}. "
-                           "Map yours with data.columns, e.g. {Price: close}")
-        return None
-    out = table.select([*mapping, ROW]).rename_columns([*mapping.values(), ROW])
-    n = out.num_rows
-    if "ticker" not in mapping.values():
-        out = out.append_column("ticker", pa.array([ticker_from_filename(entry.uri)] * n, pa.string()))
-    return out.append_column(FILE, pa.array(np.full(n, index, dtype=np.int32)))
-
-
 @dataclass
 class _TickerRows:
     """One ticker's rows from every file, as arrays in file-then-line order."""
@@ -290,10 +327,11 @@ class _TickerRows:
         return len(self.dates)
 
 
-def _by_ticker(table, files, rejects):
+def _by_ticker(rows: Rows, rejects):
     """Yield ``(ticker, rows)`` in ticker order, each holding the ticker's rows from every file,
-    ordered by file then line. Dates and numbers are parsed once for the whole table (dates once
-    per distinct spelling); only a rejected row's text is looked up again, for its message."""
+    ordered by file then line. The rows' table is taken from ``rows`` and released column by
+    column as it becomes arrays, so its memory is not held twice."""
+    table, rows.table, files = rows.table, None, rows.files
     if table is None or table.num_rows == 0:
         return
     tick = pc.utf8_trim_whitespace(table["ticker"])
@@ -306,19 +344,25 @@ def _by_ticker(table, files, rejects):
     names = pc.unique(tick).to_pylist()
     codes = pc.index_in(tick, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
     rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # ticker order, alphabetical
+    del tick
     line, file = table[ROW].to_numpy(), table[FILE].to_numpy()
     order = np.lexsort((line, file, rank[codes]))
-    dates = _parse_date_column(table["date"])
-    present = [c for c in PRICE_COLUMNS + ("volume",) if c in table.column_names]
-    values = {c: _to_float(table[c]) for c in present}
-    has = {c: table[c].is_valid().to_numpy(zero_copy_only=False) for c in present}
+    dates = table["date"].to_numpy().astype("datetime64[ns]")
+    present = [c for c in VALUE_COLUMNS if c in table.column_names]
+    values, has = {}, {}
+    for c in present:
+        values[c], has[c] = table[c].to_numpy(), table[c].is_valid().to_numpy(zero_copy_only=False)
+        table = table.drop_columns([c])
+    raw = table[RAW]
+    del table
+    pa.default_memory_pool().release_unused()  # hand the freed text and columns back to the system
     sorted_codes = codes[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
     for a, b in zip(starts[:-1], starts[1:]):
         idx = order[a:b]
         yield names[sorted_codes[a]], _TickerRows(
             dates[idx], {c: values[c][idx] for c in present if has[c][idx].any()}, line[idx], file[idx],
-            lambda c, k, idx=idx: table[c][int(idx[k])].as_py())
+            lambda c, k, idx=idx: json.loads(raw[int(idx[k])].as_py() or "{}").get(c))
 
 
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
