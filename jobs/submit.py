@@ -21,6 +21,7 @@ import os
 import shlex
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from jobs.ray_setup import RAY_ENV
 from rnnlib.config import to_dict
@@ -154,8 +155,35 @@ def wait_terminal(c, job_id: str, timeout: float) -> str:
         time.sleep(0.5)
 
 
+# Where each command reads its inputs, as dotted keys of the resolved config.
+INPUT_KEYS = {"train": ("data.path",), "tune": ("job.data.path",), "score": ("input", "model"),
+              "generate": ("model",)}
+
+
+def check_inputs_reachable(command: str, resolved: dict, address: str | None) -> None:
+    """A local input path is readable by a cluster on this machine only, or when it lies inside
+    the uploaded working_dir (given relative to it). Say so before submitting (exit 2)."""
+    host = urlparse(address or os.environ.get("RAY_ADDRESS") or "").hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return
+    for key in INPUT_KEYS[command]:
+        value = resolved
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not value or "://" in str(value) and not str(value).startswith("file://"):
+            continue
+        rel = Path(str(value).removeprefix("file://"))
+        inside = not rel.is_absolute() and (ROOT / rel).exists() and not _excluded(rel.as_posix())
+        if not inside:
+            raise UserError(f"{key}={value}: a local path, which the cluster at {address or 'RAY_ADDRESS'} cannot "
+                            "read (only the project folder is uploaded, less data/ and outputs/). Copy it to the "
+                            f"object store, e.g. `aws s3 sync {value} s3://BUCKET/PREFIX/`, and pass "
+                            f"{key.removeprefix('job.')}=s3://BUCKET/PREFIX/")
+
+
 def submit(address: str | None, command: str, config: str, overrides: list[str], wait: bool) -> int:
     resolved = resolved_config(command, config, overrides)
+    check_inputs_reachable(command, resolved, address)
     base_id = submission_id(command, resolved)
     entry = entrypoint(command, config, overrides)
     c = client(address)
