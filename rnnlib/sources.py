@@ -2,13 +2,14 @@
 a folder or a prefix, in the layouts real feeds produce.
 
 Listing walks the whole tree below the URI. Every entry is either read or skipped with a reason
-(``Skipped``), so nothing vanishes without a word:
+(``Listing.skipped``), so nothing vanishes without a word:
 
 =====================================  ==================================================
 entry                                  what happens
 =====================================  ==================================================
 ``*.csv``, ``*.tsv``                   read with ``pyarrow.csv`` (``.tsv``: tab-separated)
-... plus ``.gz``, ``.bz2``, ``.zst``   decompressed while reading
+... plus ``.gz``, ``.bz2``, ``.zst``,  decompressed while reading
+``.lz4``
 ``*.parquet``, ``*.pq``                read with ``pyarrow.parquet``
 ``key=value/`` folders (Hive style)    each key becomes a column of the files below it
                                        (``date=2026-11-27/part-0.parquet`` gives every row
@@ -20,8 +21,10 @@ a link that leads nowhere              skipped (dangling link)
 a link that leads outside the root     skipped, not followed
 =====================================  ==================================================
 
-Reading keeps what the file says: every column is text (``stocks.py`` validates values and
-names each bad one), plus ``ROW``, the 1-based data line in the file (the header is line 0).
+Reading streams a file a batch at a time and keeps what it says: every column as text (the
+caller's converter parses values, ``stocks.read_rows`` names each bad one), plus ``ROW``, the
+1-based data line in the file (the header is line 0). Text corpora (``.txt``) come from the same
+listing.
 """
 
 from __future__ import annotations
@@ -116,21 +119,20 @@ def list_source(uri: str, suffixes: tuple[str, ...] = HISTORY_SUFFIXES,
     uri = str(uri)
     listing = Listing(uri)
     fs, root = storage.filesystem(uri, endpoint_url)
+    bucket = root.split("/")[0]
     try:
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.Directory:
             found = _walk_local(uri, root, listing) if isinstance(fs, pafs.LocalFileSystem) else \
                 _walk_remote(uri, fs, root)
+        elif info.type == pafs.FileType.File:
+            found = [(uri, info.size, _mtime(info), ())]
+        elif storage.is_s3(uri) and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise DataError(f"{uri}: the bucket {bucket} does not exist (or these credentials cannot see it); "
+                            "check the bucket name and the endpoint")
     except OSError as e:
         raise UserError(storage.access_error(uri, e, endpoint_url)) from None
-    if info.type == pafs.FileType.File:
-        found = [(uri, info.size, _mtime(info), ())]
-    elif info.type == pafs.FileType.Directory:
-        pass
-    elif storage.is_s3(uri) and fs.get_file_info(root.split("/")[0]).type == pafs.FileType.NotFound:
-        raise DataError(f"{uri}: the bucket {root.split('/')[0]} does not exist (or these credentials cannot "
-                        "see it); check the bucket name and the endpoint")
-    else:
+    if info.type not in (pafs.FileType.File, pafs.FileType.Directory):
         raise DataError(f"{uri}: no such file or folder{' (nor an S3 prefix)' if storage.is_s3(uri) else ''}; "
                         "set data.path (score: input) to a file, folder or s3:// prefix of histories, or null "
                         "for the bundled sample")
