@@ -318,18 +318,13 @@ class _TickerRows:
     """One ticker's rows from every file, as arrays in file-then-line order."""
 
     dates: np.ndarray                  # datetime64[ns]; NaT where the date did not parse
-    columns: list[str]                 # the value columns this ticker's files have
-    block: np.ndarray                  # float64 (rows, columns)
+    values: dict[str, np.ndarray]      # float64 for each value column this ticker's files have
     line: np.ndarray                   # data line of each row in its file
     file: np.ndarray                   # index of each row's file in Histories.files
     raw: Callable[[str, int], object]  # the text of column c at row k as read (for messages)
 
     def __len__(self) -> int:
         return len(self.dates)
-
-    @property
-    def values(self) -> dict[str, np.ndarray]:
-        return {c: self.block[:, j] for j, c in enumerate(self.columns)}
 
 
 def _by_ticker(rows: Rows, rejects):
@@ -352,26 +347,21 @@ def _by_ticker(rows: Rows, rejects):
     del tick
     line, file = table[ROW].to_numpy(), table[FILE].to_numpy()
     order = np.lexsort((line, file, rank[codes]))
-    line, file, codes = line[order], file[order], codes[order]
-    dates = table["date"].to_numpy().astype("datetime64[ns]", copy=False)[order]
-    # Every value column in one block, rows in ticker order: a ticker's rows are a slice of it,
-    # and a series with nothing dropped is a view of that slice (no second copy of the data).
+    dates = table["date"].to_numpy().astype("datetime64[ns]")
     present = [c for c in VALUE_COLUMNS if c in table.column_names]
-    block = np.empty((len(order), len(present)))
-    has = np.empty((len(order), len(present)), dtype=bool)
-    for j, c in enumerate(present):
-        block[:, j], has[:, j] = table[c].to_numpy()[order], table[c].is_valid().to_numpy(zero_copy_only=False)[order]
+    values, has = {}, {}
+    for c in present:
+        values[c], has[c] = table[c].to_numpy(), table[c].is_valid().to_numpy(zero_copy_only=False)
         table = table.drop_columns([c])
-        pa.default_memory_pool().release_unused()  # hand the column back to the system now
     raw = table[RAW]
     del table
-    starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(order)]
+    pa.default_memory_pool().release_unused()  # hand the freed text and columns back to the system
+    sorted_codes = codes[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
     for a, b in zip(starts[:-1], starts[1:]):
         idx = order[a:b]
-        cols = [j for j in range(len(present)) if has[a:b, j].any()]
-        yield names[codes[a]], _TickerRows(
-            dates[a:b], [present[j] for j in cols],
-            block[a:b] if len(cols) == len(present) else block[a:b, cols], line[a:b], file[a:b],
+        yield names[sorted_codes[a]], _TickerRows(
+            dates[idx], {c: values[c][idx] for c in present if has[c][idx].any()}, line[idx], file[idx],
             lambda c, k, idx=idx: json.loads(raw[int(idx[k])].as_py() or "{}").get(c))
 
 
@@ -411,8 +401,7 @@ def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rej
     at a split; None when the series is rejected. Every row lost is recorded in ``rejects``."""
     where = files[s.file[0]] if (s.file == s.file[0]).all() else \
         f"{len(np.unique(s.file))} files: {files[s.file[0]]} ..."
-    values = s.values
-    missing = [c for c in needed if c not in values]
+    missing = [c for c in needed if c not in s.values]
     if missing:  # every file of this ticker lacks the column (files of other tickers have it)
         rejects.add(file=where, ticker=ticker, rows=len(s), action=REJECT_SERIES,
                     reason=f"missing column(s) {', '.join(missing)} in every row of {ticker}")
@@ -427,10 +416,10 @@ def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rej
         for i in np.flatnonzero(dup):
             j = first[seen.iloc[i]]
             there = f"row {s.line[j]}" + (f" of {files[s.file[j]]}" if s.file[j] != s.file[i] else "")
-            differ = [c for c in needed if values[c][i] != values[c][j]]
+            differ = [c for c in needed if s.values[c][i] != s.values[c][j]]
             reason[i] = (f"duplicate date; first at {there}" if not differ else
-                         f"duplicate date with another {differ[0]} ({values[differ[0]][i]:g}; first at {there}: "
-                         f"{values[differ[0]][j]:g}, kept)")
+                         f"duplicate date with another {differ[0]} ({s.values[differ[0]][i]:g}; first at {there}: "
+                         f"{s.values[differ[0]][j]:g}, kept)")
     for i in np.flatnonzero(reason != None):  # noqa: E711
         d = s.dates[i]
         rejects.add(file=files[s.file[i]], ticker=ticker, row=int(s.line[i]), rows=1, action=DROP_ROW,
@@ -442,11 +431,7 @@ def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rej
                     reason=f"mostly invalid: {n_bad} of {n_in} rows rejected (see the row entries)")
         return None
 
-    if keep.all():  # a view of the ticker's slice of the rows
-        out = pd.DataFrame(s.block, columns=s.columns, copy=False)
-        out.insert(0, "date", s.dates)
-    else:
-        out = pd.DataFrame({"date": s.dates[keep], **{c: v[keep] for c, v in values.items()}})
+    out = pd.DataFrame({"date": s.dates[keep], **{c: v[keep] for c, v in s.values.items()}})
     if not out["date"].is_monotonic_increasing:
         rejects.add(file=where, ticker=ticker, action=NOTE, reason="dates were not in order; sorted")
         out = out.sort_values("date", kind="stable")
