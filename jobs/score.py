@@ -1,9 +1,12 @@
 """``rnnjobs score CONFIG [key=value ...]`` and ``rnnjobs verify RUN_URI``.
 
-Ray Data: list the history files -> scoring actors that load the bundle once and score a batch
-of files together (all their windows in large forward passes), each writing its own Parquet
-part -> the driver collects one small summary row per batch and publishes (rnnlib.publish).
-Memory stays flat in the number of series: only summaries travel back to the driver.
+Ray Data: list the history files (rnnlib.sources) -> scoring actors that load the bundle once
+and score a batch of series together (all their windows in large forward passes), each writing
+its own Parquet part -> the driver collects one small summary row per batch, checks that no
+series was scored twice, and publishes (rnnlib.publish). Per-ticker files are scored in batches
+of files as they are; when a ticker's rows span files (daily partitions), read tasks turn files
+into rows and a hash shuffle by ticker hands the actors blocks of whole tickers. Memory stays flat
+in the number of series: only summaries travel back to the driver.
 
 run_id is derived from the model's weights, the input listing (paths, sizes, times), as_of
 and the scoring settings: rerunning a published run is a no-op.
@@ -78,7 +81,7 @@ _INFO_TICKER, _INFO = "\x00read", "__info"
 
 def read_rows_batch(batch: pd.DataFrame, files: list[str], needed: tuple, columns: dict,
                     endpoint_url: str | None) -> pa.Table:
-    """Stage 1: read a batch of files into canonical text rows (uniform columns) + one info row."""
+    """Stage 1: read a batch of files into typed rows (``stocks.ROW_SCHEMA``) + one info row."""
     entries = [Entry.from_json(e) for e in batch["entry"]]
     rows = read_rows(Listing("", entries), needed=needed, columns=columns, endpoint_url=endpoint_url,
                      files=files, uniform=True)
