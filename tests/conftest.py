@@ -1,3 +1,5 @@
+import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -7,10 +9,26 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = ROOT.parent / "shared" / "data"
 
 
+def absent(reason: str):
+    """Skip on a developer's machine; fail in CI, which has everything the tests need, so that a
+    skip there cannot hide a test."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must have it (a skip in CI would hide the test)")
+    pytest.skip(reason)
+
+
+def optional(module: str):
+    """Import a dev extra, or ``absent`` if it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        absent(f"{module} is not installed (make test installs the dev extra)")
+
+
 def shared(path: str) -> Path:
     p = SHARED / path
     if not p.exists():
-        pytest.skip(f"{p} is absent (../shared/data is only on development and CI machines)")
+        absent(f"{p} is absent (../shared/data is only on development and CI machines)")
     return p
 
 

@@ -1,7 +1,8 @@
 import subprocess
 import sys
 
-from conftest import FIXTURES, ROOT
+import pytest
+from conftest import FIXTURES, ROOT, absent
 
 
 def rnnjobs(*args, timeout=300):
@@ -37,3 +38,12 @@ def test_help_lists_commands():
     for command in ("check", "train", "tune", "score", "verify", "generate", "evaluate", "report", "submit", "jobs",
                     "config", "demo"):
         assert f"    {command}" in r.stdout, command
+
+
+def test_a_missing_test_input_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must have it"):
+        absent("something is absent")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        absent("something is absent")

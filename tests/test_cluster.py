@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, absent, optional
 
 from jobs.submit import resolved_config
 
@@ -68,11 +68,11 @@ def _strict(schema):
 
 @pytest.mark.parametrize("kind", ["RayCluster", "RayJob", "RayCronJob"])
 def test_kuberay_resources_validate_against_the_crds(kind):
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = optional("jsonschema")
     files = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayCronJob": "raycronjobs"}
     crd_file = CRDS / f"ray.io_{files[kind]}.yaml"
     if not crd_file.exists():
-        pytest.skip(f"{crd_file} is absent")
+        absent(f"{crd_file} is absent")
     crd = yaml.safe_load(crd_file.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
@@ -86,10 +86,10 @@ def test_kuberay_resources_validate_against_the_crds(kind):
 
 
 def test_a_typo_fails_validation():
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = optional("jsonschema")
     crd_file = CRDS / "ray.io_rayjobs.yaml"
     if not crd_file.exists():
-        pytest.skip(f"{crd_file} is absent")
+        absent(f"{crd_file} is absent")
     version = yaml.safe_load(crd_file.read_text())["spec"]["versions"][0]
     schema = _strict(version["schema"]["openAPIV3Schema"])
     (_, doc), *_ = by_kind("RayJob")

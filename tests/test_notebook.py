@@ -3,13 +3,13 @@
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, optional
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_quickstart_notebook_runs():
-    nbformat = pytest.importorskip("nbformat")
+    nbformat = optional("nbformat")
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
