@@ -51,7 +51,6 @@ class ScoreBatch:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from rnnlib.scoring import score_files
 
-        _fault_hook()
         entries = [Entry.from_json(e) for e in batch["entry"]]
         uris = [e.uri for e in entries]
         res = score_files(self.bundle, Listing(uris[0], entries), endpoint_url=self.endpoint_url, **self.settings)
@@ -99,7 +98,6 @@ class ScoreBlock(ScoreBatch):
     def __call__(self, table: pa.Table) -> pd.DataFrame:
         from rnnlib.scoring import score_histories, validation_args
 
-        _fault_hook()
         is_info = pc.fill_null(pc.equal(table["ticker"], _INFO_TICKER), False)
         infos = [json.loads(i) for i in table.filter(is_info)[_INFO].to_pylist()]
         data = table.filter(pc.invert(is_info)).drop_columns([_INFO])
@@ -111,14 +109,6 @@ class ScoreBlock(ScoreBatch):
         tickers = pc.unique(data["ticker"]).to_pylist()
         key = "\n".join(sorted(map(str, tickers))) or "\n".join(json.dumps(i) for i in infos)
         return self.publish(res, key, sum(i["files"] for i in infos))
-
-
-def _fault_hook() -> None:
-    """Test-only: RNNJOBS_SCORE_FAULT_MARKER=path kills the first actor call (once per marker)."""
-    marker = os.environ.get("RNNJOBS_SCORE_FAULT_MARKER")
-    if marker and not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)
 
 
 def load_score_config(config: str, overrides: list[str]) -> ScoreConfig:
@@ -184,8 +174,6 @@ def run(config: str, overrides: list[str]) -> int:
         raise UserError(f"{source}: ticker(s) {', '.join(twice[:5])} span more than one batch of files (their rows "
                         "are in several files); nothing was published. Rerun with input_layout=long")
     manifest, rejects = _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri)
-    if os.environ.get("RNNJOBS_SCORE_CRASH_BEFORE_COMMIT"):  # test-only: die between parts and commit
-        os._exit(1)
     if not publish.commit(run_uri, attempt, manifest, cfg.endpoint_url):
         print(f"another attempt published {run_uri} first; this attempt's files were removed")
         return 0

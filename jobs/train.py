@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -45,14 +44,6 @@ def run_name(cfg: JobConfig) -> str:
     return cfg.name or f"{cfg.task}-{cfg.model.cell}-{digest}"
 
 
-def _fault_hook(epoch: int, rank: int, world: int) -> None:
-    """Test-only: RNNJOBS_FAULT_EPOCH=N makes the last rank die at epoch N, once per marker file."""
-    at, marker = os.environ.get("RNNJOBS_FAULT_EPOCH"), os.environ.get("RNNJOBS_FAULT_MARKER")
-    if at is not None and int(at) == epoch and rank == world - 1 and marker and not Path(marker).exists():
-        Path(marker).touch()
-        os._exit(1)
-
-
 def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int = 1, device="cpu",
                prepare=lambda model: model, verbose: bool = True) -> None:
     """Epochs from the last checkpoint (a Ray ``Checkpoint`` or None) until done.
@@ -74,7 +65,6 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
     start_epoch = state.epoch
     wrapped = prepare(model)
     while not state.done(cfg):
-        _fault_hook(state.epoch, rank, world)
         train_loss, val_loss, secs, train_secs = run_epoch(wrapped, opt, task, cfg, state, rank=rank, world=world,
                                                            device=device, eval_model=model)
         if world > 1:  # mean train loss over the shards

@@ -53,6 +53,12 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def faults(**env: str) -> dict:
+    """The environment that injects a fault (see tests/faults/sitecustomize.py) into a job's processes."""
+    path = str(Path(__file__).parent / "faults")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")])), **env}
+
+
 def s3_env(endpoint: str) -> dict:
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURES, SHARED
-from jobhelpers import FAKE_SECRET, run, start
+from jobhelpers import FAKE_SECRET, faults, run, start
 
 from rnnlib import publish, storage
 from rnnlib.config import job_from_dict
@@ -72,7 +72,7 @@ def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir):
 def test_crash_before_commit_then_rerun_publishes_exactly_once(tmp_path, model_dir):
     out = tmp_path / "out"
     args = ["score", CONFIG, f"model={model_dir}", f"output={out}"]
-    crashed = run(*args, env={"RNNJOBS_SCORE_CRASH_BEFORE_COMMIT": "1"})
+    crashed = run(*args, env=faults(RNNJOBS_SCORE_CRASH_BEFORE_COMMIT="1"))
     assert crashed.returncode != 0
     assert not list(out.rglob("_SUCCESS")) and list(out.rglob("*.parquet"))  # parts, but nothing committed
     r = run(*args)
@@ -145,7 +145,7 @@ def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
     marker = tmp_path / "died"
     out = tmp_path / "out"
     r = run("score", CONFIG, f"model={model_dir}", f"output={out}", "files_per_batch=4",
-            env={"RNNJOBS_SCORE_FAULT_MARKER": str(marker)})
+            env=faults(RNNJOBS_SCORE_FAULT_MARKER=str(marker)))
     assert marker.exists(), "the fault hook did not fire"
     assert r.returncode == 0, r.stderr[-3000:]
     run_uri = only_run(out)

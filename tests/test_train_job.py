@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from jobhelpers import FAKE_SECRET, kill_group, run, start, wait_for
+from jobhelpers import FAKE_SECRET, faults, kill_group, run, start, wait_for
 from pyarrow.fs import FileSelector
 
 from rnnlib import storage
@@ -63,7 +63,7 @@ def test_text_two_workers_val_loss_down_and_bundle_generates(tmp_path):
 def test_worker_crash(tmp_path, max_failures):
     marker = tmp_path / "crashed"
     r = run("train", *FORECAST, "train.epochs=3", f"train.max_failures={max_failures}",
-            f"storage={tmp_path / 'runs'}", env={"RNNJOBS_FAULT_EPOCH": "1", "RNNJOBS_FAULT_MARKER": str(marker)})
+            f"storage={tmp_path / 'runs'}", env=faults(RNNJOBS_FAULT_EPOCH="1", RNNJOBS_FAULT_MARKER=str(marker)))
     assert marker.exists(), "the fault hook did not fire"
     if max_failures:
         assert r.returncode == 0, r.stderr[-3000:]
