@@ -129,8 +129,9 @@ def run(config: str, overrides: list[str]) -> int:
     listing = list_source(source, endpoint_url=cfg.endpoint_url)
     rid = run_id(cfg, bundle.meta["weights_sha256"], listing.key())
     run_uri = storage.join(cfg.output, f"run={rid}")
+    layout = input_layout(cfg, listing)
     print(f"score run {rid}: {cfg.mode}, {len(listing.entries)} file(s) from {source} "
-          f"({input_layout(cfg, listing)} layout), model {cfg.model}"
+          f"({layout} layout), model {cfg.model}"
           + (f"; {len(listing.skipped)} entries not read (listed in rejects.parquet)" if listing.skipped else ""))
     if publish.is_published(run_uri, cfg.endpoint_url):
         print(f"already published: {run_uri} (nothing to do)")
@@ -144,7 +145,6 @@ def run(config: str, overrides: list[str]) -> int:
     attempt = uuid.uuid4().hex[:8]
     settings = {"mode": cfg.mode, "as_of": cfg.as_of, "backtest_days": cfg.backtest_days, "step": cfg.step,
                 "batch_size": cfg.batch_size, "columns": cfg.columns}
-    layout = input_layout(cfg, listing)
     endpoint = storage.endpoint(cfg.endpoint_url)  # as the driver resolved it; never credentials
     start = time.perf_counter()
     ds = ray.data.from_items([{"entry": e.to_json()} for e in listing.entries])

@@ -123,10 +123,11 @@ def list_source(uri: str, suffixes: tuple[str, ...] = HISTORY_SUFFIXES,
     try:
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.Directory:
-            found = _walk_local(uri, root, listing) if isinstance(fs, pafs.LocalFileSystem) else \
-                _walk_remote(uri, fs, root)
+            found = _walk_local(uri, root, listing) if isinstance(fs, pafs.LocalFileSystem) else [
+                (u, size, mtime, _partitions(posixpath.dirname(u[len(uri.rstrip("/")) + 1:])))
+                for u, size, mtime in storage.list_files(uri, recursive=True, endpoint_url=endpoint_url)]
         elif info.type == pafs.FileType.File:
-            found = [(uri, info.size, _mtime(info), ())]
+            found = [(uri, info.size, storage.mtime(info), ())]
         elif storage.is_s3(uri) and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise DataError(f"{uri}: the bucket {bucket} does not exist (or these credentials cannot see it); "
                             "check the bucket name and the endpoint")
@@ -159,17 +160,6 @@ def _partitions(rel_dir: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _walk_remote(uri: str, fs: pafs.FileSystem, root: str) -> list:
-    base = uri.rstrip("/")
-    out = []
-    for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        if f.type != pafs.FileType.File:
-            continue
-        rel = f.path[len(root):].lstrip("/")
-        out.append((f"{base}/{rel}", f.size, _mtime(f), _partitions(posixpath.dirname(rel))))
-    return out
-
-
 def _walk_local(uri: str, root: str, listing: Listing) -> list:
     """os.walk, because pyarrow's local listing drops dangling links without a word."""
     base, real_root = uri.rstrip("/"), os.path.realpath(root)
@@ -198,10 +188,6 @@ def _walk_local(uri: str, root: str, listing: Listing) -> list:
             st = os.stat(full)
             out.append((u, st.st_size, st.st_mtime, _partitions(rel_dir)))
     return out
-
-
-def _mtime(info: pafs.FileInfo) -> float:
-    return info.mtime.timestamp() if info.mtime is not None else 0.0
 
 
 @dataclass

@@ -125,7 +125,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), recursive: bool = False
     fs, path = filesystem(uri, endpoint_url)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        return [(str(uri), info.size, _mtime(info))]
+        return [(str(uri), info.size, mtime(info))]
     if info.type == pafs.FileType.NotFound:
         raise UserError(f"{uri}: no such file or folder")
     base = str(uri).rstrip("/")
@@ -133,11 +133,12 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), recursive: bool = False
     for f in fs.get_file_info(pafs.FileSelector(path, recursive=recursive)):
         name = f.path[len(path):].lstrip("/")
         if f.type == pafs.FileType.File and (not suffixes or name.lower().endswith(suffixes)):
-            out.append((f"{base}/{name}", f.size, _mtime(f)))
+            out.append((f"{base}/{name}", f.size, mtime(f)))
     return sorted(out)
 
 
-def _mtime(info: pafs.FileInfo) -> float:
+def mtime(info: pafs.FileInfo) -> float:
+    """A listing's modification time as seconds (0 where the store gives none)."""
     return info.mtime.timestamp() if info.mtime is not None else 0.0
 
 
