@@ -39,7 +39,7 @@ def _generate(args) -> int:
 def _evaluate(args) -> int:
     from jobs.generate import run_evaluate
 
-    return run_evaluate(args.model, args.text, args.seq_len, args.endpoint_url)
+    return run_evaluate(args.model, args.text, args.seq_len, args.endpoint_url, args.device)
 
 
 def _verify(args) -> int:
@@ -77,6 +77,11 @@ def _demo(args) -> int:
     from jobs.demo import run
 
     return run(out=args.out, quick=args.quick)
+
+
+def _device_flag(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default,
+                   help="where the model runs (default: auto, the GPU when one is visible)")
 
 
 def _endpoint_flag(p: argparse.ArgumentParser) -> None:
@@ -146,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="also write the samples to this file or s3:// URI")
     g.add_argument("--drop-unknown", dest="drop_unknown", action="store_const", const=True,
                    help="drop prompt characters outside the vocabulary (with a warning)")
+    _device_flag(g)
     _endpoint_flag(g)
     g.set_defaults(func=_generate)
 
@@ -155,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="text bundle folder or s3:// URI")
     e.add_argument("--text", help="UTF-8 text file (default: the bundle's held-out split)")
     e.add_argument("--seq-len", dest="seq_len", type=int, help="chunk length (default: the training seq_len)")
+    _device_flag(e, default="auto")
     _endpoint_flag(e)
     e.set_defaults(func=_evaluate)
 

@@ -9,13 +9,14 @@ from rnnlib import storage
 from rnnlib.checkpoint import open_bundle
 from rnnlib.config import GenerateConfig, apply_overrides, read_yaml, section_from_dict
 from rnnlib.datasets import tinyshakespeare_path
+from rnnlib.device import choose, place
 from rnnlib.errors import ConfigError
 from rnnlib.sampling import encode_prompt, generate
 from rnnlib.tasks import evaluate_text
 from rnnlib.text import read_text, split_text
 
 FLAGS = ("model", "prompt", "length", "temperature", "top_k", "top_p", "seed", "samples", "out",
-         "drop_unknown", "endpoint_url")
+         "drop_unknown", "endpoint_url", "device")
 
 
 def load_generate_config(config: str | None, overrides: list[str], flags: dict) -> GenerateConfig:
@@ -32,6 +33,7 @@ def load_generate_config(config: str | None, overrides: list[str], flags: dict) 
 def run(config: str | None, overrides: list[str], flags: dict) -> int:
     cfg = load_generate_config(config, overrides, flags)
     bundle = open_bundle(cfg.model, task="text", endpoint_url=cfg.endpoint_url)
+    place(bundle.model, choose(cfg.device))
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)
     # checked (and cleaned, with drop_unknown) before anything is printed
     prompt = bundle.vocab.decode(encode_prompt(bundle.vocab, cfg.prompt, cfg.drop_unknown, warn))
@@ -49,8 +51,10 @@ def run(config: str | None, overrides: list[str], flags: dict) -> int:
     return 0
 
 
-def run_evaluate(model: str, text: str | None, seq_len: int | None, endpoint_url: str | None) -> int:
+def run_evaluate(model: str, text: str | None, seq_len: int | None, endpoint_url: str | None,
+                 device: str = "auto") -> int:
     bundle = open_bundle(model, task="text", endpoint_url=endpoint_url)
+    place(bundle.model, choose(device))
     data = bundle.meta.get("config", {}).get("data", {})
     seq_len = seq_len or int(bundle.data.get("seq_len", 128))
     if text:

@@ -32,6 +32,7 @@ from rnnlib import publish, storage
 from rnnlib.checkpoint import open_bundle, versions
 from rnnlib.config import ScoreConfig, apply_overrides, read_yaml, section_from_dict, to_dict
 from rnnlib.datasets import sample_stocks_dir
+from rnnlib.device import choose, place
 from rnnlib.errors import ConfigError, UserError
 from rnnlib.sources import Entry, Listing, list_source
 from rnnlib.stocks import REJECT_COLUMNS, REJECT_SERIES, SKIP_FILE, Rows, read_rows, validate_rows
@@ -44,8 +45,10 @@ class ScoreBatch:
     """A Ray Data actor: loads the bundle once, scores batches of history files (per-ticker layout:
     every ticker's rows are in the batch)."""
 
-    def __init__(self, model: str, run_uri: str, attempt: str, settings: dict, endpoint_url: str | None):
+    def __init__(self, model: str, run_uri: str, attempt: str, settings: dict, endpoint_url: str | None,
+                 gpu: bool = False):
         self.bundle = open_bundle(model, task="forecast", endpoint_url=endpoint_url)
+        place(self.bundle.model, choose(gpu))  # gpu: Ray gave this actor one; scoring runs where the model is
         self.run_uri, self.attempt, self.settings, self.endpoint_url = run_uri, attempt, settings, endpoint_url
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -148,9 +151,12 @@ def run(config: str, overrides: list[str]) -> int:
     endpoint = storage.endpoint(cfg.endpoint_url)  # as the driver resolved it; never credentials
     start = time.perf_counter()
     ds = ray.data.from_items([{"entry": e.to_json()} for e in listing.entries])
-    actor_args = dict(compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
+    # A GPU pool starts with one actor and grows to `actors` as GPUs are free: a fixed pool larger
+    # than the cluster's GPUs would wait for ever.
+    pool = dict(min_size=1, max_size=cfg.actors) if cfg.gpu else dict(size=cfg.actors)
+    actor_args = dict(compute=ray.data.ActorPoolStrategy(**pool), num_cpus=cfg.cpus_per_actor,
                       num_gpus=1 if cfg.gpu else 0)
-    kwargs = {"model": cfg.model, "run_uri": run_uri, "attempt": attempt, "endpoint_url": endpoint}
+    kwargs = {"model": cfg.model, "run_uri": run_uri, "attempt": attempt, "endpoint_url": endpoint, "gpu": cfg.gpu}
     if layout == "per_ticker":
         ds = ds.map_batches(ScoreBatch, batch_size=cfg.files_per_batch, batch_format="pandas",
                             fn_constructor_kwargs={**kwargs, "settings": settings}, **actor_args)

@@ -19,6 +19,7 @@ import torch
 from rnnlib import storage
 from rnnlib.checkpoint import load_bundle, save_bundle
 from rnnlib.config import JobConfig, job_from_dict, load_job, to_dict
+from rnnlib.device import Precision, check_precision, device_of, place
 from rnnlib.errors import UserError
 from rnnlib.fit import TrainState, make_optimizer, run_epoch, save_checkpoint
 from rnnlib.loop import seed_everything
@@ -35,6 +36,8 @@ def trained_part(config: dict) -> dict:
     """The part of a config (as plain data) that determines the trained model."""
     d = {k: v for k, v in config.items() if k not in _NOT_TRAINED}
     d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in _NOT_TRAINED_IN_TRAIN}
+    if d["train"].get("precision") == "fp32":  # the default before it was a key: old run names stay valid
+        del d["train"]["precision"]
     return d
 
 
@@ -44,9 +47,9 @@ def run_name(cfg: JobConfig) -> str:
     return cfg.name or f"{cfg.task}-{cfg.model.cell}-{digest}"
 
 
-def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int = 1, device="cpu",
-               prepare=lambda model: model, verbose: bool = True) -> None:
-    """Epochs from the last checkpoint (a Ray ``Checkpoint`` or None) until done.
+def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int = 1,
+               device: torch.device | str = "cpu", prepare=lambda model: model, verbose: bool = True) -> None:
+    """Epochs from the last checkpoint (a Ray ``Checkpoint`` or None) until done, on ``device``.
 
     Shared by Ray Train workers and Tune process trials: ``report(metrics, folder)`` hands each
     epoch's metrics and, on rank 0, a checkpoint folder to Ray; ``prepare`` wraps the model
@@ -55,8 +58,9 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
 
     seed_everything(cfg.train.seed)
     task = make_task(cfg)
-    model = task.build_model()
+    model = place(task.build_model(), device)
     opt = make_optimizer(model, cfg)
+    precision = Precision(cfg.train.precision, device)
     state = TrainState()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -66,7 +70,7 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
     wrapped = prepare(model)
     while not state.done(cfg):
         train_loss, val_loss, secs, train_secs = run_epoch(wrapped, opt, task, cfg, state, rank=rank, world=world,
-                                                           device=device, eval_model=model)
+                                                           precision=precision, eval_model=model)
         if world > 1:  # mean train loss over the shards
             t = torch.tensor([train_loss], device=device)
             dist.all_reduce(t)
@@ -77,7 +81,7 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
                   f"({secs:.1f}s)", flush=True)
         metrics = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss, "stale": state.stale,
                    "start_epoch": start_epoch, "seconds": secs, "train_seconds": train_secs,
-                   "torch_threads": torch.get_num_threads()}
+                   "torch_threads": torch.get_num_threads(), "device": str(device_of(model))}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 save_checkpoint(Path(tmp), model, opt, task, cfg, state)
@@ -126,6 +130,7 @@ def build_trainer(cfg: JobConfig, name: str, callbacks: list | None = None, verb
 
 def run(config: str, overrides: list[str]) -> int:
     cfg = load_job(config, overrides)
+    check_precision(cfg.train.precision, cfg.scaling.gpu)
     task = make_task(cfg)  # data errors surface here, before Ray starts
     name = run_name(cfg)
     out_uri = storage.join(cfg.storage, name)

@@ -27,6 +27,7 @@ import yaml
 from jobs.train import export_model, train_loop, trained_part
 from rnnlib import storage
 from rnnlib.config import JobConfig, to_dict
+from rnnlib.device import check_precision, choose
 from rnnlib.errors import UserError
 from rnnlib.plots import search_png
 from rnnlib.search import Search, load_search, plot_keys, short, stop_reason, top_trials_table
@@ -65,7 +66,7 @@ def process_trial(config: dict, search: Search) -> None:
 
     quiet_tune_trial()
     torch.set_num_threads(max(1, int(search.settings.cpus_per_trial)))
-    device = "cuda" if search.settings.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    device = choose(search.settings.gpus_per_trial > 0)  # Ray made the trial's GPU share visible
 
     def report(metrics: dict, folder: str | None) -> None:
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
@@ -232,10 +233,11 @@ def _write_df(df: pd.DataFrame, uri_base: str, endpoint: str | None) -> None:
 def run(config: str, overrides: list[str]) -> int:
     search = load_search(config, overrides)
     base = search.base_job
+    s = search.settings
+    check_precision(base.train.precision, s.gpus_per_trial > 0 if s.trial == "process" else base.scaling.gpu)
     make_task(base)  # data errors surface here, before Ray starts
     name = experiment_name(search)
     exp_uri = storage.join(base.storage, name)
-    s = search.settings
     grid = f" ({s.num_samples} x {search.grid_size} grid points)" if search.grid_size > 1 else ""
     print(f"search {name}: {search.num_trials} trials{grid}, {s.searcher} search, {s.scheduler} "
           f"(max {search.max_t} epochs), {s.trial} trials; storage {exp_uri}")

@@ -91,6 +91,8 @@ class TrainConfig:
     max_batches: int = opt(0, "cap on batches per epoch; 0 = all", lo=0)
     max_failures: int = opt(2, "worker failures Ray Train recovers from (resuming from the last checkpoint)", lo=0)
     keep_checkpoints: int = opt(2, "checkpoints kept in storage, best by val_loss", lo=1)
+    precision: Literal["fp32", "bf16", "fp16"] = opt(
+        "fp32", "forward-pass precision: bf16 or fp16 autocast (fp16 with a gradient scaler, GPU only)")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class GenerateConfig:
     out: str | None = opt(None, "also write the samples to this file or s3:// URI")
     drop_unknown: bool = opt(False, "drop prompt characters the vocabulary lacks (with a warning) "
                              "instead of failing")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where the model runs; auto = the GPU when one is visible")
     endpoint_url: str | None = opt(None, "S3-compatible endpoint; null = AWS_ENDPOINT_URL_S3 or AWS")
 
 

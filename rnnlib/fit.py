@@ -20,6 +20,8 @@ import torch
 from . import loop
 from .checkpoint import load_bundle, save_bundle
 from .config import JobConfig, to_dict
+from .device import Precision, choose, place
+from .errors import UserError
 from .tasks import ForecastTask, TextTask, make_task
 
 STATE_FILE = "train_state.pt"
@@ -81,9 +83,11 @@ def make_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimi
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: ForecastTask | TextTask,
-              cfg: JobConfig, state: TrainState, *, rank: int = 0, world: int = 1, device: str = "cpu",
+              cfg: JobConfig, state: TrainState, *, rank: int = 0, world: int = 1,
+              precision: Precision | None = None,
               eval_model: torch.nn.Module | None = None) -> tuple[float, float, float, float]:
-    """Train one epoch on this rank's shard, then validate on the full val set.
+    """Train one epoch on this rank's shard, then validate on the full val set, on the device
+    the model is on.
 
     ``eval_model`` is the unwrapped module under DDP (evaluation needs no collectives).
     Returns (train loss of this shard, val loss, total seconds, training seconds).
@@ -91,9 +95,9 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Fo
     start = time.perf_counter()
     t = cfg.train
     train_loss = loop.train_epoch(model, task.train_batches(state.epoch, rank, world), optimizer, task.loss_fn(),
-                                  clip=t.clip, device=device, max_batches=t.max_batches)
+                                  clip=t.clip, precision=precision, max_batches=t.max_batches)
     trained = time.perf_counter()
-    val_loss = loop.evaluate(eval_model or model, task.val_batches(), task.eval_loss_fn(), device=device)
+    val_loss = loop.evaluate(eval_model or model, task.val_batches(), task.eval_loss_fn())
     return train_loss, val_loss, time.perf_counter() - start, trained - start
 
 
@@ -107,20 +111,27 @@ class FitResult:
 
 
 def fit(cfg: JobConfig, *, task: ForecastTask | TextTask | None = None, out: str | Path | None = None,
-        log: Callable[[str], None] = print, device: str = "cpu") -> FitResult:
-    """Train in this process with early stopping on val loss; keep the best epoch's weights."""
+        log: Callable[[str], None] = print, device: bool | str = "cpu") -> FitResult:
+    """Train in this process with early stopping on val loss; keep the best epoch's weights.
+
+    ``device``: as ``rnnlib.device.choose`` takes it (``"cpu"``, ``"cuda"``, ``"auto"``)."""
     loop.seed_everything(cfg.train.seed)
     task = task or make_task(cfg)
-    model = task.build_model().to(device)
+    dev = choose(device)
+    model = place(task.build_model(), dev)
     opt = make_optimizer(model, cfg)
+    precision = Precision(cfg.train.precision, dev)
     state, best_weights = TrainState(), None
     while not state.done(cfg):
-        tr, val, secs, train_secs = run_epoch(model, opt, task, cfg, state, device=device)
+        tr, val, secs, train_secs = run_epoch(model, opt, task, cfg, state, precision=precision)
         if state.record(tr, val, secs, train_secs):
             best_weights = copy.deepcopy(model.state_dict())
         log(f"epoch {state.epoch}/{cfg.train.epochs}  train {tr:.4f}  val {val:.4f}  ({secs:.1f}s)")
     if cfg.train.patience and state.stale >= cfg.train.patience and state.epoch < cfg.train.epochs:
         log(f"early stop: no better val loss for {state.stale} epochs")
+    if best_weights is None:
+        raise UserError(f"no epoch of {state.epoch} gave a finite validation loss (last: {val}); "
+                        "lower train.lr or set train.clip, and check the data for extreme values")
     model.load_state_dict(best_weights)
     task.calibrate(model.cpu())
     res = FitResult(model, task, state.history, task.final_metrics(model))

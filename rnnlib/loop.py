@@ -3,6 +3,7 @@
 A task supplies ``loss(model, batch, state) -> (mean loss, items, state)``; the loop never
 branches on the cell type or the task. ``state`` is the hidden state carried between chunks
 of a text stream (None elsewhere); it is detached after every step (truncated backprop).
+Batches go to the device the model is on (``rnnlib.device``: the caller places the model).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import Precision, device_of, to_device
 from .models import detach_hidden, pinball_loss
 
 LossFn = Callable[[nn.Module, tuple, object], tuple[torch.Tensor, int, object]]
@@ -28,28 +30,30 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _to(batch: tuple, device: torch.device | str) -> tuple:
-    return tuple(t.to(device, non_blocking=True) for t in batch)
-
-
 def train_epoch(model: nn.Module, batches: Iterable[tuple], optimizer: torch.optim.Optimizer,
-                loss_fn: LossFn, *, clip: float = 1.0, device: torch.device | str = "cpu",
+                loss_fn: LossFn, *, clip: float = 1.0, precision: Precision | None = None,
                 max_batches: int = 0, deadline: float | None = None) -> float:
     """One pass over ``batches``; returns the item-weighted mean training loss.
 
     Stops early after ``max_batches`` batches, or once ``time.monotonic()`` passes ``deadline``.
+    ``precision`` (default fp32) autocasts the forward pass and scales fp16 gradients.
     """
     model.train()
+    device = device_of(model)
+    amp = precision or Precision("fp32", device)
     total, items, state = 0.0, 0, None
     for i, batch in enumerate(batches):
         if (max_batches and i >= max_batches) or (deadline is not None and time.monotonic() > deadline):
             break
-        loss, n, state = loss_fn(model, _to(batch, device), state)
+        with amp.autocast():
+            loss, n, state = loss_fn(model, to_device(batch, device), state)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        amp.scaler.scale(loss).backward()
         if clip:
+            amp.scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
             nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
         state = detach_hidden(state)
         total += loss.item() * n
         items += n
@@ -57,13 +61,13 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple], optimizer: torch.opt
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple], loss_fn: LossFn, *,
-             device: torch.device | str = "cpu") -> float:
+def evaluate(model: nn.Module, batches: Iterable[tuple], loss_fn: LossFn) -> float:
     """Item-weighted mean loss over ``batches`` without gradients; state carried as in training."""
     model.eval()
+    device = device_of(model)
     total, items, state = 0.0, 0, None
     for batch in batches:
-        loss, n, state = loss_fn(model, _to(batch, device), state)
+        loss, n, state = loss_fn(model, to_device(batch, device), state)
         total += loss.item() * n
         items += n
     return total / max(items, 1)
@@ -75,7 +79,7 @@ def forecast_loss(quantiles: tuple[float, ...]) -> LossFn:
 
     def loss(model, batch, state):
         x, y = batch
-        pred = model(x)
+        pred = model(x).float()  # the loss in fp32 under autocast
         if q is None:
             return F.mse_loss(pred[..., 0], y), len(x), None
         return pinball_loss(pred, y, q.to(pred.device)), len(x), None
@@ -91,7 +95,7 @@ def text_loss(stateful: bool) -> LossFn:
         if state is not None and state_batch(state) != x.shape[0]:
             state = None  # a short last batch starts fresh
         logits, hidden = model(x, state if stateful else None)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         return ce, y.numel(), hidden if stateful else None
 
     return loss
@@ -102,14 +106,14 @@ def state_batch(state) -> int:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 512,
-            device: torch.device | str = "cpu") -> np.ndarray:
-    """Forecaster outputs for windows x (N, W, F) -> (N, H, Q) numpy.
+def predict(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 512) -> np.ndarray:
+    """Forecaster outputs for windows x (N, W, F) -> (N, H, Q) numpy, run where the model is.
 
     On CPU, batches of a few hundred windows are fastest for small RNNs: their activations
     stay in cache (bench/score_throughput.py: 512 beats 4096 by ~30% for an LSTM 2x64).
     """
     model.eval()
+    device = device_of(model)
     x = torch.as_tensor(x, dtype=torch.float32)
-    outs = [model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    outs = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0,))

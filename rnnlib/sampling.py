@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from .device import device_of
 from .errors import DataError
 from .models import CharLM
 from .text import Vocab
@@ -70,7 +71,7 @@ def generate(model: CharLM, vocab: Vocab, prompt: str = "", length: int = 200, *
     ids = encode_prompt(vocab, prompt, drop_unknown, warn)
     if not ids:
         ids = [vocab.index["\n"]] if "\n" in vocab.index else [int(torch.randint(len(vocab), (1,), generator=gen))]
-    device = next(model.parameters()).device
+    device = device_of(model)  # sampling runs where the model is; the generator stays on the CPU
     primer = torch.tensor(ids, device=device).repeat(samples, 1)  # (B, P)
     logits, hidden = model(primer)
     logits = logits[:, -1]
