@@ -1,11 +1,16 @@
 """Training throughput: the plain rnnlib loop in one process vs Ray Train with 1 and 2 workers.
 
 Same model, data and effective batch size everywhere. Throughput = training items per epoch
-(forecast windows, or characters) / median training seconds of the epochs after the first
-(the first includes warm-up). Threads: the plain loop and the single worker use all cores;
-two workers get half each (Ray sets OMP_NUM_THREADS from the worker's CPUs).
+(forecast windows, or characters) / median training seconds of the timed epochs (the first of
+each run includes warm-up and is not timed); ms/step = those seconds / optimizer steps. Threads:
+the plain loop and the single worker use all cores; two workers get half each (Ray sets
+OMP_NUM_THREADS from the worker's CPUs).
 
-    python bench/train_throughput.py [--epochs 4] [--forecast-batch 256]
+This machine's speed drifts by 10-20% over minutes (other tenants), so the modes run in
+``--rounds`` rounds, in a rotated order each round, and each mode's median is taken over all
+its rounds: a ratio compares the same stretch of time.
+
+    python bench/train_throughput.py [--epochs 4] [--rounds 2] [--forecast-batch 256]
 Targets: 1 Ray worker >= 0.9x the plain loop; 2 workers faster than 1. The 1-thread plain
 row separates the gain from two processes from the gain from one thread per process.
 """
@@ -17,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,10 +45,10 @@ CONFIGS = {
 }
 
 
-def items_per_epoch(task, cfg) -> int:
-    if cfg.task == "forecast":
-        return len(task.data.train)
-    return sum(x.numel() for x, _ in task.train_batches(0)[: cfg.train.max_batches or None])
+def items_per_epoch(task, cfg) -> tuple[int, int]:
+    """(training items, optimizer steps) of one epoch."""
+    batches = list(task.train_batches(0))[: cfg.train.max_batches or None]
+    return sum(int(y.numel() if cfg.task == "text" else len(y)) for _, y in batches), len(batches)
 
 
 def plain(cfg, task, threads: int = CORES) -> tuple[list[float], int]:
@@ -71,10 +77,10 @@ def ray_train(cfg, workers: int) -> tuple[list[float], int]:
     return list(df["train_seconds"]), int(df["torch_threads"].iloc[-1])
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not timed")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of every mode, in a rotated order")
     ap.add_argument("--forecast-batch", type=int, default=256,
                     help="forecaster batch size (Ray's per-step overhead shows at small batches)")
     args = ap.parse_args()
@@ -86,22 +92,32 @@ def main() -> None:
     for name, raw in CONFIGS.items():
         cfg = job_from_dict({**raw, "train": {**raw["train"], "epochs": args.epochs}})
         task = make_task(cfg)
-        n = items_per_epoch(task, cfg)
+        n, steps = items_per_epoch(task, cfg)
         unit = "windows/s" if name == "forecast" else "chars/s"
-        runs = {"plain loop": plain(cfg, task), "plain loop, 1 thread": plain(cfg, task, 1),
-                "Ray Train 1 worker": ray_train(cfg, 1), "Ray Train 2 workers": ray_train(cfg, 2)}
-        torch.set_num_threads(CORES)
+        modes = {"plain loop": partial(plain, cfg, task), "plain loop, 1 thread": partial(plain, cfg, task, 1),
+                 "Ray Train 1 worker": partial(ray_train, cfg, 1), "Ray Train 2 workers": partial(ray_train, cfg, 2)}
+        timed = {mode: [] for mode in modes}
+        threads = {}
+        for r in range(args.rounds):
+            order = list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]
+            for mode in order:
+                secs, threads[mode] = modes[mode]()
+                timed[mode] += secs[1:] or secs
+                torch.set_num_threads(CORES)
         base = None
-        for mode, (secs, threads) in runs.items():
-            rate = n / statistics.median(secs[1:] or secs)
+        for mode, secs in timed.items():
+            med = statistics.median(secs)
+            rate = n / med
             base = base or rate
-            rows.append((name, mode, threads, round(rate), unit, round(rate / base, 3)))
-            out[f"{name}/{mode}"] = {"items_per_epoch": n, "train_seconds": secs, "rate": rate,
-                                     "threads_per_worker": threads, "ratio_vs_plain": rate / base}
+            rows.append((name, mode, threads[mode], round(rate), unit, round(1000 * med / steps, 1),
+                         round(rate / base, 3)))
+            out[f"{name}/{mode}"] = {"items_per_epoch": n, "steps_per_epoch": steps, "train_seconds": secs,
+                                     "rate": rate, "threads_per_worker": threads[mode], "ratio_vs_plain": rate / base}
     m = machine()
-    print(f"machine: {m['cpus']} cores, torch {m['torch']}; epochs {args.epochs} (first not timed)\n")
-    print(table(rows, ["task", "mode", "threads/worker", "throughput", "unit", "x plain"]))
-    print(f"\nresults: {write('train_throughput', {'epochs': args.epochs, 'runs': out})}")
+    print(f"machine: {m['cpus']} cores, torch {m['torch']}; epochs {args.epochs} (first not timed), "
+          f"{args.rounds} round(s)\n")
+    print(table(rows, ["task", "mode", "threads/worker", "throughput", "unit", "ms/step", "x plain"]))
+    print(f"\nresults: {write('train_throughput', {'epochs': args.epochs, 'rounds': args.rounds, 'runs': out})}")
 
 
 if __name__ == "__main__":
