@@ -23,6 +23,37 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot name a location here, as a phrase to follow it, or None if it can.
+
+    Shape only, nothing is accessed: a local path, ``file:///absolute/path`` or
+    ``s3://bucket[/prefix]`` with a valid bucket name; any other scheme is refused."""
+    uri = str(uri)
+    if not uri.strip():
+        return "is empty; give a local folder, file:///absolute/path or s3://bucket/prefix"
+    m = _SCHEME.match(uri)
+    if m is None:
+        return None  # a local path
+    if m.group(1) == "s3":
+        bucket = uri[len("s3://"):].partition("/")[0]
+        if not bucket:
+            return "has no bucket; write s3://BUCKET/PREFIX"
+        if not _BUCKET.fullmatch(bucket):
+            return (f"has an invalid bucket name {bucket!r}; a bucket name is 3-63 lowercase letters, digits, "
+                    "dots and hyphens, starting and ending with a letter or digit")
+        return None
+    if m.group(1) == "file":
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            return "is not an absolute file:// URI; write file:///absolute/path, or give the path alone"
+        return None
+    return f"uses {m.group(1)}://, which is not supported; use a local path, file:///absolute/path or s3://bucket/prefix"
+
+
 def endpoint(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
