@@ -8,6 +8,7 @@ help text and limits, so error messages and the config reference come from one p
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -164,7 +165,8 @@ class GenerateConfig:
 # Parsing
 
 def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("\n...")  # the end-of-document marker YAML puts after a scalar
 
 
 def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
@@ -201,6 +203,9 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{key}: expected a number, got {_fmt(value)}")
             return value
+        if not math.isfinite(value):  # NaN passes every range check; inf is no setting
+            problems.append(f"{key}: expected a finite number, got {_fmt(value)}")
+            return value
         return float(value)
     if tp is str:
         if isinstance(value, date):  # YAML reads an unquoted 2017-02-10 as a date
@@ -223,7 +228,10 @@ def _check_range(f: dataclasses.Field, value: Any, key: str, problems: list[str]
 
 
 def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: dict | None = None) -> Any:
-    """Build dataclass ``cls`` from a mapping, collecting problems instead of stopping."""
+    """Build dataclass ``cls`` from a mapping, collecting problems instead of stopping.
+
+    None when a value has the wrong type (in this section or one inside it): checks across
+    fields need every value typed. A value of the right type but out of range still builds."""
     hints = hints or typing.get_type_hints(cls)
     if raw is None:
         raw = {}
@@ -235,7 +243,7 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: 
         if key not in fields:
             problems.append(f"{prefix}{key}: unknown key; allowed keys{' in ' + prefix[:-1] if prefix else ''}: "
                             f"{', '.join(fields)}")
-    values = {}
+    values, typed = {}, True
     for name, f in fields.items():
         if name not in raw:
             continue
@@ -243,13 +251,15 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: 
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             values[name] = build_section(tp, raw[name], key + ".", problems)
+            typed = typed and values[name] is not None
             continue
-        values[name] = _convert(tp, raw[name], key, problems)
-        _check_range(f, values[name], key, problems)
-    try:
-        return cls(**values)
-    except (TypeError, ValueError):  # only reached with bad types already reported
-        return None
+        before = len(problems)
+        values[name] = value = _convert(tp, raw[name], key, problems)
+        if len(problems) > before:
+            typed = False
+            continue
+        _check_range(f, value, key, problems)
+    return cls(**values) if typed else None
 
 
 def _check_job(cfg: JobConfig, problems: list[str]) -> None:
@@ -281,7 +291,7 @@ def job_from_dict(raw: Any, source: str = "config") -> JobConfig:
     if not isinstance(raw, dict):
         raise ConfigError([f"expected a mapping at the top level, got {_fmt(raw)}"], source)
     task = raw.get("task", "forecast")
-    if task not in DATA_CONFIGS:
+    if not isinstance(task, str) or task not in DATA_CONFIGS:
         problems.append(f"task: {_fmt(task)} is not allowed; choose one of {', '.join(DATA_CONFIGS)}")
         task = "forecast"
     raw["task"] = task
@@ -330,6 +340,24 @@ def section_from_dict(cls: type, raw: Any, source: str = "config") -> Any:
     return cfg
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a scalar shaped like a date that is no date
+    (2017-13-45) stays a string, for validation to report with its key, instead of a ValueError."""
+
+    def construct_yaml_timestamp(self, node):
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_SafeLoader.add_constructor("tag:yaml.org,2002:timestamp", _SafeLoader.construct_yaml_timestamp)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader: Python tags are refused
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     """``["model.cell=gru", "train.epochs=2"]`` -> ``[(["model", "cell"], "gru"), ...]``."""
     out, problems = [], []
@@ -339,8 +367,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
             problems.append(f"override {item!r}: expected key=value with a dotted key, e.g. model.cell=gru")
             continue
         try:
-            value = yaml.safe_load(text) if text != "" else ""
-        except yaml.YAMLError:
+            value = _load_yaml(text) if text != "" else ""
+        except (yaml.YAMLError, ValueError):  # e.g. !!float abc
             value = text
         out.append((key.split("."), value))
     if problems:
@@ -367,14 +395,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file with ``yaml.safe_load``; a missing or malformed file is a ``ConfigError``."""
+    """Read a YAML file with a safe loader; a missing or malformed file is a ``ConfigError``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError([f"file not found: {p} (pass the path to a YAML config; the shipped ones "
                            "are in jobs/configs/)"], str(p))
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
+        return _load_yaml(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: a tagged scalar such as !!float abc
         raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"not UTF-8 text ({e.reason} at byte {e.start})"], str(p)) from None
