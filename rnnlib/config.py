@@ -7,6 +7,7 @@ help text and limits, so error messages and the config reference come from one p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -165,8 +166,14 @@ class GenerateConfig:
 # Parsing
 
 def _fmt(value: Any) -> str:
+    """A value as YAML, short enough for one line of an error message."""
+    if isinstance(value, (list, tuple)) and len(value) > 5:
+        return f"{_fmt(list(value[:5]))} ... ({len(value)} items)"
+    if isinstance(value, dict) and len(value) > 5:
+        return f"{_fmt(dict(list(value.items())[:5]))} ... ({len(value)} keys)"
     text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-    return text.removesuffix("\n...")  # the end-of-document marker YAML puts after a scalar
+    text = text.removesuffix("\n...")  # the end-of-document marker YAML puts after a scalar
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
@@ -388,7 +395,7 @@ def set_path(raw: dict, path: list[str], value: Any) -> None:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return a copy of ``raw`` with dotted ``key=value`` overrides applied (values parsed as YAML)."""
-    raw = yaml.safe_load(yaml.safe_dump(raw or {}))  # deep copy of plain data
+    raw = copy.deepcopy(raw or {})
     for path, value in parse_overrides(overrides):
         set_path(raw, path, value)
     return raw

@@ -6,13 +6,18 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """A config key, type or value is wrong. Carries every problem found, not just the first."""
+    """A config key, type or value is wrong. Carries every problem found, not just the first;
+    the message shows the first ``SHOWN`` of them."""
+
+    SHOWN = 20
 
     def __init__(self, problems: list[str], source: str = "config"):
         self.problems = list(problems)
         self.source = source
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+        lines = [f"  - {p}" for p in self.problems[:self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            lines.append(f"  ... and {len(self.problems) - self.SHOWN} more (fix these and run again)")
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n" + "\n".join(lines))
 
 
 class DataError(UserError):
