@@ -12,6 +12,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -23,12 +24,35 @@ from .errors import ConfigError
 
 
 def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-        lo_open: bool = False, factory: bool = False) -> Any:
-    """A config field with its help text and numeric limits (``lo < x`` when ``lo_open``)."""
-    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open}
+        lo_open: bool = False, factory: bool = False, check: Callable[[str], str | None] | None = None) -> Any:
+    """A config field with its help text and numeric limits (``lo < x`` when ``lo_open``).
+
+    ``check(value)`` vets a string value: it returns why the value is wrong, as a phrase that
+    follows the value ("is not a date; use YYYY-MM-DD"), or None."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "check": check}
     if factory:
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _iso_date(value: str) -> str | None:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return "is not a date; use YYYY-MM-DD"
+    return None
+
+
+def _location(value: str) -> str | None:
+    from .storage import uri_problem  # here, not at the top: pyarrow is not needed to print help
+
+    return uri_problem(value)
+
+
+def _segment(value: str) -> str | None:
+    if value in ("", ".", "..") or "/" in value or "\\" in value or not value.isprintable():
+        return "is not a single folder name; use letters, digits, '-', '_' or '.', without '/' or '..' (e.g. my-run)"
+    return None
 
 
 Cell = Literal["rnn", "lstm", "gru"]
@@ -46,7 +70,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ForecastDataConfig:
     path: str | None = opt(None, "file, folder or s3:// prefix of OHLCV histories (CSV, .csv.gz, TSV, "
-                           "Parquet; per-ticker files or long tables, Hive partitions); null = bundled sample")
+                           "Parquet; per-ticker files or long tables, Hive partitions); null = bundled sample",
+                           check=_location)
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
     target: Literal["close", "adj_close"] = opt("close", "price column to forecast")
     features: tuple[Literal["close", "open", "high", "low", "volume"], ...] = opt(
@@ -59,8 +84,8 @@ class ForecastDataConfig:
         (0.1, 0.5, 0.9), "quantiles to predict (pinball loss); [] = point forecast with MSE")
     val_frac: float = opt(0.15, "fraction of each series (by time) for validation", lo=0.0, hi=0.5)
     test_frac: float = opt(0.15, "fraction of each series (by time) for test", lo=0.0, hi=0.5)
-    val_start: str | None = opt(None, "validation cutoff date (YYYY-MM-DD); overrides val_frac")
-    test_start: str | None = opt(None, "test cutoff date (YYYY-MM-DD); overrides test_frac")
+    val_start: str | None = opt(None, "validation cutoff date (YYYY-MM-DD); overrides val_frac", check=_iso_date)
+    test_start: str | None = opt(None, "test cutoff date (YYYY-MM-DD); overrides test_frac", check=_iso_date)
     max_jump: float = opt(1.75, "reject a series whose close moves by more than this factor in a day "
                           "(unadjusted splits)", lo=1.0, lo_open=True)
     point_shrink: Literal["val", "off"] = opt(
@@ -71,7 +96,7 @@ class ForecastDataConfig:
 @dataclass(frozen=True)
 class TextDataConfig:
     path: str | None = opt(None, "UTF-8 text file, or a folder or s3:// prefix of .txt files; null = "
-                           "bundled tinyshakespeare")
+                           "bundled tinyshakespeare", check=_location)
     seq_len: int = opt(128, "characters per training sequence (truncated backprop length)", lo=2)
     batching: Literal["stream", "random"] = opt(
         "stream", "stream: contiguous streams with carried hidden state; random: independent windows")
@@ -107,8 +132,9 @@ class ScalingConfig:
 @dataclass(frozen=True)
 class JobConfig:
     task: Literal["forecast", "text"] = opt("forecast", "what the model does")
-    name: str | None = opt(None, "run name; null = derived from the config (deterministic)")
-    storage: str = opt("outputs/runs", "local folder or s3://bucket/prefix for checkpoints and models")
+    name: str | None = opt(None, "run name; null = derived from the config (deterministic)", check=_segment)
+    storage: str = opt("outputs/runs", "local folder or s3://bucket/prefix for checkpoints and models",
+                       check=_location)
     endpoint_url: str | None = opt(None, "S3-compatible endpoint; null = AWS_ENDPOINT_URL_S3 or AWS")
     model: ModelConfig = opt(ModelConfig, "model section", factory=True)
     data: ForecastDataConfig | TextDataConfig = opt(ForecastDataConfig, "data section", factory=True)
@@ -124,7 +150,7 @@ class TuneSettings:
     """The ``tune`` section of a search config: how many trials, how they run, when they stop."""
 
     name: str | None = opt(None, "experiment name; null = derived from the config and search space "
-                           "(deterministic, so rerunning resumes)")
+                           "(deterministic, so rerunning resumes)", check=_segment)
     num_samples: int = opt(12, "trials to sample; with grid keys, samples per grid point", lo=1)
     max_concurrent_trials: int = opt(0, "trials running at once; 0 = as many as the resources allow", lo=0)
     searcher: Literal["random", "optuna"] = opt("random", "random: independent samples; optuna: TPE "
@@ -146,7 +172,8 @@ class TuneSettings:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    model: str | None = opt(None, "text bundle: local folder or s3:// URI (the model/ folder train exports)")
+    model: str | None = opt(None, "text bundle: local folder or s3:// URI (the model/ folder train exports)",
+                            check=_location)
     prompt: str = opt("", "text to continue; empty starts from a newline")
     length: int = opt(500, "characters to generate per sample", lo=1)
     temperature: float = opt(0.8, "sampling temperature; 0 = greedy (argmax)", lo=0.0)
@@ -155,7 +182,7 @@ class GenerateConfig:
                        lo=0.0, hi=1.0, lo_open=True)
     seed: int = opt(0, "random seed; the same seed gives the same text", lo=0)
     samples: int = opt(1, "samples generated together as one batch", lo=1)
-    out: str | None = opt(None, "also write the samples to this file or s3:// URI")
+    out: str | None = opt(None, "also write the samples to this file or s3:// URI", check=_location)
     drop_unknown: bool = opt(False, "drop prompt characters the vocabulary lacks (with a warning) "
                              "instead of failing")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where the model runs; auto = the GPU when one is visible")
@@ -266,6 +293,10 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: 
             typed = False
             continue
         _check_range(f, value, key, problems)
+        check = f.metadata.get("check")
+        why = check(value) if check and isinstance(value, str) else None
+        if why:
+            problems.append(f"{key}: {_fmt(value)} {why}")
     return cls(**values) if typed else None
 
 
@@ -280,13 +311,6 @@ def _check_job(cfg: JobConfig, problems: list[str]) -> None:
         if d.val_frac + d.test_frac >= 0.9:
             problems.append(f"data.val_frac + data.test_frac = {d.val_frac + d.test_frac:g} leaves too "
                             "little for training; keep the sum below 0.9")
-        for key in ("val_start", "test_start"):
-            value = getattr(d, key)
-            if value is not None:
-                try:
-                    date.fromisoformat(value)
-                except ValueError:
-                    problems.append(f"data.{key}: {value!r} is not a date; use YYYY-MM-DD")
         if d.val_start and d.test_start and d.val_start >= d.test_start:
             problems.append(f"data.val_start ({d.val_start}) must be before data.test_start ({d.test_start})")
 
@@ -317,16 +341,20 @@ def job_from_dict(raw: Any, source: str = "config") -> JobConfig:
 @dataclass(frozen=True)
 class ScoreConfig:
     input: str | None = opt(None, "file, folder or s3:// prefix of histories (CSV, .csv.gz, TSV, Parquet; "
-                            "per-ticker files or long tables, Hive partitions); null = bundled sample")
+                            "per-ticker files or long tables, Hive partitions); null = bundled sample",
+                            check=_location)
     input_layout: Literal["auto", "per_ticker", "long"] = opt(
         "auto", "per_ticker: each ticker's rows are in one file (batches of files are scored as they are); "
         "long: a ticker's rows may span files (rows are grouped by ticker with a Ray Data hash shuffle); "
         "auto: long when files sit in key=value folders or their names hold a date, else per_ticker")
-    model: str | None = opt(None, "forecast bundle: local folder or s3:// URI (<storage>/<run>/model)")
-    output: str = opt("outputs/forecasts", "local folder or s3:// prefix; each run publishes under run=<id>/")
+    model: str | None = opt(None, "forecast bundle: local folder or s3:// URI (<storage>/<run>/model)",
+                            check=_location)
+    output: str = opt("outputs/forecasts", "local folder or s3:// prefix; each run publishes under run=<id>/",
+                      check=_location)
     mode: Literal["forecast", "backtest"] = opt("forecast", "forecast: the next horizon days after the last "
                                                 "row (or as_of); backtest: rolling forecasts over past data")
-    as_of: str | None = opt(None, "YYYY-MM-DD; rows after it are ignored; null = each series' last row")
+    as_of: str | None = opt(None, "YYYY-MM-DD; rows after it are ignored; null = each series' last row",
+                            check=_iso_date)
     backtest_days: int = opt(250, "backtest: trading days at the end of each series with rolling origins", lo=1)
     step: int | None = opt(None, "backtest: days between origins; null = the model's horizon", lo=1)
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)

@@ -101,7 +101,7 @@ def test_run_name_ignores_what_does_not_change_the_model():
 
     base = job_from_dict({"train": {"epochs": 2}})
     same = job_from_dict({"train": {"epochs": 2, "max_failures": 5, "keep_checkpoints": 4},
-                          "scaling": {"workers": 4}, "storage": "s3://b/p"})
+                          "scaling": {"workers": 4}, "storage": "s3://bkt/p"})
     other = job_from_dict({"train": {"epochs": 3}})
     assert run_name(base) == run_name(same) != run_name(other)
     assert run_name(base).startswith("forecast-lstm-")

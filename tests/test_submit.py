@@ -143,11 +143,11 @@ def test_local_inputs_a_remote_cluster_cannot_read_are_refused(tmp_path):
     remote, local = "http://ray-head.example:8265", "http://127.0.0.1:8265"
     cases = [("train", "jobs/configs/forecast-train.yaml", [f"data.path={tmp_path}"], "data.path="),
              ("tune", "jobs/configs/forecast-tune.yaml", ["data.path=./data/histories"], "data.path="),
-             ("score", "jobs/configs/forecast-score.yaml", [f"model={tmp_path}", "input=s3://b/h/"], "model=")]
+             ("score", "jobs/configs/forecast-score.yaml", [f"model={tmp_path}", "input=s3://bkt/h/"], "model=")]
     for command, config, overrides, key in cases:
         resolved = resolved_config(command, config, overrides)
         with pytest.raises(UserError, match=f"{key}.*cannot read.*aws s3 sync"):
             check_inputs_reachable(command, resolved, remote)
         check_inputs_reachable(command, resolved, local)  # a cluster on this machine reads local paths
-    for ok in (["data.path=s3://b/histories/"], ["data.path=rnnlib/datasets/stocks"], []):
+    for ok in (["data.path=s3://bkt/histories/"], ["data.path=rnnlib/datasets/stocks"], []):
         check_inputs_reachable("train", resolved_config("train", "jobs/configs/forecast-train.yaml", ok), remote)
