@@ -11,6 +11,7 @@ import sys
 from jobs.submit import COMMANDS as SUBMITTABLE
 from jobs.submit import UNREACHABLE, Unreachable
 from rnnlib.errors import UserError
+from rnnlib.storage import AWS_CHAIN, redact, refuse_credentials
 
 EPILOG = """examples:
   rnnjobs demo                                      search, train, score, report on bundled data (local Ray)
@@ -222,22 +223,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+POSITIONAL = ("config", "run", "runs", "job", "action", "id")
+RAY_AUTH = "the Ray Job API takes a token instead: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+
+
+def refuse_credential_flags(args: argparse.Namespace) -> None:
+    """A URI given as a flag or argument with user info in it is refused before anything runs
+    (exit 2). Config keys and key=value overrides are checked as the config loads (rnnlib.config)."""
+    for name, value in vars(args).items():
+        if name == "overrides":
+            continue
+        key = name if name in POSITIONAL else "--" + name.replace("_", "-")
+        for v in value if isinstance(value, list) else [value]:
+            refuse_credentials(v, key, RAY_AUTH if name == "address" else AWS_CHAIN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow the flags: `generate --model M temperature=0.5`
     bad = [a for a in extra if "=" not in a or a.startswith("-")]
     if bad or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        parser.error(redact(f"unrecognized arguments: {' '.join(bad or extra)}"))
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
+        refuse_credential_flags(args)
         return int(args.func(args) or 0)
     except Unreachable as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return UNREACHABLE
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # messages quote URIs: never with user info in them
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

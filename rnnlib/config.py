@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .storage import credentials_problem
 
 
 def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
@@ -246,6 +247,8 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: 
             continue
         values[name] = _convert(tp, raw[name], key, problems)
         _check_range(f, values[name], key, problems)
+        if problem := credentials_problem(key, values[name]):  # any URI-valued key, in every config
+            problems.append(problem)
     try:
         return cls(**values)
     except (TypeError, ValueError):  # only reached with bad types already reported
