@@ -52,7 +52,7 @@ def _verify(args) -> int:
 def _submit(args) -> int:
     from jobs.submit import submit
 
-    return submit(args.address, args.job, args.config, list(args.overrides), wait=args.wait)
+    return submit(args.address, args.job, args.config, list(args.overrides), wait=args.wait, includes=args.include)
 
 
 def _jobs(args) -> int:
@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     address_help = "Ray Job API of the cluster, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
     s = sub.add_parser("submit", help="run train, tune, score or generate on a Ray cluster",
                        description="Check CONFIG here, then submit `rnnjobs JOB CONFIG key=value...` to the "
-                                   "cluster with this project as the working_dir. The submission id is derived "
+                                   "cluster. The working_dir uploaded is an allowlist, printed before it goes up: "
+                                   "rnnlib/, jobs/, pyproject.toml, constraints.txt, CONFIG and any --include "
+                                   "paths; never .env files, keys, tokens or credentials. The submission id is derived "
                                    "from the command and config: submitting the same thing twice reports the "
                                    "existing job. With RAY_AUTH_MODE=token, RAY_AUTH_TOKEN (or "
                                    "RAY_AUTH_TOKEN_PATH) is sent along.",
@@ -177,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help=address_help)
     s.add_argument("--no-wait", dest="wait", action="store_false", help="print the job id and return")
     s.add_argument("--follow", dest="wait", action="store_true", help="stream the logs until the job ends (default)")
+    s.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="also upload this file or folder of the project (e.g. a small data folder a relative "
+                        "data.path names); repeatable")
     s.add_argument("job", choices=SUBMITTABLE, help="the job to run")
     s.add_argument("config", help="YAML inside this project, e.g. jobs/configs/forecast-score.yaml")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="as for the job itself")
