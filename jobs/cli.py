@@ -11,6 +11,7 @@ import sys
 from jobs.submit import COMMANDS as SUBMITTABLE
 from jobs.submit import UNREACHABLE, Unreachable
 from rnnlib.errors import UserError
+from rnnlib.storage import AWS_CHAIN, redact, refuse_credentials
 
 EPILOG = """examples:
   rnnjobs demo                                      search, train, score, report on bundled data (local Ray)
@@ -51,7 +52,7 @@ def _verify(args) -> int:
 def _submit(args) -> int:
     from jobs.submit import submit
 
-    return submit(args.address, args.job, args.config, list(args.overrides), wait=args.wait)
+    return submit(args.address, args.job, args.config, list(args.overrides), wait=args.wait, includes=args.include)
 
 
 def _jobs(args) -> int:
@@ -168,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     address_help = "Ray Job API of the cluster, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
     s = sub.add_parser("submit", help="run train, tune, score or generate on a Ray cluster",
                        description="Check CONFIG here, then submit `rnnjobs JOB CONFIG key=value...` to the "
-                                   "cluster with this project as the working_dir. The submission id is derived "
+                                   "cluster. The working_dir uploaded is an allowlist, printed before it goes up: "
+                                   "rnnlib/, jobs/, pyproject.toml, constraints.txt, CONFIG and any --include "
+                                   "paths; never .env files, keys, tokens or credentials. The submission id is derived "
                                    "from the command and config: submitting the same thing twice reports the "
                                    "existing job. With RAY_AUTH_MODE=token, RAY_AUTH_TOKEN (or "
                                    "RAY_AUTH_TOKEN_PATH) is sent along.",
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help=address_help)
     s.add_argument("--no-wait", dest="wait", action="store_false", help="print the job id and return")
     s.add_argument("--follow", dest="wait", action="store_true", help="stream the logs until the job ends (default)")
+    s.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="also upload this file or folder of the project (e.g. a small data folder a relative "
+                        "data.path names); repeatable")
     s.add_argument("job", choices=SUBMITTABLE, help="the job to run")
     s.add_argument("config", help="YAML inside this project, e.g. jobs/configs/forecast-score.yaml")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="as for the job itself")
@@ -222,22 +228,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+POSITIONAL = ("config", "run", "runs", "job", "action", "id")
+RAY_AUTH = "the Ray Job API takes a token instead: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+
+
+def refuse_credential_flags(args: argparse.Namespace) -> None:
+    """A URI given as a flag or argument with user info in it is refused before anything runs
+    (exit 2). Config keys and key=value overrides are checked as the config loads (rnnlib.config)."""
+    for name, value in vars(args).items():
+        if name == "overrides":
+            continue
+        key = name if name in POSITIONAL else "--" + name.replace("_", "-")
+        for v in value if isinstance(value, list) else [value]:
+            refuse_credentials(v, key, RAY_AUTH if name == "address" else AWS_CHAIN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow the flags: `generate --model M temperature=0.5`
     bad = [a for a in extra if "=" not in a or a.startswith("-")]
     if bad or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        parser.error(redact(f"unrecognized arguments: {' '.join(bad or extra)}"))
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
+        refuse_credential_flags(args)
         return int(args.func(args) or 0)
     except Unreachable as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return UNREACHABLE
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # messages quote URIs: never with user info in them
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,9 +1,11 @@
 """``rnnjobs submit`` and ``rnnjobs jobs``: run the same jobs on a Ray cluster via its Job API.
 
 submit: check the config here -> a deterministic submission id from the command and the resolved
-config -> ``JobSubmissionClient.submit_job`` with this project as the ``working_dir`` -> stream
-the logs and exit with the job's result. Submitting the same thing again reports the job that
-exists (or, if that one failed or was stopped, submits the next attempt, which resumes by name).
+config -> ``JobSubmissionClient.submit_job`` with an allowlisted copy of this project as the
+``working_dir`` (``upload_set``: the packages, the config named and ``--include`` paths; never
+secrets such as ``.env`` or keys) -> stream the logs and exit with the job's result. Submitting
+the same thing again reports the job that exists (or, if that one failed or was stopped, submits
+the next attempt, which resumes by name).
 
 Exit codes: 0 succeeded, 1 failed, 130 stopped, 2 bad input (config, id), 3 cluster unreachable.
 Token authentication (``RAY_AUTH_MODE=token``): Ray's client sends ``RAY_AUTH_TOKEN`` (or the
@@ -19,7 +21,11 @@ import json
 import logging
 import os
 import shlex
+import shutil
+import tempfile
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,10 +35,19 @@ from rnnlib.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("train", "tune", "score", "generate")
-# Never uploaded: history, environments, outputs, caches, tests (the data the jobs read is the
-# bundled sample under rnnlib/datasets/ or a data.path / s3:// URI the cluster can read).
-EXCLUDES = [".git", ".venv", "outputs", "data", "bench/results", "tests", "notebooks/.ipynb_checkpoints",
-            "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+# The working_dir is an allowlist, staged into a temporary folder: what a job needs (the packages,
+# with the bundled sample under rnnlib/datasets/, and the project's metadata), the config the
+# command names and what the user adds with --include. Nothing else in the project folder goes up.
+UPLOAD = ("rnnlib", "jobs", "pyproject.toml", "constraints.txt")
+# Never uploaded, wherever they sit (inside an allowed folder or an --include): secrets. Matched
+# against every part of a path.
+SECRETS = (".env", ".env.*", "*.env", ".aws", ".ray", ".ssh", ".gnupg", ".docker", ".kube", ".netrc", "_netrc",
+           ".pgpass", ".git-credentials", ".pypirc", ".npmrc", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+           "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "credentials", "*credentials*.json",
+           "service-account*.json", "auth_token", "*.token", "kubeconfig", "*.kubeconfig")
+# Left behind inside an uploaded folder: history, environments, outputs and caches.
+CLUTTER = (".git", ".venv", "venv", "outputs", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
+           "*.egg-info", ".ipynb_checkpoints", ".DS_Store")
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
 UNREACHABLE = 3
 
@@ -67,38 +82,72 @@ def submission_id(command: str, resolved: dict) -> str:
     return f"rnnjobs-{command}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def _excluded(rel: str) -> bool:
-    parts = rel.split("/")
-    return any(fnmatch.fnmatch(part, pat) for pat in EXCLUDES for part in parts) or \
-        any(rel == pat or rel.startswith(pat + "/") for pat in EXCLUDES)
+def _matches(parts: Sequence[str], patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatch(part, pat) for part in parts for pat in patterns)
 
 
-def working_dir_size(root: Path = ROOT) -> tuple[int, int]:
-    """(files, bytes) of what ``working_dir`` uploads with EXCLUDES applied."""
-    files = size = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = [d for d in dirnames if not _excluded(os.path.normpath(os.path.join(rel_dir, d)))]
-        for f in filenames:
-            rel = os.path.normpath(os.path.join(rel_dir, f))
-            if not _excluded(rel):
-                files += 1
-                size += os.path.getsize(os.path.join(dirpath, f))
-    return files, size
+def _inside(path: str, root: Path, what: str) -> str:
+    """``path`` relative to ``root`` (posix), or a ``UserError``: only the project folder can go up."""
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise UserError(f"{path}: {what} must be inside the project folder {root} (the job runs in an uploaded "
+                        "copy of it); copy it there, or read data from the object store") from None
+
+
+def upload_set(config: str | None, includes: Sequence[str] = (), root: Path | None = None) -> list[str]:
+    """The files (paths relative to ``root``) that go up as the job's working_dir, sorted.
+
+    The allowlist ``UPLOAD``, the ``config`` file and each ``includes`` file or folder; inside a
+    folder, ``CLUTTER`` and symbolic links stay behind, and ``SECRETS`` never go up, even when named."""
+    root = Path(root or ROOT)
+    named: list[tuple[str, str]] = [(p, "allowlist") for p in UPLOAD if (root / p).exists()]
+    if config:
+        named.append((_inside(config, root, "a submitted config"), "config"))
+    named += [(_inside(p, root, "--include"), "--include") for p in includes]
+    files: set[str] = set()
+    for rel, why in named:
+        path = root / rel
+        if rel == "." or _matches(rel.split("/"), SECRETS):
+            raise UserError(f"{rel if rel != '.' else root}: not uploaded ({why}): it is the whole project or "
+                            "looks like a secret (.env, keys, tokens, credentials); name the files the job needs")
+        if path.is_file():
+            files.add(rel)
+        elif path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):  # does not follow symbolic links
+                sub = Path(dirpath).relative_to(path).parts
+                dirnames[:] = sorted(d for d in dirnames if not _matches([d], SECRETS + CLUTTER)
+                                     and not os.path.islink(os.path.join(dirpath, d)))
+                for f in filenames:
+                    if not _matches([*sub, f], SECRETS + CLUTTER) and not os.path.islink(os.path.join(dirpath, f)):
+                        files.add(Path(rel, *sub, f).as_posix())
+        else:
+            raise UserError(f"{rel}: no such file or folder ({why})")
+    return sorted(files)
+
+
+def stage(files: Sequence[str], dest: Path, root: Path | None = None) -> Path:
+    """Copy ``files`` (relative to ``root``) into ``dest``, the folder Ray packs as the working_dir."""
+    root = Path(root or ROOT)
+    for rel in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+    return dest
+
+
+def describe_upload(files: Sequence[str], root: Path | None = None) -> str:
+    """``71 files, 2.94 MB: constraints.txt, jobs/ (19), pyproject.toml, rnnlib/ (50)``."""
+    root = Path(root or ROOT)
+    size = sum((root / f).stat().st_size for f in files)
+    tops = Counter(f.split("/")[0] + ("/" if "/" in f else "") for f in files)
+    return f"{len(files)} files, {size / 1e6:.2f} MB: " + ", ".join(
+        f"{top} ({n})" if top.endswith("/") else top for top, n in sorted(tops.items()))
 
 
 def entrypoint(command: str, config: str, overrides: list[str]) -> str:
     """``python -m jobs.cli ...`` with the config's path inside the project (the working_dir)."""
-    path = Path(config).resolve()
-    try:
-        rel = path.relative_to(ROOT)
-    except ValueError:
-        raise UserError(f"{config}: submitted configs must be inside the project folder {ROOT} (it is "
-                        "uploaded as the job's working_dir); copy it under jobs/configs/") from None
-    if _excluded(rel.as_posix()):
-        raise UserError(f"{config}: this folder is not uploaded ({', '.join(EXCLUDES)}); move the config "
-                        "under jobs/configs/")
-    return " ".join(shlex.quote(a) for a in ["python", "-m", "jobs.cli", command, rel.as_posix(), *overrides])
+    rel = _inside(config, ROOT, "a submitted config")
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "jobs.cli", command, rel, *overrides])
 
 
 def client(address: str | None):
@@ -160,12 +209,14 @@ INPUT_KEYS = {"train": ("data.path",), "tune": ("job.data.path",), "score": ("in
               "generate": ("model",)}
 
 
-def check_inputs_reachable(command: str, resolved: dict, address: str | None) -> None:
+def check_inputs_reachable(command: str, resolved: dict, address: str | None,
+                           files: Sequence[str] | None = None) -> None:
     """A local input path is readable by a cluster on this machine only, or when it lies inside
-    the uploaded working_dir (given relative to it). Say so before submitting (exit 2)."""
+    the uploaded working_dir (``files``, default the allowlist; given relative to it). Say so
+    before submitting (exit 2)."""
     host = urlparse(address or os.environ.get("RAY_ADDRESS") or "").hostname or ""
-    if host in ("localhost", "::1") or host.startswith("127."):
-        return
+    local_cluster = host in ("localhost", "::1") or host.startswith("127.")
+    files = upload_set(None) if files is None else files
     for key in INPUT_KEYS[command]:
         value = resolved
         for part in key.split("."):
@@ -173,17 +224,24 @@ def check_inputs_reachable(command: str, resolved: dict, address: str | None) ->
         if not value or "://" in str(value) and not str(value).startswith("file://"):
             continue
         rel = Path(str(value).removeprefix("file://"))
-        inside = not rel.is_absolute() and (ROOT / rel).exists() and not _excluded(rel.as_posix())
-        if not inside:
-            raise UserError(f"{key}={value}: a local path, which the cluster at {address or 'RAY_ADDRESS'} cannot "
-                            "read (only the project folder is uploaded, less data/ and outputs/). Copy it to the "
-                            f"object store, e.g. `aws s3 sync {value} s3://BUCKET/PREFIX/`, and pass "
-                            f"{key.removeprefix('job.')}=s3://BUCKET/PREFIX/")
+        if rel.is_absolute() and local_cluster:
+            continue
+        name = os.path.normpath(rel).replace(os.sep, "/")
+        if not rel.is_absolute() and any(f == name or f.startswith(name + "/") for f in files):
+            continue
+        include = "" if rel.is_absolute() else (f"upload it with `--include {value}` (small files only), "
+                                                 + ("give its absolute path, " if local_cluster else "") + "or ")
+        raise UserError(f"{key}={value}: a local path, which the cluster at {address or 'RAY_ADDRESS'} cannot read "
+                        f"(the job runs in an uploaded copy of {', '.join(UPLOAD)} and what --include names); "
+                        f"{include}copy it to the object store, e.g. `aws s3 sync {value} s3://BUCKET/PREFIX/`, and "
+                        f"pass {key.removeprefix('job.')}=s3://BUCKET/PREFIX/")
 
 
-def submit(address: str | None, command: str, config: str, overrides: list[str], wait: bool) -> int:
+def submit(address: str | None, command: str, config: str, overrides: list[str], wait: bool,
+           includes: Sequence[str] = ()) -> int:
     resolved = resolved_config(command, config, overrides)
-    check_inputs_reachable(command, resolved, address)
+    files = upload_set(config, includes)
+    check_inputs_reachable(command, resolved, address, files)
     base_id = submission_id(command, resolved)
     entry = entrypoint(command, config, overrides)
     c = client(address)
@@ -195,23 +253,23 @@ def submit(address: str | None, command: str, config: str, overrides: list[str],
             return follow(c, job_id) if wait else (0 if status != "FAILED" else 1)
         attempt += 1
         job_id = f"{base_id}-{attempt}"
-    files, size = working_dir_size()
-    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": RAY_ENV}
-    logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per ignored file while packaging
+    print(f"working_dir: {describe_upload(files)}", flush=True)
+    logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per file while packaging
     end = time.monotonic() + 120
-    while True:
-        try:
-            c.submit_job(entrypoint=entry, submission_id=job_id, runtime_env=runtime_env,
-                         metadata={"rnnjobs_command": command, "rnnjobs_config": Path(config).name})
-            break
-        except RuntimeError as e:  # a head that just started has no job agent yet
-            if "No available agent" not in str(e) or time.monotonic() > end:
-                raise
-            print("the cluster has no job agent ready yet; retrying", flush=True)
-            time.sleep(3)
+    with tempfile.TemporaryDirectory(prefix="rnnjobs-upload-") as tmp:  # Ray packs and uploads it in submit_job
+        runtime_env = {"working_dir": str(stage(files, Path(tmp))), "env_vars": RAY_ENV}
+        while True:
+            try:
+                c.submit_job(entrypoint=entry, submission_id=job_id, runtime_env=runtime_env,
+                             metadata={"rnnjobs_command": command, "rnnjobs_config": Path(config).name})
+                break
+            except RuntimeError as e:  # a head that just started has no job agent yet
+                if "No available agent" not in str(e) or time.monotonic() > end:
+                    raise
+                print("the cluster has no job agent ready yet; retrying", flush=True)
+                time.sleep(3)
     again = f" (attempt {attempt}: the earlier one failed or was stopped; it resumes by name)" if attempt > 1 else ""
-    print(f"submitted {job_id}{again}\n  entrypoint: {entry}\n  working_dir: {files} files, "
-          f"{size / 1e6:.2f} MB")
+    print(f"submitted {job_id}{again}\n  entrypoint: {entry}")
     if not wait:
         print(job_id)
         return 0

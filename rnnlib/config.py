@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .storage import credentials_problem
 
 
 def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
@@ -293,6 +294,9 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: 
             typed = False
             continue
         _check_range(f, value, key, problems)
+        if problem := credentials_problem(key, value):  # any URI-valued key, in every config
+            problems.append(problem)
+            continue
         check = f.metadata.get("check")
         why = check(value) if check and isinstance(value, str) else None
         if why:

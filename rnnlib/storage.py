@@ -55,12 +55,15 @@ def uri_problem(uri: str) -> str | None:
 
 
 def endpoint(explicit: str | None = None) -> str | None:
-    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    ep = explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    refuse_credentials(ep, "endpoint_url (or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    return ep
 
 
 def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path inside it)`` for a URI; local paths become absolute."""
     uri = str(uri)
+    refuse_credentials(uri)  # every read and write passes here: a last guard behind config validation
     if is_s3(uri):
         parsed = urlparse(uri)
         if not parsed.netloc:
@@ -83,7 +86,7 @@ def access_error(uri: str, err: Exception, endpoint_url: str | None = None) -> s
 
     It quotes the store's error code only: never credentials, and never the raw message (which
     can hold request ids and signatures)."""
-    msg = str(err)
+    uri, msg = redact(uri), str(err)
     low = msg.lower()
     if not is_s3(uri):
         return f"{uri}: {getattr(err, 'strerror', None) or msg.splitlines()[0][:200]}"
@@ -188,6 +191,7 @@ def create_if_absent(uri: str, data: bytes, endpoint_url: str | None = None) -> 
     S3: ``put_object(IfNoneMatch="*")`` (the store decides, atomically). Local: a hard link of
     a finished temporary file, which fails if the target exists.
     """
+    refuse_credentials(uri)
     if is_s3(uri):
         from botocore.exceptions import ClientError
 
@@ -218,3 +222,65 @@ def delete(uri: str, endpoint_url: str | None = None) -> None:
         fs.delete_file(path)
     except FileNotFoundError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials never ride in a URI: refused where URIs enter, redacted wherever one is printed
+
+AWS_CHAIN = ("credentials come from the AWS chain only: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE "
+             "in the environment, ~/.aws/credentials, or the node's instance profile / IRSA role")
+_URIS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")  # URIs inside a message
+
+
+def _userinfo_end(uri: str) -> int | None:
+    """Index just past the user info of ``scheme://user:secret@host/...``; None if there is none.
+
+    An AWS secret key may hold '/', which ends the authority early (``s3://KEY:SEC/RET@bucket``
+    parses as host ``KEY:SEC``), so a ':' in an s3 authority, or a port that is not a number,
+    counts as user info too, up to the first '@' (or the whole rest when there is none)."""
+    m = _SCHEME.match(uri)
+    if not m:
+        return None
+    start, rest = m.end(), uri[m.end():]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        return start + authority.rindex("@") + 1
+    if ":" not in authority or authority.startswith("["):  # no user info; or an IPv6 host [::1]:9000
+        return None
+    port = authority.rpartition(":")[2]
+    if not uri.lower().startswith("s3://") and (port == "" or port.isdigit()):  # host:port
+        return None
+    at = rest.find("@")
+    return start + at + 1 if at >= 0 else len(uri)
+
+
+def has_credentials(uri: str) -> bool:
+    """True if ``uri`` carries user info (``s3://KEY:SECRET@bucket/p``)."""
+    return isinstance(uri, str) and _userinfo_end(uri.strip()) is not None
+
+
+def redact(uri: str) -> str:
+    """``uri``, or a message holding URIs, with each URI's user info replaced by ``***``:
+    ``s3://KEY:SECRET@bucket/p`` -> ``s3://***@bucket/p``. Safe to print, log or write."""
+    def one(m: re.Match) -> str:
+        u = m.group()
+        end = _userinfo_end(u)
+        if end is None:
+            return u
+        return u[:_SCHEME.match(u).end()] + ("***@" if u[end - 1] == "@" else "***") + u[end:]
+
+    return _URIS.sub(one, str(uri))
+
+
+def credentials_problem(key: str, uri: object, fix: str = AWS_CHAIN) -> str | None:
+    """The message refusing a URI with credentials in it (naming ``key``, never the secret), or None."""
+    if not has_credentials(uri):
+        return None
+    return (f"{key}: {redact(uri)} has credentials in it (user info before '@'), which would end up in logs, "
+            f"metrics.json, bundles and manifests; remove them: {fix}")
+
+
+def refuse_credentials(uri: object, key: str = "URI", fix: str = AWS_CHAIN) -> None:
+    """Raise ``UserError`` (exit 2, no traceback) if ``uri`` carries credentials."""
+    if problem := credentials_problem(key, uri, fix):
+        raise UserError(problem)

@@ -148,6 +148,10 @@ def test_local_inputs_a_remote_cluster_cannot_read_are_refused(tmp_path):
         resolved = resolved_config(command, config, overrides)
         with pytest.raises(UserError, match=f"{key}.*cannot read.*aws s3 sync"):
             check_inputs_reachable(command, resolved, remote)
-        check_inputs_reachable(command, resolved, local)  # a cluster on this machine reads local paths
+        if "./" in overrides[0]:  # relative: read inside the uploaded copy, by a local cluster too
+            with pytest.raises(UserError, match="--include ./data/histories"):
+                check_inputs_reachable(command, resolved, local)
+        else:
+            check_inputs_reachable(command, resolved, local)  # a cluster on this machine reads absolute paths
     for ok in (["data.path=s3://bkt/histories/"], ["data.path=rnnlib/datasets/stocks"], []):
         check_inputs_reachable("train", resolved_config("train", "jobs/configs/forecast-train.yaml", ok), remote)
