@@ -10,19 +10,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import io
 import json
 import os
 import pickle
 import shutil
-import traceback
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from jobhelpers import cli
 
-from jobs.cli import main
+import jobs.cli  # noqa: F401 - imported before any cap, which then measures the load alone
+import jobs.generate  # noqa: F401
+import jobs.score  # noqa: F401
 from rnnlib.checkpoint import ARG_RULES, MODELS, meta_digest, save_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.fit import fit
@@ -61,21 +62,6 @@ def address_space_cap(extra: int = HEADROOM):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def rnnjobs(*args) -> tuple[int, str]:
-    """`rnnjobs ARGS` in this process: (exit code, stdout + stderr), with a traceback written out
-    as the interpreter would if an exception escapes."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:  # what a user would see
-            buf.write(traceback.format_exc())
-            code = 1
-    return code, buf.getvalue()
 
 
 def sha(path: Path) -> str:
@@ -224,7 +210,7 @@ def test_hostile_bundle_exits_2_naming_the_problem(case, bundles, tmp_path):
         meta = json.dumps(meta)
     (folder / "bundle.json").write_text(meta)
     with address_space_cap():
-        code, out = rnnjobs(*command(task, folder, tmp_path))
+        code, out = cli(*command(task, folder, tmp_path))
     assert "Traceback" not in out, out
     assert code == 2, out
     assert expected in out, out
@@ -242,7 +228,7 @@ def test_good_bundle_and_legacy_bundle_without_checksum_load(task, bundles, tmp_
             meta = json.loads((folder / "bundle.json").read_text())
             meta.pop("meta_sha256", None)
             (folder / "bundle.json").write_text(json.dumps(meta, indent=4))
-        code, out = rnnjobs(*command(task, folder, tmp_path))
+        code, out = cli(*command(task, folder, tmp_path))
         assert code == (2 if task == "forecast" else 0) and expected in out and "Traceback" not in out, out
 
 
@@ -251,7 +237,7 @@ def test_checksum_survives_reformatting(bundles, tmp_path):
     shutil.copytree(bundles["forecast"], folder)
     meta = json.loads((folder / "bundle.json").read_text())
     (folder / "bundle.json").write_text(json.dumps(meta, indent=None, sort_keys=True, ensure_ascii=True))
-    code, out = rnnjobs(*command("forecast", folder, tmp_path))
+    code, out = cli(*command("forecast", folder, tmp_path))
     assert code == 2 and "no such file or folder" in out, out
 
 
