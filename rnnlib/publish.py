@@ -119,8 +119,9 @@ def _committed(run_uri: str, endpoint_url: str | None) -> tuple[str, dict]:
         p.append(f"{SUCCESS}: manifest {name!r} is not a file name in the run folder")
     if p:
         raise ManifestError(run_uri, p)
-    if storage.kind(storage.join(run_uri, name), endpoint_url) != "file":
-        raise ManifestError(run_uri, [f"{name}: named by {SUCCESS} but missing"])
+    what = storage.kind(storage.join(run_uri, name), endpoint_url)
+    if what != "file":
+        raise ManifestError(run_uri, [f"{name}: named by {SUCCESS} but " + ("a folder" if what else "missing")])
     data = _read(run_uri, name, endpoint_url)
     if hashlib.sha256(data).hexdigest() != digest:
         raise ManifestError(run_uri, [f"{name}: sha256 differs from the one {SUCCESS} committed "
