@@ -6,6 +6,10 @@ created only if absent and naming the manifest it commits with that manifest's s
 Readers trust only what a ``_SUCCESS`` manifest lists. Two attempts racing to commit: exactly
 one creates ``_SUCCESS``; the other learns it lost and removes the files only it wrote (their
 names carry its attempt id; shared names such as rejects.parquet hold the same bytes).
+
+Reading back trusts nothing: an empty ``_SUCCESS`` (what Spark and Hadoop write), a folder in its
+place, JSON that does not parse, a manifest without the fields it needs, a part that is not
+Parquet, and a file in the run folder that the manifest does not list are each a named problem.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .errors import UserError
+from .jsoncheck import Problems, an, json_type
 
 SUCCESS = "_SUCCESS"
 
@@ -72,16 +77,113 @@ def clean_unlisted(run_uri: str, endpoint_url: str | None = None) -> list[str]:
     return removed
 
 
+class ManifestError(UserError):
+    """A published run's ``_SUCCESS`` or manifest cannot be trusted; carries every problem found."""
+
+    def __init__(self, run_uri: str, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{run_uri}: {len(self.problems)} problem(s) with what {SUCCESS} commits:\n{lines}")
+
+
 def read_manifest(run_uri: str, endpoint_url: str | None = None) -> tuple[str, dict]:
-    """(manifest file name, manifest) of a published run; raises if unpublished or tampered."""
-    if not is_published(run_uri, endpoint_url):
+    """(manifest file name, manifest) of a published run; raises if unpublished, tampered with or
+    malformed (``ManifestError`` naming every problem)."""
+    name, manifest = _committed(run_uri, endpoint_url)
+    problems = manifest_problems(manifest)
+    if problems:
+        raise ManifestError(run_uri, [f"{name}: {p}" for p in problems])
+    return name, manifest
+
+
+def _committed(run_uri: str, endpoint_url: str | None) -> tuple[str, dict]:
+    """The manifest ``_SUCCESS`` names, checked against the sha256 it commits, parsed to a dict."""
+    marker_uri = storage.join(run_uri, SUCCESS)
+    what = storage.kind(marker_uri, endpoint_url)
+    if what is None:
         raise UserError(f"{run_uri}: not published (no {SUCCESS}); the run did not finish, or this is "
                         "not a run=<id> folder")
-    marker = json.loads(storage.read_bytes(storage.join(run_uri, SUCCESS), endpoint_url))
-    data = storage.read_bytes(storage.join(run_uri, marker["manifest"]), endpoint_url)
-    if hashlib.sha256(data).hexdigest() != marker["sha256"]:
-        raise UserError(f"{run_uri}/{marker['manifest']}: sha256 differs from the one {SUCCESS} committed")
-    return marker["manifest"], json.loads(data)
+    not_ours = "this run was not published by rnnjobs, or the marker was damaged"
+    if what == "folder":
+        raise ManifestError(run_uri, [f"{SUCCESS}: a folder, not the marker file rnnjobs writes; {not_ours}"])
+    raw = _read(run_uri, SUCCESS, endpoint_url)
+    if not raw.strip():
+        raise ManifestError(run_uri, [
+            f"{SUCCESS}: empty. Spark and Hadoop write an empty {SUCCESS}; rnnjobs writes one naming its "
+            f"manifest and the manifest's sha256, so there is nothing to verify against: {not_ours}"])
+    marker = _json(run_uri, SUCCESS, raw, f'the marker rnnjobs writes ({{"manifest": ..., "sha256": ...}}); {not_ours}')
+    p = Problems()
+    name = p.take(marker, "manifest", "string", f"{SUCCESS}: manifest")
+    digest = p.take(marker, "sha256", "sha256", f"{SUCCESS}: sha256")
+    if name is not None and not _plain(name, nested=False):
+        p.append(f"{SUCCESS}: manifest {name!r} is not a file name in the run folder")
+    if p:
+        raise ManifestError(run_uri, p)
+    what = storage.kind(storage.join(run_uri, name), endpoint_url)
+    if what != "file":
+        raise ManifestError(run_uri, [f"{name}: named by {SUCCESS} but " + ("a folder" if what else "missing")])
+    data = _read(run_uri, name, endpoint_url)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ManifestError(run_uri, [f"{name}: sha256 differs from the one {SUCCESS} committed "
+                                      "(modified or corrupted after the commit)"])
+    return name, _json(run_uri, name, data, "a manifest (an object with files, counts, ...)")
+
+
+def _read(run_uri: str, name: str, endpoint_url: str | None) -> bytes:
+    uri = storage.join(run_uri, name)
+    try:
+        return storage.read_bytes(uri, endpoint_url)
+    except OSError as e:
+        raise ManifestError(run_uri, [f"{name}: cannot be read ({storage.access_error(uri, e, endpoint_url)})"]) \
+            from None
+
+
+def _json(run_uri: str, name: str, data: bytes, expected: str) -> dict:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ManifestError(run_uri, [f"{name}: not valid JSON ({e}); expected {expected}"]) from None
+    if not isinstance(value, dict):
+        raise ManifestError(run_uri, [f"{name}: {an(json_type(value))}, expected {expected}"])
+    return value
+
+
+def _plain(path: str, nested: bool = True) -> bool:
+    """A relative path inside the run folder: no '..', no leading '/', no backslash."""
+    parts = path.split("/")
+    return (bool(path) and "\\" not in path and (nested or len(parts) == 1)
+            and all(part not in ("", ".", "..") for part in parts))
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """What a manifest lacks for a reader or ``verify``: ``files``, each with path, kind, rows,
+    bytes and sha256 of the right types, paths inside the run folder and listed once."""
+    p = Problems()
+    files = p.take(manifest, "files", "array")
+    seen = set()
+    for i, f in enumerate(files or []):
+        p += _entry_problems(i, f)
+        path = f.get("path") if isinstance(f, dict) else None
+        if isinstance(path, str):
+            if path in seen:
+                p.append(f"files[{i}].path: {path!r} is listed more than once")
+            seen.add(path)
+    return list(p)
+
+
+def _entry_problems(i: int, f) -> list[str]:
+    where = f"files[{i}]"
+    if not isinstance(f, dict):
+        return [f"{where}: {an(json_type(f))}, expected an object (path, kind, rows, bytes, sha256)"]
+    p = Problems()
+    path = p.take(f, "path", "string", f"{where}.path")
+    if path is not None and not _plain(path):
+        p.append(f"{where}.path: {path!r} is not a path inside the run folder")
+    p.take(f, "kind", "string", f"{where}.kind")
+    p.take(f, "rows", "integer", f"{where}.rows", lo=0)
+    p.take(f, "bytes", "integer", f"{where}.bytes", lo=0)
+    p.take(f, "sha256", "sha256", f"{where}.sha256")
+    return [line if not isinstance(path, str) or repr(path) in line else f"{line} ({path})" for line in p]
 
 
 @dataclass
@@ -96,30 +198,65 @@ class Verification:
 
 
 def verify(run_uri: str, endpoint_url: str | None = None) -> Verification:
-    """Check every file the committed manifest lists: present, bytes, sha256, Parquet rows."""
+    """Check what ``_SUCCESS`` commits: the manifest's sha256 and fields, then every file it lists
+    (present, bytes, sha256, Parquet rows), then that the run folder holds nothing it does not list."""
     v = Verification(run_uri)
     try:
-        _, manifest = read_manifest(run_uri, endpoint_url)
+        name, manifest = _committed(run_uri, endpoint_url)
+    except ManifestError as e:
+        v.problems += e.problems
+        return v
     except UserError as e:
         v.problems.append(str(e))
         return v
-    for f in manifest["files"]:
-        uri = storage.join(run_uri, f["path"])
-        v.checked += 1
-        try:
-            data = storage.read_bytes(uri, endpoint_url)
-        except UserError:
-            v.problems.append(f"{f['path']}: missing")
-            continue
-        if len(data) != f["bytes"]:
-            v.problems.append(f"{f['path']}: {len(data)} bytes, manifest says {f['bytes']}")
-        if hashlib.sha256(data).hexdigest() != f["sha256"]:
-            v.problems.append(f"{f['path']}: sha256 differs from the manifest (modified or corrupted)")
-            continue
-        rows = pq.read_metadata(io.BytesIO(data)).num_rows
-        if rows != f["rows"]:
-            v.problems.append(f"{f['path']}: {rows} rows, manifest says {f['rows']}")
+    v.problems += [f"{name}: {p}" for p in manifest_problems(manifest)]
+    files = manifest.get("files") if isinstance(manifest.get("files"), list) else []
+    listed = {name, SUCCESS} | {f["path"] for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)}
+    for i, f in enumerate(files):
+        if not _entry_problems(i, f):
+            v.checked += 1
+            v.problems += _file_problems(run_uri, f, endpoint_url)
+    v.problems += _unlisted(run_uri, listed, endpoint_url)
     return v
+
+
+def _file_problems(run_uri: str, f: dict, endpoint_url: str | None) -> list[str]:
+    path, uri = f["path"], storage.join(run_uri, f["path"])
+    try:
+        data = storage.read_bytes(uri, endpoint_url)
+    except UserError:
+        return [f"{path}: missing"]
+    except OSError as e:  # a folder in its place, permissions, the store
+        if storage.kind(uri, endpoint_url) == "folder":
+            return [f"{path}: a folder, not the file the manifest lists"]
+        return [f"{path}: cannot be read ({storage.access_error(uri, e, endpoint_url)})"]
+    out = []
+    if len(data) != f["bytes"]:
+        out.append(f"{path}: {len(data)} bytes, manifest says {f['bytes']}")
+    if hashlib.sha256(data).hexdigest() != f["sha256"]:
+        return out + [f"{path}: sha256 differs from the manifest (modified or corrupted)"]
+    try:
+        rows = pq.read_metadata(io.BytesIO(data)).num_rows
+    except Exception as e:  # ArrowInvalid, or whatever else a file that is not Parquet makes it raise
+        return out + [f"{path}: not a Parquet file ({_first_line(e)})"]
+    if rows != f["rows"]:
+        out.append(f"{path}: {rows} rows, manifest says {f['rows']}")
+    return out
+
+
+def _unlisted(run_uri: str, listed: set[str], endpoint_url: str | None) -> list[str]:
+    """Files in the run folder the manifest does not list: a reader that globs the folder reads them."""
+    base = len(run_uri.rstrip("/")) + 1
+    try:
+        found = storage.list_files(run_uri, recursive=True, endpoint_url=endpoint_url)
+    except (UserError, OSError) as e:
+        return [f"the run folder cannot be listed ({e})"]
+    return [f"{uri[base:]}: in the run folder but not in the manifest; readers that trust the manifest skip it, "
+            "but one that globs the folder would read it" for uri, _, _ in found if uri[base:] not in listed]
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def part_name(kind: str, attempt: str, key: str) -> str:

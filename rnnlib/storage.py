@@ -118,6 +118,12 @@ def exists(uri: str, endpoint_url: str | None = None) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def kind(uri: str, endpoint_url: str | None = None) -> str | None:
+    """What is at ``uri``: "file", "folder", or None where nothing is."""
+    fs, path = filesystem(uri, endpoint_url)
+    return {pafs.FileType.File: "file", pafs.FileType.Directory: "folder"}.get(fs.get_file_info(path).type)
+
+
 def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint_url)
     try:

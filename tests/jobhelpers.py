@@ -1,13 +1,17 @@
 """Running ``rnnjobs`` in a subprocess of its own session, so a test can kill the driver and
-everything it started (a crashed driver host), and a moto S3 server on 127.0.0.1."""
+everything it started (a crashed driver host), or in this process (``cli``) where no Ray starts,
+and a moto S3 server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from conftest import ROOT
@@ -27,6 +31,23 @@ def run(*args, env: dict | None = None, timeout: int = 240) -> subprocess.Comple
     finally:
         kill_group(p)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def cli(*args) -> tuple[int, str]:
+    """``rnnjobs ARGS`` in this process, for commands that start no Ray: (exit code, stdout and
+    stderr together), an escaping exception written out as the traceback a user would see."""
+    from jobs.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # what the interpreter would print
+            buf.write(traceback.format_exc())
+            code = 1
+    return code, buf.getvalue()
 
 
 def kill_group(p: subprocess.Popen) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlib.checkpoint import load_bundle, save_bundle
+from rnnlib.checkpoint import load_bundle, meta_digest, save_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.errors import BundleError
 from rnnlib.fit import fit
@@ -62,6 +62,7 @@ def test_wrong_task_tampered_and_mismatched_bundles(forecast_bundle, tmp_path):
     shutil.copytree(out, mism)
     meta = json.loads((mism / "bundle.json").read_text())
     meta["model"]["args"]["hidden"] = 9
+    meta["meta_sha256"] = meta_digest(meta)  # resealed, so only the shape check can catch it
     (mism / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"the weights do not fit Forecaster.*size mismatch"):
         load_bundle(mism)
