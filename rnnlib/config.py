@@ -46,6 +46,9 @@ class ForecastDataConfig:
     path: str | None = opt(None, "file, folder or s3:// prefix of OHLCV histories (CSV, .csv.gz, TSV, "
                            "Parquet; per-ticker files or long tables, Hive partitions); null = bundled sample")
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
+    delimiter: Literal[",", ";", "\t", "|"] | None = opt(
+        None, "field delimiter of .csv files; null = ',' (.tsv files are tab-separated); with another, "
+        "decimal commas (1.234,56) are read")
     target: Literal["close", "adj_close"] = opt("close", "price column to forecast")
     features: tuple[Literal["close", "open", "high", "low", "volume"], ...] = opt(
         ("close",), "input columns; the target is always included")
@@ -313,6 +316,7 @@ class ScoreConfig:
     backtest_days: int = opt(250, "backtest: trading days at the end of each series with rolling origins", lo=1)
     step: int | None = opt(None, "backtest: days between origins; null = the model's horizon", lo=1)
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
+    delimiter: Literal[",", ";", "\t", "|"] | None = opt(None, "as data.delimiter of a forecast config")
     files_per_batch: int = opt(16, "history files each scoring call loads and scores together", lo=1)
     batch_size: int = opt(512, "windows per forward pass (a few hundred is fastest on CPU)", lo=1)
     actors: int = opt(2, "scoring actors (each loads the model once)", lo=1)

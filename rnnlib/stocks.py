@@ -4,17 +4,27 @@ Files come from ``rnnlib.sources`` (a local path, ``file://`` or ``s3://`` URI; 
 one long table with a ticker column, or a long table split over many files). The rows of a ticker
 from every file are merged (in listing order) into one series, then validated.
 
-Every input row is accounted for: ``rows_in == rows_kept + rejects.rows.sum()``.
+Every input row is accounted for: ``rows_in == rows_kept + rejects.rows.sum()``, where the rows
+of a CSV file are its data lines (every line after the header; ``rnnlib.sources`` never lets one
+line swallow another) and those of a Parquet file its rows. One bad file or series never stops
+the others: whatever is wrong with it becomes its reject line.
 What happens to a bad row, by reason (first matching reason wins):
 
 ====================================  =====================================================
 reason                                action
 ====================================  =====================================================
-wrong number of fields, blank ticker  the row is dropped
+wrong number of fields, a stray       the row (line) is dropped; a line whose quoted fields
+  (unbalanced) quote, a blank line,   hold the delimiter is read as CSV quoting says
+  a line over 128 KiB
+blank ticker, or text that is not a   the row is dropped (the text quoted only as a short,
+  ticker (over 40 characters,         printable excerpt, as everywhere in reasons)
+  unprintable, a quote in it)
 unparseable date                      the row is dropped
 non-numeric / NaN / inf value         the row is dropped (only columns the job uses count:
                                       NaN in ``open`` does not matter when only ``close``
-                                      is a feature)
+                                      is a feature); with a delimiter other than ``,``
+                                      (``data.delimiter``), decimal commas (``1.234,56``) are
+                                      numbers
 non-positive price, negative volume   the row is dropped
 high < low, close outside [low, high] the row is dropped (a one-day glitch, e.g. LNT's
                                       halved close on 2016-05-19)
@@ -27,8 +37,10 @@ close moves by more than ``max_jump``  rows before the jump are dropped: an unad
 more than half the rows invalid       the whole series is rejected (a mislabelled or
                                       corrupted file)
 fewer rows than ``min_rows``          the whole series is rejected (too short to window)
-unreadable file, not UTF-8, empty,    the whole file is rejected
-  missing a required column
+unreadable file, not UTF-8, empty,    the whole file is rejected, all its lines counted; the
+  binary, HTML or JSON, missing a     reason names the fix that works (``data.delimiter``
+  required column                     for a ';'-separated file, ``data.target=adj_close``
+                                      for a file with only ``Adj Close``, ``data.columns``)
 an entry that is not a history file   listed as not read (see ``rnnlib.sources``)
 ====================================  =====================================================
 """
@@ -47,7 +59,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .sources import ROW, Listing, list_source, read_entries
+from .sources import ROW, Listing, _excerpt, delimiter_of, list_source, printable, read_entries
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
 
@@ -107,10 +119,18 @@ class Histories:
                  f"{len(self.rejected_series())} rejected"
                  + (f"; {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} not read" if len(skipped) else "")]
         for r in self.rejected_series().itertuples():
-            lines.append(f"  rejected {r.ticker or '?'} ({_short(r.file)}): {r.reason}")
+            lines.append("  " + rejected_line(r.ticker, r.file, r.reason))
         for r in skipped.itertuples():
             lines.append(f"  not read {_short(r.file)}: {r.reason}")
         return "\n".join(lines)
+
+
+def rejected_line(ticker, file, reason) -> str:
+    """``rejected TICKER (FILE): REASON``, or ``rejected file FILE: REASON`` for a file rejected
+    whole (its ticker unknown: None, or NaN once the rejects went through a DataFrame)."""
+    if isinstance(ticker, str) and ticker:
+        return f"rejected {ticker} ({_short(file)}): {reason}"
+    return f"rejected file {_short(file)}: {reason}"
 
 
 def _short(file) -> str:
@@ -154,6 +174,7 @@ class _Rejects:
 
 
 FILE = "__file"  # the column holding each row's index into Histories.files
+MAX_TICKER = 40  # characters; longer text in the ticker column is not a ticker
 
 
 def load_histories(
@@ -164,6 +185,7 @@ def load_histories(
     min_rows: int = 1,
     max_jump: float = 1.75,
     endpoint_url: str | None = None,
+    delimiter: str | None = None,
 ) -> Histories:
     """Load and validate every history under ``source``: a URI (local path, ``file://``,
     ``s3://``) of a file, folder or prefix, a list of them, or a ``sources.Listing``.
@@ -172,11 +194,12 @@ def load_histories(
     (Hive partitions, one file per day or month) all work: the rows of a ticker from every file
     are merged into one series before validation, and every rejected row names its file and line.
     ``needed``: the canonical value columns the job uses (features and target); only these must
-    be valid on a row. ``min_rows``: shortest usable series after cleaning.
+    be valid on a row. ``min_rows``: shortest usable series after cleaning. ``delimiter``: as for
+    ``read_rows``.
     """
     listing = source if isinstance(source, Listing) else _listing(source, endpoint_url)
-    return validate_rows(read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url),
-                         needed=needed, min_rows=min_rows, max_jump=max_jump)
+    rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter)
+    return validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
 
 
 @dataclass
@@ -203,12 +226,13 @@ ROW_SCHEMA = pa.schema([("ticker", pa.string()), ("date", pa.timestamp("ns")),
 
 
 def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns: dict[str, str] | None = None,
-              endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False) -> Rows:
+              endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False,
+              delimiter: str | None = None) -> Rows:
     """Read every entry of ``listing`` into typed rows (``ROW_SCHEMA``'s columns: dates and
     numbers parsed batch by batch as each file is read, the text of a cell that does not parse
     kept in ``RAW`` for its message). ``files``: the list ``FILE`` indexes (default: the
     listing's own); ``uniform``: every ``ROW_SCHEMA`` column, nulls where no file has one, so
-    tables from different reads concatenate."""
+    tables from different reads concatenate. ``delimiter``: of ``.csv`` files (default ``,``)."""
     rejects = _Rejects()
     for uri, why in listing.skipped:
         rejects.add(file=uri, action=SKIP_FILE, reason=why)
@@ -216,35 +240,44 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
     index = {u: i for i, u in enumerate(files)}
     found: dict[str, dict] = {}  # per file: its column mapping and the required columns it lacks
 
+    def header(info: dict, names: list[str]) -> None:
+        info["mapping"] = normalise_columns(names, columns)
+        info["names"] = names
+        info["missing"] = [c for c in ("date",) + tuple(needed) if c not in info["mapping"].values()]
+
     def converter(entry):
         info = found.setdefault(entry.uri, {})
+        comma = delimiter_of(entry, delimiter) != ","
 
         def convert(text: pa.Table) -> pa.Table | None:
             if "mapping" not in info:  # the first batch decides for the file
-                names = [c for c in text.column_names if c != ROW]
-                info["mapping"] = normalise_columns(names, columns)
-                info["names"] = names
-                info["missing"] = [c for c in ("date",) + tuple(needed) if c not in info["mapping"].values()]
+                header(info, [c for c in text.column_names if c != ROW])
             if info["missing"]:
                 return None
-            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform)
+            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, comma)
         return convert
 
     tables, rows_in = [], 0
-    for entry, got in zip(listing.entries, read_entries(listing.entries, endpoint_url, converter)):
+    for entry, got in zip(listing.entries,
+                          read_entries(listing.entries, endpoint_url, converter, delimiter=delimiter)):
         rows_in += got.rows_in
         for line, why in got.bad_rows:
             rejects.add(file=entry.uri, row=line, rows=1, action=DROP_ROW, reason=why)
+        if got.unparsed > 0:
+            rejects.add(file=entry.uri, rows=got.unparsed, action=DROP_ROWS,
+                        reason=f"{got.unparsed} line(s) the CSV parser returned no row for")
         info = found.pop(entry.uri, {})
-        n_rows = got.rows_in - len(got.bad_rows)
+        if "mapping" not in info and got.header:  # no row reached the converter: name what is missing anyway
+            header(info, [c for c in got.header if c != ROW] + [k for k, _ in entry.partitions if k not in got.header])
+        n_rows = got.rows_in - len(got.bad_rows) - max(got.unparsed, 0)
+        why = _missing_reason(info, delimiter_of(entry, delimiter), entry.suffix) if info.get("missing") else None
         if got.error:
             rejects.add(file=entry.uri, action=REJECT_SERIES, reason=got.error, rows=got.rows_in)
-        elif n_rows == 0:
-            rejects.add(file=entry.uri, action=REJECT_SERIES, reason="no data rows (header only)")
-        elif info.get("missing"):
-            rejects.add(file=entry.uri, rows=n_rows, action=REJECT_SERIES,
-                        reason=f"missing column(s) {', '.join(info['missing'])}; found {', '.join(info['names'])}. "
-                               "Map yours with data.columns, e.g. {Price: close}")
+        elif n_rows == 0 and not info.get("missing"):
+            rejects.add(file=entry.uri, action=REJECT_SERIES, reason="no data rows (header only)" if not got.rows_in
+                        else f"no data rows: all {got.rows_in} line(s) rejected (see the row entries)")
+        elif why:
+            rejects.add(file=entry.uri, rows=n_rows, action=REJECT_SERIES, reason=why)
         elif got.table is not None:
             tables.append(got.table)
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
@@ -255,9 +288,30 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
     return Rows(table, files, rejects.items, rows_in)
 
 
-def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool) -> pa.Table:
+def _missing_reason(info: dict, delimiter: str, suffix: str = ".csv") -> str:
+    """Why a file lacks a column the job needs, with the fix that works."""
+    missing, names, mapping = info["missing"], info["names"], info["mapping"]
+    head = f"missing column(s) {', '.join(missing)}; found {printable(', '.join(names), 120)}"
+    other = [d for d in (",", ";", "\t", "|") if d != delimiter and len(names) == 1 and d in names[0]]
+    if other:
+        d = other[0]
+        fix = ("name the file .tsv (or set data.delimiter to a tab)" if d == "\t" else
+               "name the file .csv" + ("" if d == "," else f" and set data.delimiter={d!r}") if suffix != ".csv" else
+               f"set data.delimiter={d!r} (score: delimiter)")
+        return f"{head}. The header holds no {delimiter!r} but {'a tab' if d == chr(9) else repr(d)}: {fix}"
+    adjusted = next((n for n, c in mapping.items() if c == "adj_close"), None)
+    if missing == ["close"] and adjusted:
+        return (f"{head}. It has an adjusted close ({printable(adjusted, 40)}): forecast that with "
+                "data.target=adj_close data.features=[] (the target is always an input), or read it as the "
+                f"close with data.columns={{{printable(adjusted, 40)}: close}} (score: columns)")
+    return f"{head}. Map yours with data.columns (score: columns), e.g. {{Price: close}}"
+
+
+def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool,
+           comma: bool = False) -> pa.Table:
     """A batch of one file's text rows as ``ROW_SCHEMA`` columns (only those the file has, unless
-    ``uniform``); the ticker comes from the file name when the file has no ticker column."""
+    ``uniform``); the ticker comes from the file name when the file has no ticker column.
+    ``comma``: a decimal comma may occur (the delimiter is not a comma)."""
     n = text.num_rows
     src = {canonical: text[name] for name, canonical in mapping.items()}
     problems: dict[int, dict] = {}
@@ -271,9 +325,11 @@ def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, unifor
     dates = _parse_date_column(src["date"])
     keep_text(np.isnat(dates), "date")
     cols["date"] = pa.array(dates, pa.timestamp("ns"), from_pandas=True)
+    present = [c for c in VALUE_COLUMNS if c in src]
+    comma = comma and any(pc.any(pc.match_substring_regex(src[c], r"\d,\d")).as_py() for c in present)
     for c in VALUE_COLUMNS:
         if c in src:
-            v = _to_float(src[c])
+            v = _to_float(src[c], comma)
             keep_text(~np.isfinite(v), c)
             cols[c] = pa.array(v, pa.float64())  # NaN stays NaN: "not a number", not "no column"
         elif uniform:
@@ -294,7 +350,14 @@ def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows:
     rejects.items = list(rows.rejects)
     series: dict[str, pd.DataFrame] = {}
     for ticker, df in _by_ticker(rows, rejects):
-        clean = _clean_series(rows.files, ticker, df, needed, min_rows, max_jump, rejects)
+        mark = len(rejects.items)
+        try:
+            clean = _clean_series(rows.files, ticker, df, needed, min_rows, max_jump, rejects)
+        except Exception as e:  # noqa: BLE001 - one bad series never stops the others
+            del rejects.items[mark:]
+            rejects.add(file=rows.files[df.file[0]], ticker=ticker, rows=len(df), action=REJECT_SERIES,
+                        reason=f"failed to validate ({type(e).__name__}: {printable(e, 120)})")
+            continue
         if clean is not None:
             series[ticker] = clean
     hist = Histories(series, rejects.frame(), rows.rows_in, rows.files)
@@ -336,11 +399,17 @@ def _by_ticker(rows: Rows, rejects):
         return
     tick = table["ticker"]  # trimmed as it was read
     blank = pc.fill_null(pc.equal(tick, ""), True)
-    if pc.any(blank).as_py():
-        bad = table.filter(blank)
-        for f, r in zip(bad[FILE].to_numpy(), bad[ROW].to_numpy()):
-            rejects.add(file=files[f], row=int(r), rows=1, action=DROP_ROW, reason="blank ticker")
-        table, tick = table.filter(pc.invert(blank)), tick.filter(pc.invert(blank))
+    # a ticker is short and printable; anything else is a broken line's text, never a series name
+    odd = pc.or_(pc.or_(pc.greater(pc.utf8_length(tick), MAX_TICKER), pc.invert(pc.utf8_is_printable(tick))),
+                 pc.match_substring(tick, '"'))
+    odd = pc.fill_null(odd, False)
+    drop = pc.or_(blank, odd)
+    if pc.any(drop).as_py():
+        bad = table.filter(drop)
+        for f, r, t in zip(bad[FILE].to_numpy(), bad[ROW].to_numpy(), bad["ticker"].to_pylist()):
+            rejects.add(file=files[f], row=int(r), rows=1, action=DROP_ROW,
+                        reason="blank ticker" if not t else f"not a ticker: {_excerpt(t, 40)}")
+        table, tick = table.filter(pc.invert(drop)), tick.filter(pc.invert(drop))
     names = pc.unique(tick).to_pylist()
     codes = pc.index_in(tick, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
     rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # ticker order, alphabetical
@@ -366,11 +435,16 @@ def _by_ticker(rows: Rows, rejects):
 
 
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_COMMA_NUMBER = r"^[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?$"  # 45,07  1.234,56  1.234.567
 
 
-def _to_float(col: pa.ChunkedArray) -> np.ndarray:
-    """Text to float64, NaN where it is not a number (the row checks name the text)."""
+def _to_float(col: pa.ChunkedArray, comma: bool = False) -> np.ndarray:
+    """Text to float64, NaN where it is not a number (the row checks name the text). ``comma``:
+    the batch writes decimal commas, so a number spelled that way has ``.`` between thousands."""
     text = pc.utf8_trim_whitespace(col)
+    if comma:
+        euro = pc.match_substring_regex(text, _COMMA_NUMBER)
+        text = pc.if_else(euro, pc.replace_substring(pc.replace_substring(text, ".", ""), ",", "."), text)
     try:
         out = pc.cast(text, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some text is not a number: those become null
@@ -454,11 +528,11 @@ def _row_problems(s: _TickerRows, needed) -> np.ndarray:
             reason[i] = message(i)
 
     values = s.values
-    flag(np.isnat(s.dates), lambda i: f"unparseable date {str(s.raw('date', i))[:40]!r}")
+    flag(np.isnat(s.dates), lambda i: f"unparseable date {_excerpt(s.raw('date', i), 40)}")
     with np.errstate(invalid="ignore"):
         for c in needed:
             v = values[c]
-            flag(~np.isfinite(v), lambda i, c=c: f"non-numeric, missing or infinite {c}: {str(s.raw(c, i))[:40]!r}")
+            flag(~np.isfinite(v), lambda i, c=c: f"non-numeric, missing or infinite {c}: {_excerpt(s.raw(c, i), 40)}")
             if c == "volume":
                 flag(v < 0, lambda i, v=v: f"negative volume: {v[i]:g}")
             else:
