@@ -38,8 +38,8 @@ from rnnlib.sources import Entry, Listing, list_source
 from rnnlib.stocks import REJECT_COLUMNS, REJECT_SERIES, SKIP_FILE, Rows, read_rows, rejected_line, validate_rows
 
 # Settings that change what is computed; pool sizes and batch sizes do not.
-_RUN_KEYS = ("mode", "as_of", "backtest_days", "step", "columns", "delimiter")
-_READ_KEYS = ("columns", "delimiter")  # settings for reading files, not for scoring
+_RUN_KEYS = ("mode", "as_of", "backtest_days", "step", "columns", "delimiter", "date_format")
+_READ_KEYS = ("columns", "delimiter", "date_format")  # settings for reading files, not for scoring
 
 
 class ScoreBatch:
@@ -83,11 +83,11 @@ _INFO_TICKER, _INFO = "\x00read", "__info"
 
 
 def read_rows_batch(batch: pd.DataFrame, files: list[str], needed: tuple, columns: dict,
-                    endpoint_url: str | None, delimiter: str | None = None) -> pa.Table:
+                    endpoint_url: str | None, delimiter: str | None = None, date_format: str | None = None) -> pa.Table:
     """Stage 1: read a batch of files into typed rows (``stocks.ROW_SCHEMA``) + one info row."""
     entries = [Entry.from_json(e) for e in batch["entry"]]
     rows = read_rows(Listing("", entries), needed=needed, columns=columns, endpoint_url=endpoint_url,
-                     files=files, uniform=True, delimiter=delimiter)
+                     files=files, uniform=True, delimiter=delimiter, date_format=date_format)
     info = {"files": len(entries), "rejects": rows.rejects}
     table = rows.table.append_column(_INFO, pa.nulls(rows.table.num_rows, pa.string()))
     row = {c: pa.nulls(1, table.schema.field(c).type) for c in table.column_names}
@@ -148,7 +148,8 @@ def run(config: str, overrides: list[str]) -> int:
     init_ray()
     attempt = uuid.uuid4().hex[:8]
     settings = {"mode": cfg.mode, "as_of": cfg.as_of, "backtest_days": cfg.backtest_days, "step": cfg.step,
-                "batch_size": cfg.batch_size, "columns": cfg.columns, "delimiter": cfg.delimiter}
+                "batch_size": cfg.batch_size, "columns": cfg.columns, "delimiter": cfg.delimiter,
+                "date_format": cfg.date_format}
     endpoint = storage.endpoint(cfg.endpoint_url)  # as the driver resolved it; never credentials
     start = time.perf_counter()
     ds = ray.data.from_items([{"entry": e.to_json()} for e in listing.entries])

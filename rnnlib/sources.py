@@ -298,6 +298,10 @@ def _read_parquet(fs: pafs.FileSystem, path: str, finish) -> FileRead:
 
 
 def _as_text(col: pa.Array) -> pa.Array:
+    """A Parquet column as text; a time-zone aware timestamp as its local wall time, so that its
+    date is the calendar date it was written with (as for CSV), not the date in UTC."""
+    if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+        col = pc.local_timestamp(col)
     return col.cast(pa.string()) if col.type != pa.string() else col
 
 

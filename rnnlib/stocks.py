@@ -19,7 +19,18 @@ wrong number of fields, a stray       the row (line) is dropped; a line whose qu
 blank ticker, or text that is not a   the row is dropped (the text quoted only as a short,
   ticker (over 40 characters,         printable excerpt, as everywhere in reasons)
   unprintable, a quote in it)
-unparseable date                      the row is dropped
+unparseable date                      the row is dropped. Dates are calendar days: ISO 8601
+                                      (``2013-02-08``), ``2013/02/08``, ``20130208``, D/M/Y
+                                      or M/D/Y, ``8 Feb 2013`` ...; a time of day and a UTC
+                                      offset are dropped, the date is the one written
+                                      (``2013-02-08T16:00:00-05:00`` is 2013-02-08, so mixed
+                                      offsets, e.g. daylight saving, are fine; a Parquet
+                                      timestamp with a time zone gives its local date)
+D/M/Y or M/D/Y (``02/08/2013``)       the order is decided per file: a first number above
+                                      12 (``13/02/2013``) makes the file day-first, a second
+                                      one month-first; when nothing decides (or both occur),
+                                      the file is rejected, pointing at ``data.date_format``
+                                      (a strftime spelling, e.g. ``%d/%m/%Y``)
 non-numeric / NaN / inf value         the row is dropped (only columns the job uses count:
                                       NaN in ``open`` does not matter when only ``close``
                                       is a feature); with a delimiter other than ``,``
@@ -186,6 +197,7 @@ def load_histories(
     max_jump: float = 1.75,
     endpoint_url: str | None = None,
     delimiter: str | None = None,
+    date_format: str | None = None,
 ) -> Histories:
     """Load and validate every history under ``source``: a URI (local path, ``file://``,
     ``s3://``) of a file, folder or prefix, a list of them, or a ``sources.Listing``.
@@ -194,11 +206,12 @@ def load_histories(
     (Hive partitions, one file per day or month) all work: the rows of a ticker from every file
     are merged into one series before validation, and every rejected row names its file and line.
     ``needed``: the canonical value columns the job uses (features and target); only these must
-    be valid on a row. ``min_rows``: shortest usable series after cleaning. ``delimiter``: as for
-    ``read_rows``.
+    be valid on a row. ``min_rows``: shortest usable series after cleaning. ``delimiter`` and
+    ``date_format``: as for ``read_rows``.
     """
     listing = source if isinstance(source, Listing) else _listing(source, endpoint_url)
-    rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter)
+    rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter,
+                     date_format=date_format)
     return validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
 
 
@@ -227,18 +240,19 @@ ROW_SCHEMA = pa.schema([("ticker", pa.string()), ("date", pa.timestamp("ns")),
 
 def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns: dict[str, str] | None = None,
               endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False,
-              delimiter: str | None = None) -> Rows:
+              delimiter: str | None = None, date_format: str | None = None) -> Rows:
     """Read every entry of ``listing`` into typed rows (``ROW_SCHEMA``'s columns: dates and
     numbers parsed batch by batch as each file is read, the text of a cell that does not parse
     kept in ``RAW`` for its message). ``files``: the list ``FILE`` indexes (default: the
     listing's own); ``uniform``: every ``ROW_SCHEMA`` column, nulls where no file has one, so
-    tables from different reads concatenate. ``delimiter``: of ``.csv`` files (default ``,``)."""
+    tables from different reads concatenate. ``delimiter``: of CSV/TSV files (default by suffix);
+    ``date_format``: strftime spelling of dates that are not ISO 8601 (default: detected per file)."""
     rejects = _Rejects()
     for uri, why in listing.skipped:
         rejects.add(file=uri, action=SKIP_FILE, reason=why)
     files = files if files is not None else [e.uri for e in listing.entries]
     index = {u: i for i, u in enumerate(files)}
-    found: dict[str, dict] = {}  # per file: its column mapping and the required columns it lacks
+    found: dict[str, dict] = {}  # per file: its column mapping, the required columns it lacks, its dates
 
     def header(info: dict, names: list[str]) -> None:
         info["mapping"] = normalise_columns(names, columns)
@@ -254,7 +268,7 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
                 header(info, [c for c in text.column_names if c != ROW])
             if info["missing"]:
                 return None
-            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, comma)
+            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, info, date_format, comma)
         return convert
 
     tables, rows_in = [], 0
@@ -270,7 +284,8 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
         if "mapping" not in info and got.header:  # no row reached the converter: name what is missing anyway
             header(info, [c for c in got.header if c != ROW] + [k for k, _ in entry.partitions if k not in got.header])
         n_rows = got.rows_in - len(got.bad_rows) - max(got.unparsed, 0)
-        why = _missing_reason(info, delimiter_of(entry, delimiter), entry.suffix) if info.get("missing") else None
+        why = _missing_reason(info, delimiter_of(entry, delimiter), entry.suffix) if info.get("missing") \
+            else _date_order(info)
         if got.error:
             rejects.add(file=entry.uri, action=REJECT_SERIES, reason=got.error, rows=got.rows_in)
         elif n_rows == 0 and not info.get("missing"):
@@ -279,7 +294,13 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
         elif why:
             rejects.add(file=entry.uri, rows=n_rows, action=REJECT_SERIES, reason=why)
         elif got.table is not None:
-            tables.append(got.table)
+            table = got.table
+            if DMY in table.column_names:  # A/B/Y dates: the file settled the order (see _date_order)
+                if info.get("day"):
+                    table = table.set_column(table.column_names.index("date"), "date",
+                                             pc.coalesce(table[DMY], table["date"]))
+                table = table.drop_columns([DMY])
+            tables.append(table)
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if uniform:
         table = pa.table({f.name: table[f.name] if table is not None and f.name in table.column_names
@@ -307,10 +328,23 @@ def _missing_reason(info: dict, delimiter: str, suffix: str = ".csv") -> str:
     return f"{head}. Map yours with data.columns (score: columns), e.g. {{Price: close}}"
 
 
-def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool,
-           comma: bool = False) -> pa.Table:
+def _date_order(info: dict) -> str | None:
+    """Why a file's D/M/Y or M/D/Y dates cannot be read (None when a day above 12 settles the order)."""
+    day, month, either = info.get("day"), info.get("month"), info.get("either")
+    if day and month:
+        return (f"dates mix day-first ({printable(day, 30)}) and month-first ({printable(month, 30)}) spellings; "
+                "set data.date_format (score: date_format) to the one that holds, e.g. %d/%m/%Y")
+    if either and not day and not month:
+        return (f"dates such as {printable(either, 30)} can be day-first or month-first, and no day above 12 in "
+                "the file settles it; set data.date_format (score: date_format), e.g. %d/%m/%Y or %m/%d/%Y")
+    return None
+
+
+def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool, info: dict | None = None,
+           date_format: str | None = None, comma: bool = False) -> pa.Table:
     """A batch of one file's text rows as ``ROW_SCHEMA`` columns (only those the file has, unless
     ``uniform``); the ticker comes from the file name when the file has no ticker column.
+    ``info``: the file's notes, where the spellings that settle A/B/Y dates are kept;
     ``comma``: a decimal comma may occur (the delimiter is not a comma)."""
     n = text.num_rows
     src = {canonical: text[name] for name, canonical in mapping.items()}
@@ -322,9 +356,15 @@ def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, unifor
 
     cols = {"ticker": pc.utf8_trim_whitespace(src["ticker"]) if "ticker" in src else
             pa.array([ticker_from_filename(uri)] * n, pa.string())}
-    dates = _parse_date_column(src["date"])
-    keep_text(np.isnat(dates), "date")
-    cols["date"] = pa.array(dates, pa.timestamp("ns"), from_pandas=True)
+    got = _parse_date_column(src["date"], date_format)
+    # a date is unreadable when no reading works (the file's order, settled later, cannot help it)
+    keep_text(np.isnat(got.dates) & (np.isnat(got.dmy) if got.dmy is not None else True), "date")
+    cols["date"] = pa.array(got.dates, pa.timestamp("ns"), from_pandas=True)
+    if got.dmy is not None:
+        cols[DMY] = pa.array(got.dmy, pa.timestamp("ns"), from_pandas=True)
+        if info is not None:
+            for key in ("day", "month", "either"):
+                info[key] = info.get(key) or getattr(got, key)
     present = [c for c in VALUE_COLUMNS if c in src]
     comma = comma and any(pc.any(pc.match_substring_regex(src[c], r"\d,\d")).as_py() for c in present)
     for c in VALUE_COLUMNS:
@@ -453,21 +493,105 @@ def _to_float(col: pa.ChunkedArray, comma: bool = False) -> np.ndarray:
     return out.to_numpy(zero_copy_only=False)
 
 
-def _parse_date_column(col: pa.ChunkedArray) -> np.ndarray:
-    """Dates as datetime64[ns], NaT where unparseable; each distinct spelling is parsed once."""
+_TIME = r"(?:[T ]+\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[AaPp][Mm])?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?)?"
+_YMD = rf"^(?P<y>\d{{4}})[-/.](?P<m>\d{{1,2}})[-/.](?P<d>\d{{1,2}}){_TIME}$"  # ISO 8601 and Y/M/D
+_COMPACT = r"^(?P<y>\d{4})(?P<m>\d{2})(?P<d>\d{2})$"                         # 20130208
+_AB_Y = rf"^(?P<a>\d{{1,2}})[/.\-](?P<b>\d{{1,2}})[/.\-](?P<y>\d{{4}}|\d{{2}}){_TIME}$"  # D/M/Y or M/D/Y
+DMY = "__date_dmy"  # the day-first reading of a batch's A/B/Y dates, until the file decides
+
+
+@dataclass
+class _Dates:
+    """A date column parsed: ``dates`` (day precision; A/B/Y dates read month-first), ``dmy`` (the
+    day-first reading where A/B/Y dates occur, else None) and example spellings that settle the
+    order: ``day`` (first number above 12), ``month`` (second above 12), ``either`` (both 12 or less)."""
+
+    dates: np.ndarray
+    dmy: np.ndarray | None = None
+    day: str | None = None
+    month: str | None = None
+    either: str | None = None
+
+
+def _parse_date_column(col: pa.ChunkedArray, date_format: str | None = None) -> _Dates:
+    """Dates as datetime64[ns] calendar dates, NaT where unparseable; each distinct spelling is
+    parsed once. A time of day and a UTC offset are dropped: the date is the one written."""
     text = pc.utf8_trim_whitespace(col)
     uniq = pc.unique(text)
-    parsed = _parse_dates(pd.Series(uniq.to_pylist(), dtype=object)).to_numpy(dtype="datetime64[ns]")
+    got = _parse_dates(uniq, date_format)
     pos = pc.fill_null(pc.index_in(text, value_set=uniq), -1).to_numpy(zero_copy_only=False)
-    return np.where(pos >= 0, parsed[np.maximum(pos, 0)], np.datetime64("NaT", "ns"))
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        return np.where(pos >= 0, values[np.maximum(pos, 0)], np.datetime64("NaT", "ns"))
+
+    got.dates = spread(got.dates)
+    if got.dmy is not None:
+        got.dmy = spread(got.dmy)
+    return got
 
 
-def _parse_dates(raw: pd.Series) -> pd.Series:
-    text = raw.astype(str).str.strip()
-    dates = pd.to_datetime(text, errors="coerce", format="ISO8601")
-    if dates.isna().any():  # other spellings (e.g. 02/08/2013): slower, only where needed
-        dates = dates.fillna(pd.to_datetime(text[dates.isna()], errors="coerce", format="mixed"))
-    return dates
+def _parse_dates(uniq: pa.Array, date_format: str | None) -> _Dates:
+    n = len(uniq)
+    out = np.full(n, np.datetime64("NaT", "ns"))
+    todo = np.ones(n, dtype=bool)
+    for pattern in (_YMD, _COMPACT):
+        y, m, d = _groups(uniq, pattern, "ymd")
+        hit = todo & (y >= 0)
+        out[hit], todo = _ymd(y, m, d)[hit], todo & ~hit
+    got = _Dates(out)
+    if date_format is None:
+        a, b, y = _groups(uniq, _AB_Y, "aby")
+        hit = todo & (y >= 0)
+        if hit.any():
+            y = np.where(y < 100, np.where(y <= 68, y + 2000, y + 1900), y)  # as strptime reads %y
+            got.dmy = out.copy()
+            out[hit], got.dmy[hit], todo = _ymd(y, a, b)[hit], _ymd(y, b, a)[hit], todo & ~hit
+            text = uniq.to_numpy(zero_copy_only=False)
+            day, month = (a >= 1) & (a <= 12), (b >= 1) & (b <= 12)  # could be a month
+            for key, mask in (("day", (a > 12) & (a <= 31) & month), ("month", (b > 12) & (b <= 31) & day),
+                              ("either", (a != b) & day & month)):
+                first = np.flatnonzero(hit & mask)
+                setattr(got, key, str(text[first[0]]) if len(first) else None)
+    if todo.any():  # other spellings (8 Feb 2013, Feb 8, 2013) or date_format: slower, only these
+        rest = pd.Series(uniq.filter(pa.array(todo)).to_pylist(), dtype=object)
+        out[todo] = _parse_other(rest, date_format)
+        if got.dmy is not None:
+            got.dmy[todo] = out[todo]
+    return got
+
+
+def _groups(uniq: pa.Array, pattern: str, names: str) -> tuple[np.ndarray, ...]:
+    """The named groups of ``pattern`` as integers, -1 where a value does not match."""
+    found = pc.extract_regex(uniq, pattern)
+    return tuple(pc.fill_null(pc.cast(pc.struct_field(found, k), pa.int64()), -1).to_numpy(zero_copy_only=False)
+                 for k in names)
+
+
+def _ymd(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """datetime64[ns] from year, month and day numbers; NaT where there is no such day."""
+    ok = (y >= 1) & (y <= 9999) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= 31)
+    month = np.where(ok, (y - 1970) * 12 + m - 1, 0).astype("datetime64[M]")
+    day = month.astype("datetime64[D]") + np.where(ok, d - 1, 0)
+    ok &= day.astype("datetime64[M]") == month  # 31 April, 29 February 2013
+    return np.where(ok, day.astype("datetime64[ns]"), np.datetime64("NaT", "ns"))
+
+
+def _parse_other(text: pd.Series, date_format: str | None) -> np.ndarray:
+    def calendar(d) -> np.ndarray:
+        d = pd.DatetimeIndex(d)
+        return (d.tz_localize(None) if d.tz is not None else d).normalize().to_numpy(dtype="datetime64[ns]")
+
+    try:
+        return calendar(pd.to_datetime(text, errors="coerce", format=date_format or "mixed"))
+    except (ValueError, TypeError, OverflowError):  # offsets differ (daylight saving): one at a time
+        one = []
+        for t in text:
+            try:
+                v = pd.to_datetime(t, errors="coerce", format=date_format or "mixed")
+            except (ValueError, TypeError, OverflowError):
+                v = pd.NaT
+            one.append(pd.NaT if pd.isna(v) else v.tz_localize(None) if v.tzinfo else v)
+        return calendar(one)
 
 
 def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rejects) -> pd.DataFrame | None:

@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, shared
 
+from rnnlib.config import ForecastDataConfig
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.stocks import load_histories, rejected_line
+from rnnlib.tasks import load_stock_data
 
 KO = sample_stocks_dir() / "KO_data.csv"  # 1,259 clean days (2013-02-08 .. 2018-02-07), nothing rejected
 
@@ -92,11 +94,63 @@ def test_blank_lines_and_crlf_are_lines_too(tmp_path):
     assert len(h.series["KO"]) == 1259 and sorted(h.rejects.reason) == ["blank line (no values)"] * 3
 
 
+# 2. Day-first dates were read month-first without a word.
+
+def test_day_first_dates_are_decided_per_file(tmp_path, iso):
+    day = pd.to_datetime(ko().date)
+    dmy = ko().assign(date=day.dt.strftime("%d/%m/%Y"))
+    mdy = ko().assign(date=day.dt.strftime("%m/%d/%Y"))
+    for name, frame in (("dmy", dmy), ("mdy", mdy)):
+        frame.to_csv(_write(tmp_path / name / "KO_data.csv", ""), index=False)
+        h = load_histories(tmp_path / name)
+        assert h.rows_rejected == 0, (name, reasons(h))
+        pd.testing.assert_frame_equal(h.series["KO"], iso)
+    # nothing settles the order (every day is 12 or less): the file is rejected, pointing at data.date_format
+    early = day.dt.day <= 12
+    dmy[early].to_csv(_write(tmp_path / "early" / "KO_data.csv", ""), index=False)
+    h = load_histories(tmp_path / "early")
+    assert not h.series and h.rows_rejected == early.sum() == h.rows_in
+    assert "can be day-first or month-first" in reasons(h) and "data.date_format" in reasons(h)
+    h = load_histories(tmp_path / "early", date_format="%d/%m/%Y")
+    assert list(h.series["KO"].date) == list(iso.date[early.to_numpy()])
+    _, data = load_stock_data(ForecastDataConfig(path=str(tmp_path / "early"), date_format="%d/%m/%Y",
+                                                 window=20, horizon=5))
+    assert len(data.train) > 0
+    # both orders in one file: rejected, not guessed row by row
+    pd.concat([dmy[:300], mdy[300:]]).to_csv(_write(tmp_path / "mixed" / "KO_data.csv", ""), index=False)
+    h = load_histories(tmp_path / "mixed")
+    assert not h.series and "mix day-first" in reasons(h) and h.rows_in == h.rows_rejected == 1259
+
+
+# 3. Timestamps with UTC offsets: mixed offsets aborted the folder; others kept a time of day.
+
+def test_timestamps_with_offsets_are_the_calendar_date_written(tmp_path, iso):
+    day = pd.to_datetime(ko().date)
+    close = day.dt.tz_localize("America/New_York") + pd.Timedelta(hours=16)  # -05:00 winter, -04:00 summer
+    ko().assign(date=close.map(lambda t: t.isoformat()), Name="NY").to_csv(tmp_path / "NY_data.csv", index=False)
+    ko().assign(date=close.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                Name="UTC").to_csv(tmp_path / "UTC_data.csv", index=False)
+    tokyo = day.dt.tz_localize("Asia/Tokyo")  # midnight in Tokyo is the day before in UTC
+    pq.write_table(pa.table({"date": pa.array(tokyo), "close": ko().close, "ticker": ["TOKYO"] * len(day)}),
+                   tmp_path / "tokyo.parquet")
+    h = load_histories(tmp_path)
+    assert h.rows_rejected == 0, reasons(h)
+    for t in ("NY", "UTC", "TOKYO"):
+        assert h.series[t].date.dt.tz is None
+        assert list(h.series[t].date) == list(iso.date), t
+    # the dates compare with the config's cutoffs (they used to be aware, or keep a time of day)
+    _, data = load_stock_data(ForecastDataConfig(path=str(tmp_path), val_start="2016-06-01",
+                                                 test_start="2017-01-03", window=20, horizon=5))
+    assert len(data.train) and len(data.val) and len(data.test)
+
+
 # 4. One bad file aborted the whole load (or score run) with a traceback.
 
 def bad_folder(root):
     """A good file next to one of each kind of file that used to raise or vanish."""
     ko().to_csv(root / "KO_data.csv", index=False)
+    day = pd.to_datetime(ko().date).dt.tz_localize("America/New_York") + pd.Timedelta(hours=16)
+    ko().assign(date=day.map(lambda t: t.isoformat()), Name="TZ").to_csv(root / "TZ_data.csv", index=False)
     lines = KO.read_text().replace(",KO", ",LONG").splitlines()
     lines[50] += "," + "x" * (200 << 10)                       # a line over 128 KiB
     _write(root / "LONG_data.csv", "\n".join(lines) + "\n")
@@ -118,11 +172,11 @@ def test_one_bad_file_never_stops_the_others(tmp_path):
     assert h.rows_in == h.rows_kept + h.rows_rejected
     # (a Parquet file cut short has no footer, so no row count: it adds none)
     assert h.rows_in == sum(data_lines(f.read_bytes()) for f in tmp_path.glob("*.csv"))
-    assert {"KO", "LONG"} <= set(h.series) and len(h.series["LONG"]) == 1258
+    assert {"KO", "TZ", "LONG"} <= set(h.series) and len(h.series["LONG"]) == 1258
     assert "longer than the 128 KiB limit" in reasons(h)
     quoted = by_file(h, "QUOTED_data.csv")
     assert quoted[quoted.row == 20001].reason.str.startswith("unparseable date '\"").sum() == 1
-    assert quoted.rows.sum() < 1000 and len(set(h.series) - {"KO", "LONG"}) >= 20
+    assert quoted.rows.sum() < 1000 and len(set(h.series) - {"KO", "TZ", "LONG"}) >= 20
     for name, why in [("WIDE_data.csv", "bytes long: not a CSV header"), ("LATIN1_data.csv", "not UTF-8"),
                       ("GZ_data.csv", "gzip-compressed data: name it .csv.gz"),
                       ("BROKEN.parquet", "not a readable Parquet file"), ("CUT.parquet", "Parquet")]:
@@ -175,7 +229,7 @@ def test_scoring_goes_on_past_bad_files(bundle, tmp_path):
     from rnnlib.scoring import score_files
 
     res = score_files(bundle, [bad_folder(tmp_path)], as_of="2017-12-29")
-    assert {"KO", "LONG"} <= set(res.forecasts.ticker)
+    assert {"KO", "TZ", "LONG"} <= set(res.forecasts.ticker)
     assert (res.forecasts.as_of == pd.Timestamp("2017-12-29")).all()
     assert res.hist.rows_in == res.hist.rows_kept + res.hist.rows_rejected
     rejected = {f.rsplit("/", 1)[-1] for f in res.rejects[res.rejects.action == "reject_series"].file.dropna()}
