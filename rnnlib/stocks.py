@@ -42,8 +42,10 @@ high < low, close outside [low, high] the row is dropped (a one-day glitch, e.g.
 duplicated date                       later copies are dropped, the first (in listing order:
                                       the file sorting first, then its first line) is kept
 dates out of order                    the series is sorted; a note is recorded, no row lost
+close moves by more than ``max_jump``  the row is dropped: a one-day spike, not a split
+  in one day and back the next day
 close moves by more than ``max_jump``  rows before the jump are dropped: an unadjusted split
-  in one day                          or spin-off (EBAY, NI) makes the older prices
+  in one day (and stays)              or spin-off (EBAY, NI) makes the older prices
                                       incomparable, and the recent part is what forecasts use
 more than half the rows invalid       the whole series is rejected (a mislabelled or
                                       corrupted file)
@@ -630,10 +632,13 @@ def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rej
         return None
 
     out = pd.DataFrame({"date": s.dates[keep], **{c: v[keep] for c, v in s.values.items()}})
+    at = np.flatnonzero(keep)  # each row's place in s, for rejects that name its file and line
     if not out["date"].is_monotonic_increasing:
         rejects.add(file=where, ticker=ticker, action=NOTE, reason="dates were not in order; sorted")
-        out = out.sort_values("date", kind="stable")
-    out = _cut_at_split(out.reset_index(drop=True), where, ticker, needed, max_jump, rejects)
+        order = np.argsort(out["date"].to_numpy(), kind="stable")
+        out, at = out.iloc[order].reset_index(drop=True), at[order]
+    out = _drop_spikes(out, at, files, s, ticker, needed, max_jump, rejects)
+    out = _cut_at_split(out, where, ticker, needed, max_jump, rejects)
     if len(out) < min_rows:
         rejects.add(file=where, ticker=ticker, rows=len(out), action=REJECT_SERIES,
                     reason=f"too short: {len(out)} valid rows, need at least {min_rows} for this job's window "
@@ -671,9 +676,38 @@ def _row_problems(s: _TickerRows, needed) -> np.ndarray:
     return reason
 
 
+def _price(needed) -> str | None:
+    return "close" if "close" in needed else next((c for c in needed if c in PRICE_COLUMNS), None)
+
+
+def _drop_spikes(out, at, files, s: _TickerRows, ticker, needed, max_jump, rejects) -> pd.DataFrame:
+    """Drop one-day spikes: a row that moves beyond ``max_jump`` from the day before and moves
+    back the next day (the day after is within ``max_jump`` of the day before). A split is a level
+    change that persists; a spike that reverts is one bad row."""
+    price = _price(needed)
+    if price is None or len(out) < 3:
+        return out
+    p = out[price].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up, back, span = p[1:-1] / p[:-2], p[2:] / p[1:-1], p[2:] / p[:-2]
+        big = lambda r: (r > max_jump) | (r < 1 / max_jump)  # noqa: E731
+        spike = big(up) & big(back) & ~big(span) & ((up > 1) != (back > 1))
+    drop = []
+    for k in np.flatnonzero(spike) + 1:  # few; two in a row: the first is the spike, the second its return
+        if not drop or drop[-1] != k - 1:
+            drop.append(int(k))
+    for k in drop:
+        i = int(at[k])
+        rejects.add(file=files[s.file[i]], ticker=ticker, row=int(s.line[i]), rows=1, action=DROP_ROW,
+                    date=out["date"].iloc[k].date().isoformat(),
+                    reason=f"one-day spike: {price} moved x{p[k] / p[k - 1]:.2f}, then x{p[k + 1] / p[k]:.2f} back "
+                           f"the next day (max_jump={max_jump:g}); the row is dropped, not the history before it")
+    return out.drop(index=drop).reset_index(drop=True) if drop else out
+
+
 def _cut_at_split(out, where, ticker, needed, max_jump, rejects) -> pd.DataFrame:
     """Drop the rows before the last one-day move beyond ``max_jump`` (an unadjusted split)."""
-    price = "close" if "close" in needed else next((c for c in needed if c in PRICE_COLUMNS), None)
+    price = _price(needed)
     if price is None or len(out) < 2:
         return out
     ratio = out[price].to_numpy()[1:] / out[price].to_numpy()[:-1]

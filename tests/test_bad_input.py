@@ -263,6 +263,23 @@ def test_reasons_quote_content_only_as_short_printable_excerpts(tmp_path):
     assert "not a ticker: 'xxx" in reasons(h) and "missing column(s) close; found date, xxx" in reasons(h)
 
 
+# 6. A one-day spike near the end was taken for a split: the history before it went.
+
+def test_a_one_day_spike_is_one_bad_row_a_split_persists(tmp_path):
+    df = ko()
+    k = len(df) - 8
+    df.loc[k, ["open", "high", "low", "close"]] *= 3      # x3, back the next day
+    df.loc[k - 400, ["open", "high", "low", "close"]] /= 3  # and a drop that comes back
+    df.to_csv(_write(tmp_path / "KO_data.csv", ""), index=False)
+    h = load_histories(tmp_path, min_rows=100)
+    assert len(h.series["KO"]) == 1257 and "drop_rows" not in set(h.rejects.action)
+    assert sorted(h.rejects.row) == [k - 400 + 1, k + 1]  # data lines (the header is line 0)
+    assert all("one-day spike" in r for r in h.rejects.reason)
+    # the real unadjusted split in the messy DVA file (2:1, 2013-09-23) still cuts the history
+    h = load_histories(shared("stocks/messy") / "DVA_data.csv", min_rows=100)
+    assert list(h.rejects.action) == ["drop_rows"] and h.rejects.date.iloc[0] == "2013-09-23"
+
+
 # 7. Reasons that misdescribe the file or suggest a fix that does not work.
 
 def test_reasons_say_what_the_file_is_and_the_fix_that_works(tmp_path, iso):
