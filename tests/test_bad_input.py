@@ -315,3 +315,72 @@ def test_semicolons_with_decimal_commas_and_adj_close_only_name_the_fix(tmp_path
     assert len(load_histories(tmp_path / "adj", needed=("adj_close",)).series["KO"]) == 1259
     assert len(load_histories(tmp_path / "adj", columns={"Adj Close": "close"}).series["KO"]) == 1259
 
+
+# Property: whatever happens to a real history, the loader never raises and counts every line.
+
+MUTATIONS = ("flip", "truncate", "quote", "delimiter", "encoding", "duplicate", "blank", "shuffle", "crlf",
+             "long_line", "nul")
+
+
+def mutate(draw, raw: bytes, st) -> bytes:
+    """``raw`` with one to three of ``MUTATIONS``, positions and bytes drawn by hypothesis."""
+    for op in draw(st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=3)):
+        at = draw(st.integers(0, len(raw)))
+        if op == "flip" and raw:
+            for _ in range(draw(st.integers(1, 8))):
+                i = draw(st.integers(0, len(raw) - 1))
+                raw = raw[:i] + bytes([draw(st.integers(0, 255))]) + raw[i + 1:]
+        elif op == "truncate":
+            raw = raw[:at]
+        elif op in ("quote", "delimiter", "nul"):
+            pick = {"quote": ['"', "'", '""'], "delimiter": [",", ";", "\t", "|", ",,"], "nul": ["\0"]}[op]
+            raw = raw[:at] + draw(st.sampled_from(pick)).encode() + raw[at:]
+        elif op == "encoding":
+            text = raw.decode("utf-8", "replace").replace("KO,", "Société,", 3)
+            raw = text.encode(draw(st.sampled_from(["utf-16", "utf-16-le", "latin-1", "cp1252", "utf-8-sig"])),
+                              "replace")
+        elif op == "crlf":
+            raw = raw.replace(b"\n", draw(st.sampled_from([b"\r\n", b"\r"])))
+        elif op == "long_line":
+            raw = raw[:at] + b"9" * (130 << 10) + raw[at:]
+        else:  # line edits
+            lines = raw.split(b"\n")
+            i = draw(st.integers(0, len(lines) - 1))
+            if op == "duplicate":
+                lines[i:i] = [lines[i]] * draw(st.integers(1, 3))
+            elif op == "blank":
+                lines[i:i] = [draw(st.sampled_from([b"", b"  ", b"\r", b",,,,,,"]))]
+            else:  # shuffle the data lines
+                head, body = lines[:1], lines[1:]
+                order = draw(st.permutations(range(len(body))))
+                lines = head + [body[j] for j in order]
+            raw = b"\n".join(lines)
+    return raw
+
+
+def test_mutated_histories_never_raise_and_every_line_is_counted(tmp_path):
+    from conftest import optional
+
+    optional("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    messy = shared("stocks/messy")
+    # real histories (raw and clean, one short), cut to 150 days so that each example is fast
+    files = (KO, messy / "DVA_data.csv", messy / "NYSE:NBL_data.csv", sample_stocks_dir() / "APTV_data.csv")
+    sources = [b"\n".join(f.read_bytes().split(b"\n")[:151]) + b"\n" for f in files]
+    target = tmp_path / "X_data.csv"
+
+    @settings(max_examples=120, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.data())
+    def check(data):
+        raw = mutate(data.draw, data.draw(st.sampled_from(sources)), st)
+        target.write_bytes(raw)
+        h = load_histories(target, min_rows=10)  # no exception escapes
+        assert h.rows_in == data_lines(raw) == h.rows_kept + h.rows_rejected
+        assert (h.rejects.rows >= 0).all() and not h.rejects.reason.str.contains("returned no row").any()
+        for text in [*h.rejects.reason, *h.summary().splitlines()]:
+            assert text.isprintable() and len(text) < 400, text[:500]
+
+    check()
