@@ -38,7 +38,8 @@ from rnnlib.sources import Entry, Listing, list_source
 from rnnlib.stocks import REJECT_COLUMNS, REJECT_SERIES, SKIP_FILE, Rows, read_rows, rejected_line, validate_rows
 
 # Settings that change what is computed; pool sizes and batch sizes do not.
-_RUN_KEYS = ("mode", "as_of", "backtest_days", "step", "columns", "delimiter", "date_format")
+_RUN_KEYS = ("mode", "as_of", "backtest_days", "step", "columns")
+_RUN_KEYS_IF_SET = ("delimiter", "date_format")  # in the key only when set: earlier run ids stay as they were
 _READ_KEYS = ("columns", "delimiter", "date_format")  # settings for reading files, not for scoring
 
 
@@ -120,7 +121,8 @@ def load_score_config(config: str, overrides: list[str]) -> ScoreConfig:
 
 
 def run_id(cfg: ScoreConfig, model_sha: str, listing: list[tuple[str, int, float]]) -> str:
-    key = {"model": model_sha, "input": listing, **{k: v for k, v in to_dict(cfg).items() if k in _RUN_KEYS}}
+    key = {"model": model_sha, "input": listing, **{k: v for k, v in to_dict(cfg).items()
+                                                     if k in _RUN_KEYS or (k in _RUN_KEYS_IF_SET and v is not None)}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -144,6 +144,21 @@ def test_timestamps_with_offsets_are_the_calendar_date_written(tmp_path, iso):
     assert len(data.train) and len(data.val) and len(data.test)
 
 
+
+def test_score_run_ids_change_only_when_a_read_option_is_set():
+    import hashlib
+    import json
+
+    from jobs.score import load_score_config, run_id
+    from rnnlib.config import to_dict
+
+    config, listing = str(ROOT / "jobs" / "configs" / "forecast-score.yaml"), [("a.csv", 1, 2.0)]
+    cfg = load_score_config(config, [])
+    before = {k: v for k, v in to_dict(cfg).items() if k in ("mode", "as_of", "backtest_days", "step", "columns")}
+    key = json.dumps({"model": "sha", "input": listing, **before}, sort_keys=True, default=str)
+    assert run_id(cfg, "sha", listing) == hashlib.sha256(key.encode()).hexdigest()[:16]  # a rerun is still a no-op
+    assert run_id(load_score_config(config, ["date_format=%d/%m/%Y"]), "sha", listing) != run_id(cfg, "sha", listing)
+
 # 4. One bad file aborted the whole load (or score run) with a traceback.
 
 def bad_folder(root):
