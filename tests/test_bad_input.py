@@ -159,6 +159,22 @@ def test_score_run_ids_change_only_when_a_read_option_is_set():
     assert run_id(cfg, "sha", listing) == hashlib.sha256(key.encode()).hexdigest()[:16]  # a rerun is still a no-op
     assert run_id(load_score_config(config, ["date_format=%d/%m/%Y"]), "sha", listing) != run_id(cfg, "sha", listing)
 
+
+def test_training_run_names_change_only_when_a_read_option_is_set():
+    import hashlib
+    import json
+
+    from jobs.train import run_name, trained_part
+    from rnnlib.config import load_job, to_dict
+
+    config = str(ROOT / "jobs" / "configs" / "forecast-train.yaml")
+    cfg = load_job(config, [])
+    before = to_dict(cfg)  # the config as it was before the two options existed
+    before["data"] = {k: v for k, v in before["data"].items() if k not in ("delimiter", "date_format")}
+    digest = hashlib.sha256(json.dumps(trained_part(before), sort_keys=True).encode()).hexdigest()[:10]
+    assert run_name(cfg) == f"forecast-lstm-{digest}"  # so an earlier run resumes
+    assert run_name(load_job(config, ["data.delimiter=;"])) != run_name(cfg)
+
 # 4. One bad file aborted the whole load (or score run) with a traceback.
 
 def bad_folder(root):
