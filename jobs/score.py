@@ -35,10 +35,12 @@ from rnnlib.datasets import sample_stocks_dir
 from rnnlib.device import choose, place
 from rnnlib.errors import ConfigError, UserError
 from rnnlib.sources import Entry, Listing, list_source
-from rnnlib.stocks import REJECT_COLUMNS, REJECT_SERIES, SKIP_FILE, Rows, read_rows, validate_rows
+from rnnlib.stocks import REJECT_COLUMNS, REJECT_SERIES, SKIP_FILE, Rows, read_rows, rejected_line, validate_rows
 
 # Settings that change what is computed; pool sizes and batch sizes do not.
 _RUN_KEYS = ("mode", "as_of", "backtest_days", "step", "columns")
+_RUN_KEYS_IF_SET = ("delimiter", "date_format")  # in the key only when set: earlier run ids stay as they were
+_READ_KEYS = ("columns", "delimiter", "date_format")  # settings for reading files, not for scoring
 
 
 class ScoreBatch:
@@ -82,11 +84,11 @@ _INFO_TICKER, _INFO = "\x00read", "__info"
 
 
 def read_rows_batch(batch: pd.DataFrame, files: list[str], needed: tuple, columns: dict,
-                    endpoint_url: str | None) -> pa.Table:
+                    endpoint_url: str | None, delimiter: str | None = None, date_format: str | None = None) -> pa.Table:
     """Stage 1: read a batch of files into typed rows (``stocks.ROW_SCHEMA``) + one info row."""
     entries = [Entry.from_json(e) for e in batch["entry"]]
     rows = read_rows(Listing("", entries), needed=needed, columns=columns, endpoint_url=endpoint_url,
-                     files=files, uniform=True)
+                     files=files, uniform=True, delimiter=delimiter, date_format=date_format)
     info = {"files": len(entries), "rejects": rows.rejects}
     table = rows.table.append_column(_INFO, pa.nulls(rows.table.num_rows, pa.string()))
     row = {c: pa.nulls(1, table.schema.field(c).type) for c in table.column_names}
@@ -108,7 +110,7 @@ class ScoreBlock(ScoreBatch):
         rows = Rows(data, self.settings["files"], rejects, data.num_rows + sum(r["rows"] for r in rejects))
         hist = validate_rows(rows, **validation_args(self.bundle, self.settings["mode"]))
         res = score_histories(self.bundle, hist, **{k: v for k, v in self.settings.items()
-                                                     if k not in ("columns", "files")})
+                                                     if k not in (*_READ_KEYS, "files")})
         tickers = pc.unique(data["ticker"]).to_pylist()
         key = "\n".join(sorted(map(str, tickers))) or "\n".join(json.dumps(i) for i in infos)
         return self.publish(res, key, sum(i["files"] for i in infos))
@@ -119,7 +121,8 @@ def load_score_config(config: str, overrides: list[str]) -> ScoreConfig:
 
 
 def run_id(cfg: ScoreConfig, model_sha: str, listing: list[tuple[str, int, float]]) -> str:
-    key = {"model": model_sha, "input": listing, **{k: v for k, v in to_dict(cfg).items() if k in _RUN_KEYS}}
+    key = {"model": model_sha, "input": listing, **{k: v for k, v in to_dict(cfg).items()
+                                                     if k in _RUN_KEYS or (k in _RUN_KEYS_IF_SET and v is not None)}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -147,7 +150,8 @@ def run(config: str, overrides: list[str]) -> int:
     init_ray()
     attempt = uuid.uuid4().hex[:8]
     settings = {"mode": cfg.mode, "as_of": cfg.as_of, "backtest_days": cfg.backtest_days, "step": cfg.step,
-                "batch_size": cfg.batch_size, "columns": cfg.columns}
+                "batch_size": cfg.batch_size, "columns": cfg.columns, "delimiter": cfg.delimiter,
+                "date_format": cfg.date_format}
     endpoint = storage.endpoint(cfg.endpoint_url)  # as the driver resolved it; never credentials
     start = time.perf_counter()
     ds = ray.data.from_items([{"entry": e.to_json()} for e in listing.entries])
@@ -164,7 +168,7 @@ def run(config: str, overrides: list[str]) -> int:
         files = [e.uri for e in listing.entries]
         ds = ds.map_batches(read_rows_batch, batch_size=cfg.files_per_batch, batch_format="pandas",
                             fn_kwargs={"files": files, "needed": tuple(bundle.data["columns"]),
-                                       "columns": cfg.columns, "endpoint_url": endpoint})
+                                       "endpoint_url": endpoint, **{k: settings[k] for k in _READ_KEYS}})
         blocks = max(2 * cfg.actors, min(256, len(files) // cfg.files_per_batch))
         # The shuffle runs to the end before the scoring actors start: its tasks need whole CPUs,
         # which a running actor pool can hold all of (a deadlock on a small cluster). The shuffled
@@ -190,7 +194,7 @@ def run(config: str, overrides: list[str]) -> int:
           + (f"; removed {len(removed)} file(s) of earlier failed attempts" if removed else ""))
     if len(rejects):
         for r in rejects[rejects.action == REJECT_SERIES].itertuples():
-            print(f"  rejected {r.ticker or '?'} ({os.path.basename(str(r.file))}): {r.reason}")
+            print("  " + rejected_line(r.ticker, os.path.basename(str(r.file)), r.reason))
     print(f"verify: rnnjobs verify {run_uri}")
     return 0
 

@@ -30,6 +30,7 @@ from rnnlib.tasks import make_task
 # can be resumed with more workers, another storage endpoint or more tolerated failures.
 _NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling")
 _NOT_TRAINED_IN_TRAIN = ("max_failures", "keep_checkpoints")
+_READ_OPTIONS = ("delimiter", "date_format")
 
 
 def trained_part(config: dict) -> dict:
@@ -38,6 +39,8 @@ def trained_part(config: dict) -> dict:
     d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in _NOT_TRAINED_IN_TRAIN}
     if d["train"].get("precision") == "fp32":  # the default before it was a key: old run names stay valid
         del d["train"]["precision"]
+    if isinstance(d.get("data"), dict):  # read options added later count only when set, for the same reason
+        d["data"] = {k: v for k, v in d["data"].items() if not (k in _READ_OPTIONS and v is None)}
     return d
 
 

@@ -74,6 +74,11 @@ class ForecastDataConfig:
                            "Parquet; per-ticker files or long tables, Hive partitions); null = bundled sample",
                            check=_location)
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
+    delimiter: Literal[",", ";", "\t", "|"] | None = opt(
+        None, "field delimiter of .csv files; null = ',' (.tsv files are tab-separated); with another, "
+        "decimal commas (1.234,56) are read")
+    date_format: str | None = opt(None, "strftime spelling of dates that are not ISO 8601, e.g. %d/%m/%Y; null = "
+                                  "detect (D/M/Y or M/D/Y decided per file by a day above 12)")
     target: Literal["close", "adj_close"] = opt("close", "price column to forecast")
     features: tuple[Literal["close", "open", "high", "low", "volume"], ...] = opt(
         ("close",), "input columns; the target is always included")
@@ -362,6 +367,8 @@ class ScoreConfig:
     backtest_days: int = opt(250, "backtest: trading days at the end of each series with rolling origins", lo=1)
     step: int | None = opt(None, "backtest: days between origins; null = the model's horizon", lo=1)
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
+    delimiter: Literal[",", ";", "\t", "|"] | None = opt(None, "as data.delimiter of a forecast config")
+    date_format: str | None = opt(None, "as data.date_format of a forecast config")
     files_per_batch: int = opt(16, "history files each scoring call loads and scores together", lo=1)
     batch_size: int = opt(512, "windows per forward pass (a few hundred is fastest on CPU)", lo=1)
     actors: int = opt(2, "scoring actors (each loads the model once)", lo=1)

@@ -67,11 +67,13 @@ def validation_args(bundle: Bundle, mode: str) -> dict:
 
 def score_files(bundle: Bundle, files: list | Listing, *, mode: str = "forecast", as_of: str | None = None,
                 backtest_days: int = 250, step: int | None = None, batch_size: int = 512,
-                columns: dict[str, str] | None = None, endpoint_url: str | None = None) -> ScoreResult:
+                columns: dict[str, str] | None = None, endpoint_url: str | None = None,
+                delimiter: str | None = None, date_format: str | None = None) -> ScoreResult:
     """Load and validate ``files`` (paths or URIs, or a ``sources.Listing``), then score every
     usable series in one batched pass."""
     hist = load_histories(files if isinstance(files, Listing) else list(files), columns=columns,
-                          endpoint_url=endpoint_url, **validation_args(bundle, mode))
+                          endpoint_url=endpoint_url, delimiter=delimiter, date_format=date_format,
+                          **validation_args(bundle, mode))
     return score_histories(bundle, hist, mode=mode, as_of=as_of, backtest_days=backtest_days, step=step,
                            batch_size=batch_size)
 

@@ -4,31 +4,56 @@ Files come from ``rnnlib.sources`` (a local path, ``file://`` or ``s3://`` URI; 
 one long table with a ticker column, or a long table split over many files). The rows of a ticker
 from every file are merged (in listing order) into one series, then validated.
 
-Every input row is accounted for: ``rows_in == rows_kept + rejects.rows.sum()``.
+Every input row is accounted for: ``rows_in == rows_kept + rejects.rows.sum()``, where the rows
+of a CSV file are its data lines (every line after the header; ``rnnlib.sources`` never lets one
+line swallow another) and those of a Parquet file its rows. One bad file or series never stops
+the others: whatever is wrong with it becomes its reject line.
 What happens to a bad row, by reason (first matching reason wins):
 
 ====================================  =====================================================
 reason                                action
 ====================================  =====================================================
-wrong number of fields, blank ticker  the row is dropped
-unparseable date                      the row is dropped
+wrong number of fields, a stray       the row (line) is dropped; a line whose quoted fields
+  (unbalanced) quote, a blank line,   hold the delimiter is read as CSV quoting says
+  a line over 128 KiB
+blank ticker, or text that is not a   the row is dropped (the text quoted only as a short,
+  ticker (over 40 characters,         printable excerpt, as everywhere in reasons)
+  unprintable, a quote in it)
+unparseable date                      the row is dropped. Dates are calendar days: ISO 8601
+                                      (``2013-02-08``), ``2013/02/08``, ``20130208``, D/M/Y
+                                      or M/D/Y, ``8 Feb 2013`` ...; a time of day and a UTC
+                                      offset are dropped, the date is the one written
+                                      (``2013-02-08T16:00:00-05:00`` is 2013-02-08, so mixed
+                                      offsets, e.g. daylight saving, are fine; a Parquet
+                                      timestamp with a time zone gives its local date)
+D/M/Y or M/D/Y (``02/08/2013``)       the order is decided per file: a first number above
+                                      12 (``13/02/2013``) makes the file day-first, a second
+                                      one month-first; when nothing decides (or both occur),
+                                      the file is rejected, pointing at ``data.date_format``
+                                      (a strftime spelling, e.g. ``%d/%m/%Y``)
 non-numeric / NaN / inf value         the row is dropped (only columns the job uses count:
                                       NaN in ``open`` does not matter when only ``close``
-                                      is a feature)
+                                      is a feature); with a delimiter other than ``,``
+                                      (``data.delimiter``), decimal commas (``1.234,56``) are
+                                      numbers
 non-positive price, negative volume   the row is dropped
 high < low, close outside [low, high] the row is dropped (a one-day glitch, e.g. LNT's
                                       halved close on 2016-05-19)
 duplicated date                       later copies are dropped, the first (in listing order:
                                       the file sorting first, then its first line) is kept
 dates out of order                    the series is sorted; a note is recorded, no row lost
+close moves by more than ``max_jump``  the row is dropped: a one-day spike, not a split
+  in one day and back the next day
 close moves by more than ``max_jump``  rows before the jump are dropped: an unadjusted split
-  in one day                          or spin-off (EBAY, NI) makes the older prices
+  in one day (and stays)              or spin-off (EBAY, NI) makes the older prices
                                       incomparable, and the recent part is what forecasts use
 more than half the rows invalid       the whole series is rejected (a mislabelled or
                                       corrupted file)
 fewer rows than ``min_rows``          the whole series is rejected (too short to window)
-unreadable file, not UTF-8, empty,    the whole file is rejected
-  missing a required column
+unreadable file, not UTF-8, empty,    the whole file is rejected, all its lines counted; the
+  binary, HTML or JSON, missing a     reason names the fix that works (``data.delimiter``
+  required column                     for a ';'-separated file, ``data.target=adj_close``
+                                      for a file with only ``Adj Close``, ``data.columns``)
 an entry that is not a history file   listed as not read (see ``rnnlib.sources``)
 ====================================  =====================================================
 """
@@ -47,7 +72,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .sources import ROW, Listing, list_source, read_entries
+from .sources import ROW, Listing, _excerpt, delimiter_of, list_source, printable, read_entries
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
 
@@ -107,10 +132,18 @@ class Histories:
                  f"{len(self.rejected_series())} rejected"
                  + (f"; {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} not read" if len(skipped) else "")]
         for r in self.rejected_series().itertuples():
-            lines.append(f"  rejected {r.ticker or '?'} ({_short(r.file)}): {r.reason}")
+            lines.append("  " + rejected_line(r.ticker, r.file, r.reason))
         for r in skipped.itertuples():
             lines.append(f"  not read {_short(r.file)}: {r.reason}")
         return "\n".join(lines)
+
+
+def rejected_line(ticker, file, reason) -> str:
+    """``rejected TICKER (FILE): REASON``, or ``rejected file FILE: REASON`` for a file rejected
+    whole (its ticker unknown: None, or NaN once the rejects went through a DataFrame)."""
+    if isinstance(ticker, str) and ticker:
+        return f"rejected {ticker} ({_short(file)}): {reason}"
+    return f"rejected file {_short(file)}: {reason}"
 
 
 def _short(file) -> str:
@@ -154,6 +187,7 @@ class _Rejects:
 
 
 FILE = "__file"  # the column holding each row's index into Histories.files
+MAX_TICKER = 40  # characters; longer text in the ticker column is not a ticker
 
 
 def load_histories(
@@ -164,6 +198,8 @@ def load_histories(
     min_rows: int = 1,
     max_jump: float = 1.75,
     endpoint_url: str | None = None,
+    delimiter: str | None = None,
+    date_format: str | None = None,
 ) -> Histories:
     """Load and validate every history under ``source``: a URI (local path, ``file://``,
     ``s3://``) of a file, folder or prefix, a list of them, or a ``sources.Listing``.
@@ -172,11 +208,13 @@ def load_histories(
     (Hive partitions, one file per day or month) all work: the rows of a ticker from every file
     are merged into one series before validation, and every rejected row names its file and line.
     ``needed``: the canonical value columns the job uses (features and target); only these must
-    be valid on a row. ``min_rows``: shortest usable series after cleaning.
+    be valid on a row. ``min_rows``: shortest usable series after cleaning. ``delimiter`` and
+    ``date_format``: as for ``read_rows``.
     """
     listing = source if isinstance(source, Listing) else _listing(source, endpoint_url)
-    return validate_rows(read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url),
-                         needed=needed, min_rows=min_rows, max_jump=max_jump)
+    rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter,
+                     date_format=date_format)
+    return validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
 
 
 @dataclass
@@ -203,50 +241,68 @@ ROW_SCHEMA = pa.schema([("ticker", pa.string()), ("date", pa.timestamp("ns")),
 
 
 def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns: dict[str, str] | None = None,
-              endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False) -> Rows:
+              endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False,
+              delimiter: str | None = None, date_format: str | None = None) -> Rows:
     """Read every entry of ``listing`` into typed rows (``ROW_SCHEMA``'s columns: dates and
     numbers parsed batch by batch as each file is read, the text of a cell that does not parse
     kept in ``RAW`` for its message). ``files``: the list ``FILE`` indexes (default: the
     listing's own); ``uniform``: every ``ROW_SCHEMA`` column, nulls where no file has one, so
-    tables from different reads concatenate."""
+    tables from different reads concatenate. ``delimiter``: of CSV/TSV files (default by suffix);
+    ``date_format``: strftime spelling of dates that are not ISO 8601 (default: detected per file)."""
     rejects = _Rejects()
     for uri, why in listing.skipped:
         rejects.add(file=uri, action=SKIP_FILE, reason=why)
     files = files if files is not None else [e.uri for e in listing.entries]
     index = {u: i for i, u in enumerate(files)}
-    found: dict[str, dict] = {}  # per file: its column mapping and the required columns it lacks
+    found: dict[str, dict] = {}  # per file: its column mapping, the required columns it lacks, its dates
+
+    def header(info: dict, names: list[str]) -> None:
+        info["mapping"] = normalise_columns(names, columns)
+        info["names"] = names
+        info["missing"] = [c for c in ("date",) + tuple(needed) if c not in info["mapping"].values()]
 
     def converter(entry):
         info = found.setdefault(entry.uri, {})
+        comma = delimiter_of(entry, delimiter) != ","
 
         def convert(text: pa.Table) -> pa.Table | None:
             if "mapping" not in info:  # the first batch decides for the file
-                names = [c for c in text.column_names if c != ROW]
-                info["mapping"] = normalise_columns(names, columns)
-                info["names"] = names
-                info["missing"] = [c for c in ("date",) + tuple(needed) if c not in info["mapping"].values()]
+                header(info, [c for c in text.column_names if c != ROW])
             if info["missing"]:
                 return None
-            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform)
+            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, info, date_format, comma)
         return convert
 
     tables, rows_in = [], 0
-    for entry, got in zip(listing.entries, read_entries(listing.entries, endpoint_url, converter)):
+    for entry, got in zip(listing.entries,
+                          read_entries(listing.entries, endpoint_url, converter, delimiter=delimiter)):
         rows_in += got.rows_in
         for line, why in got.bad_rows:
             rejects.add(file=entry.uri, row=line, rows=1, action=DROP_ROW, reason=why)
+        if got.unparsed > 0:
+            rejects.add(file=entry.uri, rows=got.unparsed, action=DROP_ROWS,
+                        reason=f"{got.unparsed} line(s) the CSV parser returned no row for")
         info = found.pop(entry.uri, {})
-        n_rows = got.rows_in - len(got.bad_rows)
+        if "mapping" not in info and got.header:  # no row reached the converter: name what is missing anyway
+            header(info, [c for c in got.header if c != ROW] + [k for k, _ in entry.partitions if k not in got.header])
+        n_rows = got.rows_in - len(got.bad_rows) - max(got.unparsed, 0)
+        why = _missing_reason(info, delimiter_of(entry, delimiter), entry.suffix) if info.get("missing") \
+            else _date_order(info)
         if got.error:
             rejects.add(file=entry.uri, action=REJECT_SERIES, reason=got.error, rows=got.rows_in)
-        elif n_rows == 0:
-            rejects.add(file=entry.uri, action=REJECT_SERIES, reason="no data rows (header only)")
-        elif info.get("missing"):
-            rejects.add(file=entry.uri, rows=n_rows, action=REJECT_SERIES,
-                        reason=f"missing column(s) {', '.join(info['missing'])}; found {', '.join(info['names'])}. "
-                               "Map yours with data.columns, e.g. {Price: close}")
+        elif n_rows == 0 and not info.get("missing"):
+            rejects.add(file=entry.uri, action=REJECT_SERIES, reason="no data rows (header only)" if not got.rows_in
+                        else f"no data rows: all {got.rows_in} line(s) rejected (see the row entries)")
+        elif why:
+            rejects.add(file=entry.uri, rows=n_rows, action=REJECT_SERIES, reason=why)
         elif got.table is not None:
-            tables.append(got.table)
+            table = got.table
+            if DMY in table.column_names:  # A/B/Y dates: the file settled the order (see _date_order)
+                if info.get("day"):
+                    table = table.set_column(table.column_names.index("date"), "date",
+                                             pc.coalesce(table[DMY], table["date"]))
+                table = table.drop_columns([DMY])
+            tables.append(table)
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if uniform:
         table = pa.table({f.name: table[f.name] if table is not None and f.name in table.column_names
@@ -255,9 +311,43 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
     return Rows(table, files, rejects.items, rows_in)
 
 
-def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool) -> pa.Table:
+def _missing_reason(info: dict, delimiter: str, suffix: str = ".csv") -> str:
+    """Why a file lacks a column the job needs, with the fix that works."""
+    missing, names, mapping = info["missing"], info["names"], info["mapping"]
+    head = f"missing column(s) {', '.join(missing)}; found {printable(', '.join(names), 120)}"
+    other = [d for d in (",", ";", "\t", "|") if d != delimiter and len(names) == 1 and d in names[0]]
+    if other:
+        d = other[0]
+        fix = ("name the file .tsv (or set data.delimiter to a tab)" if d == "\t" else
+               "name the file .csv" + ("" if d == "," else f" and set data.delimiter={d!r}") if suffix != ".csv" else
+               f"set data.delimiter={d!r} (score: delimiter)")
+        return f"{head}. The header holds no {delimiter!r} but {'a tab' if d == chr(9) else repr(d)}: {fix}"
+    adjusted = next((n for n, c in mapping.items() if c == "adj_close"), None)
+    if missing == ["close"] and adjusted:
+        return (f"{head}. It has an adjusted close ({printable(adjusted, 40)}): forecast that with "
+                "data.target=adj_close data.features=[] (the target is always an input), or read it as the "
+                f"close with data.columns={{{printable(adjusted, 40)}: close}} (score: columns)")
+    return f"{head}. Map yours with data.columns (score: columns), e.g. {{Price: close}}"
+
+
+def _date_order(info: dict) -> str | None:
+    """Why a file's D/M/Y or M/D/Y dates cannot be read (None when a day above 12 settles the order)."""
+    day, month, either = info.get("day"), info.get("month"), info.get("either")
+    if day and month:
+        return (f"dates mix day-first ({printable(day, 30)}) and month-first ({printable(month, 30)}) spellings; "
+                "set data.date_format (score: date_format) to the one that holds, e.g. %d/%m/%Y")
+    if either and not day and not month:
+        return (f"dates such as {printable(either, 30)} can be day-first or month-first, and no day above 12 in "
+                "the file settles it; set data.date_format (score: date_format), e.g. %d/%m/%Y or %m/%d/%Y")
+    return None
+
+
+def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool, info: dict | None = None,
+           date_format: str | None = None, comma: bool = False) -> pa.Table:
     """A batch of one file's text rows as ``ROW_SCHEMA`` columns (only those the file has, unless
-    ``uniform``); the ticker comes from the file name when the file has no ticker column."""
+    ``uniform``); the ticker comes from the file name when the file has no ticker column.
+    ``info``: the file's notes, where the spellings that settle A/B/Y dates are kept;
+    ``comma``: a decimal comma may occur (the delimiter is not a comma)."""
     n = text.num_rows
     src = {canonical: text[name] for name, canonical in mapping.items()}
     problems: dict[int, dict] = {}
@@ -268,12 +358,20 @@ def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, unifor
 
     cols = {"ticker": pc.utf8_trim_whitespace(src["ticker"]) if "ticker" in src else
             pa.array([ticker_from_filename(uri)] * n, pa.string())}
-    dates = _parse_date_column(src["date"])
-    keep_text(np.isnat(dates), "date")
-    cols["date"] = pa.array(dates, pa.timestamp("ns"), from_pandas=True)
+    got = _parse_date_column(src["date"], date_format)
+    # a date is unreadable when no reading works (the file's order, settled later, cannot help it)
+    keep_text(np.isnat(got.dates) & (np.isnat(got.dmy) if got.dmy is not None else True), "date")
+    cols["date"] = pa.array(got.dates, pa.timestamp("ns"), from_pandas=True)
+    if got.dmy is not None:
+        cols[DMY] = pa.array(got.dmy, pa.timestamp("ns"), from_pandas=True)
+        if info is not None:
+            for key in ("day", "month", "either"):
+                info[key] = info.get(key) or getattr(got, key)
+    present = [c for c in VALUE_COLUMNS if c in src]
+    comma = comma and any(pc.any(pc.match_substring_regex(src[c], r"\d,\d")).as_py() for c in present)
     for c in VALUE_COLUMNS:
         if c in src:
-            v = _to_float(src[c])
+            v = _to_float(src[c], comma)
             keep_text(~np.isfinite(v), c)
             cols[c] = pa.array(v, pa.float64())  # NaN stays NaN: "not a number", not "no column"
         elif uniform:
@@ -294,7 +392,14 @@ def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows:
     rejects.items = list(rows.rejects)
     series: dict[str, pd.DataFrame] = {}
     for ticker, df in _by_ticker(rows, rejects):
-        clean = _clean_series(rows.files, ticker, df, needed, min_rows, max_jump, rejects)
+        mark = len(rejects.items)
+        try:
+            clean = _clean_series(rows.files, ticker, df, needed, min_rows, max_jump, rejects)
+        except Exception as e:  # noqa: BLE001 - one bad series never stops the others
+            del rejects.items[mark:]
+            rejects.add(file=rows.files[df.file[0]], ticker=ticker, rows=len(df), action=REJECT_SERIES,
+                        reason=f"failed to validate ({type(e).__name__}: {printable(e, 120)})")
+            continue
         if clean is not None:
             series[ticker] = clean
     hist = Histories(series, rejects.frame(), rows.rows_in, rows.files)
@@ -336,11 +441,17 @@ def _by_ticker(rows: Rows, rejects):
         return
     tick = table["ticker"]  # trimmed as it was read
     blank = pc.fill_null(pc.equal(tick, ""), True)
-    if pc.any(blank).as_py():
-        bad = table.filter(blank)
-        for f, r in zip(bad[FILE].to_numpy(), bad[ROW].to_numpy()):
-            rejects.add(file=files[f], row=int(r), rows=1, action=DROP_ROW, reason="blank ticker")
-        table, tick = table.filter(pc.invert(blank)), tick.filter(pc.invert(blank))
+    # a ticker is short and printable; anything else is a broken line's text, never a series name
+    odd = pc.or_(pc.or_(pc.greater(pc.utf8_length(tick), MAX_TICKER), pc.invert(pc.utf8_is_printable(tick))),
+                 pc.match_substring(tick, '"'))
+    odd = pc.fill_null(odd, False)
+    drop = pc.or_(blank, odd)
+    if pc.any(drop).as_py():
+        bad = table.filter(drop)
+        for f, r, t in zip(bad[FILE].to_numpy(), bad[ROW].to_numpy(), bad["ticker"].to_pylist()):
+            rejects.add(file=files[f], row=int(r), rows=1, action=DROP_ROW,
+                        reason="blank ticker" if not t else f"not a ticker: {_excerpt(t, 40)}")
+        table, tick = table.filter(pc.invert(drop)), tick.filter(pc.invert(drop))
     names = pc.unique(tick).to_pylist()
     codes = pc.index_in(tick, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
     rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # ticker order, alphabetical
@@ -366,11 +477,16 @@ def _by_ticker(rows: Rows, rejects):
 
 
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_COMMA_NUMBER = r"^[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?$"  # 45,07  1.234,56  1.234.567
 
 
-def _to_float(col: pa.ChunkedArray) -> np.ndarray:
-    """Text to float64, NaN where it is not a number (the row checks name the text)."""
+def _to_float(col: pa.ChunkedArray, comma: bool = False) -> np.ndarray:
+    """Text to float64, NaN where it is not a number (the row checks name the text). ``comma``:
+    the batch writes decimal commas, so a number spelled that way has ``.`` between thousands."""
     text = pc.utf8_trim_whitespace(col)
+    if comma:
+        euro = pc.match_substring_regex(text, _COMMA_NUMBER)
+        text = pc.if_else(euro, pc.replace_substring(pc.replace_substring(text, ".", ""), ",", "."), text)
     try:
         out = pc.cast(text, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some text is not a number: those become null
@@ -379,21 +495,105 @@ def _to_float(col: pa.ChunkedArray) -> np.ndarray:
     return out.to_numpy(zero_copy_only=False)
 
 
-def _parse_date_column(col: pa.ChunkedArray) -> np.ndarray:
-    """Dates as datetime64[ns], NaT where unparseable; each distinct spelling is parsed once."""
+_TIME = r"(?:[T ]+\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[AaPp][Mm])?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?)?"
+_YMD = rf"^(?P<y>\d{{4}})[-/.](?P<m>\d{{1,2}})[-/.](?P<d>\d{{1,2}}){_TIME}$"  # ISO 8601 and Y/M/D
+_COMPACT = r"^(?P<y>\d{4})(?P<m>\d{2})(?P<d>\d{2})$"                         # 20130208
+_AB_Y = rf"^(?P<a>\d{{1,2}})[/.\-](?P<b>\d{{1,2}})[/.\-](?P<y>\d{{4}}|\d{{2}}){_TIME}$"  # D/M/Y or M/D/Y
+DMY = "__date_dmy"  # the day-first reading of a batch's A/B/Y dates, until the file decides
+
+
+@dataclass
+class _Dates:
+    """A date column parsed: ``dates`` (day precision; A/B/Y dates read month-first), ``dmy`` (the
+    day-first reading where A/B/Y dates occur, else None) and example spellings that settle the
+    order: ``day`` (first number above 12), ``month`` (second above 12), ``either`` (both 12 or less)."""
+
+    dates: np.ndarray
+    dmy: np.ndarray | None = None
+    day: str | None = None
+    month: str | None = None
+    either: str | None = None
+
+
+def _parse_date_column(col: pa.ChunkedArray, date_format: str | None = None) -> _Dates:
+    """Dates as datetime64[ns] calendar dates, NaT where unparseable; each distinct spelling is
+    parsed once. A time of day and a UTC offset are dropped: the date is the one written."""
     text = pc.utf8_trim_whitespace(col)
     uniq = pc.unique(text)
-    parsed = _parse_dates(pd.Series(uniq.to_pylist(), dtype=object)).to_numpy(dtype="datetime64[ns]")
+    got = _parse_dates(uniq, date_format)
     pos = pc.fill_null(pc.index_in(text, value_set=uniq), -1).to_numpy(zero_copy_only=False)
-    return np.where(pos >= 0, parsed[np.maximum(pos, 0)], np.datetime64("NaT", "ns"))
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        return np.where(pos >= 0, values[np.maximum(pos, 0)], np.datetime64("NaT", "ns"))
+
+    got.dates = spread(got.dates)
+    if got.dmy is not None:
+        got.dmy = spread(got.dmy)
+    return got
 
 
-def _parse_dates(raw: pd.Series) -> pd.Series:
-    text = raw.astype(str).str.strip()
-    dates = pd.to_datetime(text, errors="coerce", format="ISO8601")
-    if dates.isna().any():  # other spellings (e.g. 02/08/2013): slower, only where needed
-        dates = dates.fillna(pd.to_datetime(text[dates.isna()], errors="coerce", format="mixed"))
-    return dates
+def _parse_dates(uniq: pa.Array, date_format: str | None) -> _Dates:
+    n = len(uniq)
+    out = np.full(n, np.datetime64("NaT", "ns"))
+    todo = np.ones(n, dtype=bool)
+    for pattern in (_YMD, _COMPACT):
+        y, m, d = _groups(uniq, pattern, "ymd")
+        hit = todo & (y >= 0)
+        out[hit], todo = _ymd(y, m, d)[hit], todo & ~hit
+    got = _Dates(out)
+    if date_format is None:
+        a, b, y = _groups(uniq, _AB_Y, "aby")
+        hit = todo & (y >= 0)
+        if hit.any():
+            y = np.where(y < 100, np.where(y <= 68, y + 2000, y + 1900), y)  # as strptime reads %y
+            got.dmy = out.copy()
+            out[hit], got.dmy[hit], todo = _ymd(y, a, b)[hit], _ymd(y, b, a)[hit], todo & ~hit
+            text = uniq.to_numpy(zero_copy_only=False)
+            day, month = (a >= 1) & (a <= 12), (b >= 1) & (b <= 12)  # could be a month
+            for key, mask in (("day", (a > 12) & (a <= 31) & month), ("month", (b > 12) & (b <= 31) & day),
+                              ("either", (a != b) & day & month)):
+                first = np.flatnonzero(hit & mask)
+                setattr(got, key, str(text[first[0]]) if len(first) else None)
+    if todo.any():  # other spellings (8 Feb 2013, Feb 8, 2013) or date_format: slower, only these
+        rest = pd.Series(uniq.filter(pa.array(todo)).to_pylist(), dtype=object)
+        out[todo] = _parse_other(rest, date_format)
+        if got.dmy is not None:
+            got.dmy[todo] = out[todo]
+    return got
+
+
+def _groups(uniq: pa.Array, pattern: str, names: str) -> tuple[np.ndarray, ...]:
+    """The named groups of ``pattern`` as integers, -1 where a value does not match."""
+    found = pc.extract_regex(uniq, pattern)
+    return tuple(pc.fill_null(pc.cast(pc.struct_field(found, k), pa.int64()), -1).to_numpy(zero_copy_only=False)
+                 for k in names)
+
+
+def _ymd(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """datetime64[ns] from year, month and day numbers; NaT where there is no such day."""
+    ok = (y >= 1) & (y <= 9999) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= 31)
+    month = np.where(ok, (y - 1970) * 12 + m - 1, 0).astype("datetime64[M]")
+    day = month.astype("datetime64[D]") + np.where(ok, d - 1, 0)
+    ok &= day.astype("datetime64[M]") == month  # 31 April, 29 February 2013
+    return np.where(ok, day.astype("datetime64[ns]"), np.datetime64("NaT", "ns"))
+
+
+def _parse_other(text: pd.Series, date_format: str | None) -> np.ndarray:
+    def calendar(d) -> np.ndarray:
+        d = pd.DatetimeIndex(d)
+        return (d.tz_localize(None) if d.tz is not None else d).normalize().to_numpy(dtype="datetime64[ns]")
+
+    try:
+        return calendar(pd.to_datetime(text, errors="coerce", format=date_format or "mixed"))
+    except (ValueError, TypeError, OverflowError):  # offsets differ (daylight saving): one at a time
+        one = []
+        for t in text:
+            try:
+                v = pd.to_datetime(t, errors="coerce", format=date_format or "mixed")
+            except (ValueError, TypeError, OverflowError):
+                v = pd.NaT
+            one.append(pd.NaT if pd.isna(v) else v.tz_localize(None) if v.tzinfo else v)
+        return calendar(one)
 
 
 def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rejects) -> pd.DataFrame | None:
@@ -432,10 +632,13 @@ def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rej
         return None
 
     out = pd.DataFrame({"date": s.dates[keep], **{c: v[keep] for c, v in s.values.items()}})
+    at = np.flatnonzero(keep)  # each row's place in s, for rejects that name its file and line
     if not out["date"].is_monotonic_increasing:
         rejects.add(file=where, ticker=ticker, action=NOTE, reason="dates were not in order; sorted")
-        out = out.sort_values("date", kind="stable")
-    out = _cut_at_split(out.reset_index(drop=True), where, ticker, needed, max_jump, rejects)
+        order = np.argsort(out["date"].to_numpy(), kind="stable")
+        out, at = out.iloc[order].reset_index(drop=True), at[order]
+    out = _drop_spikes(out, at, files, s, ticker, needed, max_jump, rejects)
+    out = _cut_at_split(out, where, ticker, needed, max_jump, rejects)
     if len(out) < min_rows:
         rejects.add(file=where, ticker=ticker, rows=len(out), action=REJECT_SERIES,
                     reason=f"too short: {len(out)} valid rows, need at least {min_rows} for this job's window "
@@ -454,11 +657,11 @@ def _row_problems(s: _TickerRows, needed) -> np.ndarray:
             reason[i] = message(i)
 
     values = s.values
-    flag(np.isnat(s.dates), lambda i: f"unparseable date {str(s.raw('date', i))[:40]!r}")
+    flag(np.isnat(s.dates), lambda i: f"unparseable date {_excerpt(s.raw('date', i), 40)}")
     with np.errstate(invalid="ignore"):
         for c in needed:
             v = values[c]
-            flag(~np.isfinite(v), lambda i, c=c: f"non-numeric, missing or infinite {c}: {str(s.raw(c, i))[:40]!r}")
+            flag(~np.isfinite(v), lambda i, c=c: f"non-numeric, missing or infinite {c}: {_excerpt(s.raw(c, i), 40)}")
             if c == "volume":
                 flag(v < 0, lambda i, v=v: f"negative volume: {v[i]:g}")
             else:
@@ -473,9 +676,38 @@ def _row_problems(s: _TickerRows, needed) -> np.ndarray:
     return reason
 
 
+def _price(needed) -> str | None:
+    return "close" if "close" in needed else next((c for c in needed if c in PRICE_COLUMNS), None)
+
+
+def _drop_spikes(out, at, files, s: _TickerRows, ticker, needed, max_jump, rejects) -> pd.DataFrame:
+    """Drop one-day spikes: a row that moves beyond ``max_jump`` from the day before and moves
+    back the next day (the day after is within ``max_jump`` of the day before). A split is a level
+    change that persists; a spike that reverts is one bad row."""
+    price = _price(needed)
+    if price is None or len(out) < 3:
+        return out
+    p = out[price].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up, back, span = p[1:-1] / p[:-2], p[2:] / p[1:-1], p[2:] / p[:-2]
+        big = lambda r: (r > max_jump) | (r < 1 / max_jump)  # noqa: E731
+        spike = big(up) & big(back) & ~big(span) & ((up > 1) != (back > 1))
+    drop = []
+    for k in np.flatnonzero(spike) + 1:  # few; two in a row: the first is the spike, the second its return
+        if not drop or drop[-1] != k - 1:
+            drop.append(int(k))
+    for k in drop:
+        i = int(at[k])
+        rejects.add(file=files[s.file[i]], ticker=ticker, row=int(s.line[i]), rows=1, action=DROP_ROW,
+                    date=out["date"].iloc[k].date().isoformat(),
+                    reason=f"one-day spike: {price} moved x{p[k] / p[k - 1]:.2f}, then x{p[k + 1] / p[k]:.2f} back "
+                           f"the next day (max_jump={max_jump:g}); the row is dropped, not the history before it")
+    return out.drop(index=drop).reset_index(drop=True) if drop else out
+
+
 def _cut_at_split(out, where, ticker, needed, max_jump, rejects) -> pd.DataFrame:
     """Drop the rows before the last one-day move beyond ``max_jump`` (an unadjusted split)."""
-    price = "close" if "close" in needed else next((c for c in needed if c in PRICE_COLUMNS), None)
+    price = _price(needed)
     if price is None or len(out) < 2:
         return out
     ratio = out[price].to_numpy()[1:] / out[price].to_numpy()[:-1]

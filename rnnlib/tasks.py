@@ -39,6 +39,7 @@ def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None) -> t
     by_date = bool(d.val_start or d.test_start)
     hist = load_histories(source, needed=feature_columns(d.target, d.features),
                           columns=d.columns, max_jump=d.max_jump, endpoint_url=endpoint_url,
+                          delimiter=d.delimiter, date_format=d.date_format,
                           min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date))
     if not hist.series:
         raise DataError(f"{source}: no usable series.\n{hist.summary()}")
