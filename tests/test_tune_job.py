@@ -73,7 +73,9 @@ def test_driver_killed_mid_search_resumes_without_rerunning_finished_trials(tmp_
     df = results(str(d))
     assert len(df) == 8 and (df["status"] == "done").all() and (df["epochs"] == 3).all()
     # every trial reported its last epoch exactly once: none ran to completion twice
-    for trial in d.glob("trial_*"):
+    trials = sorted(d.glob("trial_*"))
+    assert len(trials) == 8, [t.name for t in trials]  # an empty glob must not pass the check below
+    for trial in trials:
         epochs = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines()]
         assert epochs.count(3) == 1, (trial.name, epochs)
 
