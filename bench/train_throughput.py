@@ -2,7 +2,9 @@
 
 Same model, data and effective batch size everywhere. Throughput = training items per epoch
 (forecast windows, or characters) / median training seconds of the timed epochs (the first of
-each run includes warm-up and is not timed); ms/step = those seconds / optimizer steps. Threads:
+each run includes warm-up and is not timed); ms/step = those seconds / optimizer steps. The
+wall columns are what a user waits for per epoch: training and validation in the plain loop;
+under Ray Train also the checkpoint and the report (from one epoch's start to the next). Threads:
 the plain loop and the single worker use all cores; two workers get half each (Ray sets
 OMP_NUM_THREADS from the worker's CPUs).
 
@@ -51,20 +53,24 @@ def items_per_epoch(task, cfg) -> tuple[int, int]:
     return sum(int(y.numel() if cfg.task == "text" else len(y)) for _, y in batches), len(batches)
 
 
-def plain(cfg, task, threads: int = CORES) -> tuple[list[float], int]:
+def plain(cfg, task, threads: int = CORES) -> tuple[list[float], list[float], int]:
+    """(training seconds per epoch, wall seconds per epoch (training + validation), threads)."""
     torch.set_num_threads(threads)
     seed_everything(0)
     model = task.build_model()
     opt = make_optimizer(model, cfg)
-    state, secs = TrainState(), []
+    state, secs, wall = TrainState(), [], []
     while not state.done(cfg):
         tr, val, total, train_s = run_epoch(model, opt, task, cfg, state)
         state.record(tr, val, total, train_s)
         secs.append(train_s)
-    return secs, torch.get_num_threads()
+        wall.append(total)
+    return secs, wall, torch.get_num_threads()
 
 
-def ray_train(cfg, workers: int) -> tuple[list[float], int]:
+def ray_train(cfg, workers: int) -> tuple[list[float], list[float], int]:
+    """(training seconds per epoch, wall seconds from one epoch's start to the next (training,
+    validation, checkpoint and report: what a user waits for; one fewer than epochs), threads)."""
     from jobs.train import build_trainer
 
     raw = to_dict(cfg)
@@ -74,7 +80,7 @@ def ray_train(cfg, workers: int) -> tuple[list[float], int]:
     result = build_trainer(cfg, f"bench-{cfg.task}-{workers}w").fit()
     df = result.metrics_dataframe.sort_values("epoch")
     assert len(df) == cfg.train.epochs, "every epoch must be in the metrics"
-    return list(df["train_seconds"]), int(df["torch_threads"].iloc[-1])
+    return list(df["train_seconds"]), list(df["started"].diff().dropna()), int(df["torch_threads"].iloc[-1])
 
 
 def main() -> None:
@@ -97,26 +103,30 @@ def main() -> None:
         modes = {"plain loop": partial(plain, cfg, task), "plain loop, 1 thread": partial(plain, cfg, task, 1),
                  "Ray Train 1 worker": partial(ray_train, cfg, 1), "Ray Train 2 workers": partial(ray_train, cfg, 2)}
         timed = {mode: [] for mode in modes}
+        walls = {mode: [] for mode in modes}
         threads = {}
         for r in range(args.rounds):
             order = list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]
             for mode in order:
-                secs, threads[mode] = modes[mode]()
+                secs, wall, threads[mode] = modes[mode]()
                 timed[mode] += secs[1:] or secs
+                walls[mode] += wall[1:] or wall
                 torch.set_num_threads(CORES)
-        base = None
+        base = base_wall = None
         for mode, secs in timed.items():
-            med = statistics.median(secs)
+            med, wall = statistics.median(secs), statistics.median(walls[mode])
             rate = n / med
-            base = base or rate
+            base, base_wall = base or rate, base_wall or wall
             rows.append((name, mode, threads[mode], round(rate), unit, round(1000 * med / steps, 1),
-                         round(rate / base, 3)))
+                         round(rate / base, 3), round(wall, 2), round(base_wall / wall, 3)))
             out[f"{name}/{mode}"] = {"items_per_epoch": n, "steps_per_epoch": steps, "train_seconds": secs,
-                                     "rate": rate, "threads_per_worker": threads[mode], "ratio_vs_plain": rate / base}
+                                     "wall_seconds": walls[mode], "rate": rate, "threads_per_worker": threads[mode],
+                                     "ratio_vs_plain": rate / base, "wall_ratio_vs_plain": base_wall / wall}
     m = machine()
     print(f"machine: {m['cpus']} cores, torch {m['torch']}; epochs {args.epochs} (first not timed), "
           f"{args.rounds} round(s)\n")
-    print(table(rows, ["task", "mode", "threads/worker", "throughput", "unit", "ms/step", "x plain"]))
+    print(table(rows, ["task", "mode", "threads/worker", "throughput", "unit", "ms/step", "x plain",
+                       "wall s/epoch", "wall x plain"]))
     print(f"\nresults: {write('train_throughput', {'epochs': args.epochs, 'rounds': args.rounds, 'runs': out})}")
 
 

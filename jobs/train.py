@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -72,6 +73,7 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
     start_epoch = state.epoch
     wrapped = prepare(model)
     while not state.done(cfg):
+        started = time.time()  # epoch to epoch, this also counts the report and checkpoint a user waits for
         train_loss, val_loss, secs, train_secs = run_epoch(wrapped, opt, task, cfg, state, rank=rank, world=world,
                                                            precision=precision, eval_model=model)
         if world > 1:  # mean train loss over the shards
@@ -84,7 +86,8 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
                   f"({secs:.1f}s)", flush=True)
         metrics = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss, "stale": state.stale,
                    "start_epoch": start_epoch, "seconds": secs, "train_seconds": train_secs,
-                   "torch_threads": torch.get_num_threads(), "device": str(device_of(model))}
+                   "torch_threads": torch.get_num_threads(), "device": str(device_of(model)),
+                   "started": started}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 save_checkpoint(Path(tmp), model, opt, task, cfg, state)
