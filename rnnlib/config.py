@@ -386,22 +386,19 @@ def section_from_dict(cls: type, raw: Any, source: str = "config") -> Any:
     return cfg
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, except that a scalar shaped like a date that is no date
-    (2017-13-45) stays a string, for validation to report with its key, instead of a ValueError."""
-
-    def construct_yaml_timestamp(self, node):
+def _impossible_dates(node: yaml.Node, path: tuple = ()) -> list[tuple[str, str]]:
+    """``(key, text)`` of every scalar that YAML reads as a date but is none (2017-02-30), found in
+    the composed node tree (no object is built), so the error can name its key."""
+    if isinstance(node, yaml.MappingNode):
+        return [bad for k, v in node.value for bad in _impossible_dates(v, (*path, str(k.value)))]
+    if isinstance(node, yaml.SequenceNode):
+        return [bad for i, v in enumerate(node.value) for bad in _impossible_dates(v, (*path, str(i)))]
+    if node.tag == "tag:yaml.org,2002:timestamp":
         try:
-            return super().construct_yaml_timestamp(node)
+            yaml.safe_load(node.value)
         except ValueError:
-            return self.construct_scalar(node)
-
-
-_SafeLoader.add_constructor("tag:yaml.org,2002:timestamp", _SafeLoader.construct_yaml_timestamp)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader: Python tags are refused
+            return [(".".join(path), node.value)]
+    return []
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
@@ -413,8 +410,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
             problems.append(f"override {item!r}: expected key=value with a dotted key, e.g. model.cell=gru")
             continue
         try:
-            value = _load_yaml(text) if text != "" else ""
-        except (yaml.YAMLError, ValueError):  # e.g. !!float abc
+            value = yaml.safe_load(text) if text != "" else ""
+        except (yaml.YAMLError, ValueError):  # e.g. !!float abc, or 2017-13-45: validation names the key
             value = text
         out.append((key.split("."), value))
     if problems:
@@ -441,17 +438,23 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file with a safe loader; a missing or malformed file is a ``ConfigError``."""
+    """Read a YAML file with ``yaml.safe_load``; a missing or malformed file is a ``ConfigError``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError([f"file not found: {p} (pass the path to a YAML config; the shipped ones "
                            "are in jobs/configs/)"], str(p))
     try:
-        return _load_yaml(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: a tagged scalar such as !!float abc
-        raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([f"not UTF-8 text ({e.reason} at byte {e.start})"], str(p)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
+    except ValueError as e:  # a date that is none (2017-02-30), or a tagged scalar such as !!float abc
+        dates = _impossible_dates(yaml.compose(text))
+        raise ConfigError([f"{key}: {value!r} is not a date; use YYYY-MM-DD" for key, value in dates]
+                          or [f"not valid YAML: {e}"], str(p)) from None
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
