@@ -65,8 +65,8 @@ class Check:
             status = "ok"
         except Exception as e:  # noqa: BLE001 - every failure becomes a row, and exit 1
             traceback.print_exc()
-            result, figure, status = None, f"{type(e).__name__}: {str(e).splitlines()[0][:90] if str(e) else ''}", \
-                "FAILED"
+            first = (str(e).splitlines() or [""])[0][:90]
+            result, figure, status = None, f"{type(e).__name__}: {first}", "FAILED"
             self.failed += 1
         self.rows.append((name, status, figure, f"{time.perf_counter() - start:.1f}"))
         print(f"[{status}] {name}: {figure}", flush=True)

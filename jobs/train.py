@@ -31,17 +31,18 @@ from rnnlib.tasks import make_task
 # can be resumed with more workers, another storage endpoint or more tolerated failures.
 _NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling")
 _NOT_TRAINED_IN_TRAIN = ("max_failures", "keep_checkpoints")
-_READ_OPTIONS = ("delimiter", "date_format")
+# Keys added after run names existed, with the value every earlier run had: at that value they
+# are left out of the name, so an earlier run still resumes and a finished one is still found.
+_ADDED_LATER = {"train": {"precision": "fp32"}, "data": {"delimiter": None, "date_format": None}}
 
 
 def trained_part(config: dict) -> dict:
     """The part of a config (as plain data) that determines the trained model."""
     d = {k: v for k, v in config.items() if k not in _NOT_TRAINED}
     d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in _NOT_TRAINED_IN_TRAIN}
-    if d["train"].get("precision") == "fp32":  # the default before it was a key: old run names stay valid
-        del d["train"]["precision"]
-    if isinstance(d.get("data"), dict):  # read options added later count only when set, for the same reason
-        d["data"] = {k: v for k, v in d["data"].items() if not (k in _READ_OPTIONS and v is None)}
+    for section, added in _ADDED_LATER.items():
+        if isinstance(d.get(section), dict):
+            d[section] = {k: v for k, v in d[section].items() if k not in added or v != added[k]}
     return d
 
 
