@@ -124,14 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "'search.model.cell={choice: [lstm, gru]}'")
     _config_command(sub, "score", "score", "forecast or backtest many histories with Ray Data, publish atomically",
                     "Score every history under input= with the bundle at model=, writing Parquet under "
-                    "<output>/run=<id>/ with a manifest and _SUCCESS. Rerunning a published run does nothing.",
+                    "<output>/as_of=<date>/run=<id>/ with a manifest and _SUCCESS, then point "
+                    "<output>/LATEST and <output>/as_of=<date>/LATEST at it. Rerunning a published run does nothing.",
                     "jobs/configs/forecast-score.yaml",
                     "e.g. input=DIR model=BUNDLE_DIR output=OUT_DIR mode=backtest as_of=2018-01-31")
 
     v = sub.add_parser("verify", help="check a published score run against its manifest",
                        description="Read _SUCCESS, then the manifest it commits, then check every listed "
                                    "file's bytes, sha256 and rows. Exit 0 if all match, 1 with a report.")
-    v.add_argument("run", help="the run=<id> folder or s3:// prefix")
+    v.add_argument("run", help="a run folder (<output>/as_of=<date>/run=<id>), or a LATEST pointer or the folder "
+                               "holding one (<output>, <output>/as_of=<date>): the run it names")
     _endpoint_flag(v)
     v.set_defaults(func=_verify)
 
@@ -202,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "curves, test metrics and a backtest against persistence, forecasts with "
                                     "their 80%% band over the recent history.")
     rp.add_argument("runs", nargs="+", metavar="RUN",
-                    help="<storage>/<name> of a tune or train run, or <output>/run=<id> of a score run")
+                    help="<storage>/<name> of a tune or train run, or a score run: <output>/as_of=<date>/run=<id>, "
+                         "or <output> (its LATEST run)")
     rp.add_argument("--out", help="folder for report.md and the PNGs (default: RUN/report)")
     rp.add_argument("--tickers", type=int, default=4, help="tickers in the forecast plots (default: %(default)s)")
     _endpoint_flag(rp)

@@ -67,7 +67,7 @@ def run(out: str = "outputs/demo", quick: bool = False) -> int:
           f"rnnjobs score jobs/configs/forecast-score.yaml {' '.join(score_args)}")
     if score.run(str(CONFIGS / "forecast-score.yaml"), score_args):
         return 1
-    published = max((p for p in (out / "forecasts").glob("run=*") if publish.is_published(str(p))),
+    published = max((p for p in (out / "forecasts").glob("as_of=*/run=*") if publish.is_published(str(p))),
                     key=lambda p: (p / publish.SUCCESS).stat().st_mtime)  # this model's run: the newest
     if score.run_verify(str(published), None):
         return 1

@@ -60,7 +60,7 @@ def _kinds(uri: str, endpoint: str | None) -> list[str]:
     if kinds:
         return kinds
     raise UserError(f"{uri}: not a search (results.parquet), a training run (metrics.json) or a published "
-                    "score run (_SUCCESS); pass <storage>/<name> or <output>/run=<id>")
+                    "score run (_SUCCESS); pass <storage>/<name>, <output>/as_of=<date>/run=<id> or <output>/LATEST")
 
 
 def search_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int, top: int = 5) -> None:
@@ -124,9 +124,7 @@ def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
              f"`{m['model']['uri']}`: {c['series_scored']} series scored, {c['series_rejected']} rejected, "
              f"{c['rows_rejected']} rows rejected of {c['rows_in']}, {c['forecast_rows']} forecast rows "
              "(rejects.parquet lists every rejected row and series with its reason).")
-    parts = [f for f in m["files"] if f["kind"] == "forecasts"]
-    fc = pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(uri, f["path"]), endpoint)))
-                    for f in parts], ignore_index=True)
+    fc = publish.read_kind(uri, "forecasts", endpoint)
     if fc.empty:
         return
     tickers = sorted(fc["ticker"].unique())[:n_tickers]
@@ -145,6 +143,7 @@ def run(runs: list[str], out: str | None, tickers: int, endpoint_url: str | None
     out_dir = Path(out) if out else Path("outputs/report" if storage.is_s3(runs[0]) else runs[0]) / "report"
     rep = Report(out_dir)
     sections = {"search": search_section, "train": train_section, "score": score_section}
+    runs = [publish.resolve(uri, endpoint_url) for uri in runs]  # a score output's LATEST pointer: its run
     kinds = {uri: _kinds(uri, endpoint_url) for uri in runs}
     if any(k == ["train"] for k in kinds.values()):  # a training run is given: skip the searches' best trials
         kinds = {uri: [k for k in ks if k != "train" or ks == ["train"]] for uri, ks in kinds.items()}

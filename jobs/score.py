@@ -9,11 +9,14 @@ into rows and a hash shuffle by ticker hands the actors blocks of whole tickers.
 in the number of series: only summaries travel back to the driver.
 
 run_id is derived from the model's weights, the input listing (paths, sizes, times), as_of
-and the scoring settings: rerunning a published run is a no-op.
+and the scoring settings: rerunning a published run is a no-op. A run is filed under
+``<output>/as_of=<date>/run=<id>/`` (the date: as_of, or today in the exchange's time zone) and
+the LATEST pointers move to it once it is published (rnnlib.publish).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -117,7 +120,16 @@ class ScoreBlock(ScoreBatch):
 
 
 def load_score_config(config: str, overrides: list[str]) -> ScoreConfig:
-    return section_from_dict(ScoreConfig, apply_overrides(read_yaml(config), overrides), config)
+    """The config with ``as_of: today`` resolved to the date in the exchange's time zone."""
+    cfg = section_from_dict(ScoreConfig, apply_overrides(read_yaml(config), overrides), config)
+    return dataclasses.replace(cfg, as_of=exchange_today(cfg.exchange_tz)) if cfg.as_of == "today" else cfg
+
+
+def exchange_today(tz: str) -> str:
+    """Today's date where the exchange is (a run at 01:00 UTC is still the previous evening in New York)."""
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo(tz)).date().isoformat()
 
 
 def run_id(cfg: ScoreConfig, model_sha: str, listing: list[tuple[str, int, float]]) -> str:
@@ -134,13 +146,15 @@ def run(config: str, overrides: list[str]) -> int:
     source = cfg.input or str(sample_stocks_dir())
     listing = list_source(source, endpoint_url=cfg.endpoint_url)
     rid = run_id(cfg, bundle.meta["weights_sha256"], listing.key())
-    run_uri = storage.join(cfg.output, f"run={rid}")
+    day = cfg.as_of or exchange_today(cfg.exchange_tz)
+    run_uri = publish.dated_run(cfg.output, day, rid)
     layout = input_layout(cfg, listing)
     print(f"score run {rid}: {cfg.mode}, {len(listing.entries)} file(s) from {source} "
           f"({layout} layout), model {cfg.model}"
           + (f"; {len(listing.skipped)} entries not read (listed in rejects.parquet)" if listing.skipped else ""))
     if publish.is_published(run_uri, cfg.endpoint_url):
         print(f"already published: {run_uri} (nothing to do)")
+        _point_if_unpointed(cfg, day, rid)
         return 0
 
     import ray
@@ -186,8 +200,10 @@ def run(config: str, overrides: list[str]) -> int:
     manifest, rejects = _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri)
     if not publish.commit(run_uri, attempt, manifest, cfg.endpoint_url):
         print(f"another attempt published {run_uri} first; this attempt's files were removed")
+        _point_if_unpointed(cfg, day, rid)
         return 0
     removed = publish.clean_unlisted(run_uri, cfg.endpoint_url)
+    pointers = publish.point_latest(cfg.output, day, rid, cfg.endpoint_url)
     c = manifest["counts"]
     print(f"published {run_uri} in {scored_s:.1f}s: {c['series_scored']} series scored, "
           f"{c['series_rejected']} rejected, {c['forecast_rows']} forecast rows"
@@ -195,8 +211,15 @@ def run(config: str, overrides: list[str]) -> int:
     if len(rejects):
         for r in rejects[rejects.action == REJECT_SERIES].itertuples():
             print("  " + rejected_line(r.ticker, os.path.basename(str(r.file)), r.reason))
-    print(f"verify: rnnjobs verify {run_uri}")
+    print(f"latest: {', '.join(pointers)}\nverify: rnnjobs verify {run_uri}")
     return 0
+
+
+def _point_if_unpointed(cfg: ScoreConfig, day: str, rid: str) -> None:
+    """A published run whose date has no LATEST yet (the attempt that committed stopped before
+    writing it) gets its pointers; a date whose LATEST names a newer run keeps it."""
+    if not storage.exists(storage.join(cfg.output, f"as_of={day}", publish.LATEST), cfg.endpoint_url):
+        publish.point_latest(cfg.output, day, rid, cfg.endpoint_url)
 
 
 def input_layout(cfg: ScoreConfig, listing: Listing) -> str:
@@ -235,7 +258,10 @@ def _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri) ->
             "counts": counts, "files": files, "config": to_dict(cfg), "versions": versions()}, rejects
 
 
-def run_verify(run_uri: str, endpoint_url: str | None) -> int:
+def run_verify(uri: str, endpoint_url: str | None) -> int:
+    run_uri = publish.resolve(uri, endpoint_url)
+    if run_uri != uri.rstrip("/"):
+        print(f"{uri} -> {run_uri}")
     v = publish.verify(run_uri, endpoint_url)
     if v.ok:
         print(f"{run_uri}: OK, {v.checked} file(s) match the manifest")

@@ -240,6 +240,8 @@ def check_inputs_reachable(command: str, resolved: dict, address: str | None,
 def submit(address: str | None, command: str, config: str, overrides: list[str], wait: bool,
            includes: Sequence[str] = ()) -> int:
     resolved = resolved_config(command, config, overrides)
+    if command == "score" and resolved.get("as_of"):  # `as_of=today`, resolved here: the id and the job agree
+        overrides = [o for o in overrides if not o.startswith("as_of=")] + [f"as_of={resolved['as_of']}"]
     files = upload_set(config, includes)
     check_inputs_reachable(command, resolved, address, files)
     base_id = submission_id(command, resolved)

@@ -44,6 +44,16 @@ def _iso_date(value: str) -> str | None:
     return None
 
 
+def _timezone(value: str) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "is not a time zone; use an IANA name such as America/New_York or Europe/London"
+    return None
+
+
 def _location(value: str) -> str | None:
     from .storage import uri_problem  # here, not at the top: pyarrow is not needed to print help
 
@@ -362,8 +372,11 @@ class ScoreConfig:
                       check=_location)
     mode: Literal["forecast", "backtest"] = opt("forecast", "forecast: the next horizon days after the last "
                                                 "row (or as_of); backtest: rolling forecasts over past data")
-    as_of: str | None = opt(None, "YYYY-MM-DD; rows after it are ignored; null = each series' last row",
-                            check=_iso_date)
+    as_of: str | None = opt(None, "YYYY-MM-DD, or today (the date in exchange_tz when the job starts); rows after "
+                            "it are ignored; null = each series' last row (the run is filed under today)",
+                            check=lambda v: None if v == "today" else _iso_date(v))
+    exchange_tz: str = opt("America/New_York", "the exchange's time zone: what 'today' is (an evening run "
+                           "after midnight UTC still forecasts as of the exchange's date)", check=_timezone)
     backtest_days: int = opt(250, "backtest: trading days at the end of each series with rolling origins", lo=1)
     step: int | None = opt(None, "backtest: days between origins; null = the model's horizon", lo=1)
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)

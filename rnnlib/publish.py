@@ -7,6 +7,12 @@ Readers trust only what a ``_SUCCESS`` manifest lists. Two attempts racing to co
 one creates ``_SUCCESS``; the other learns it lost and removes the files only it wrote (their
 names carry its attempt id; shared names such as rejects.parquet hold the same bytes).
 
+Runs are filed by date: ``<output>/as_of=YYYY-MM-DD/run=<run_id>/``. After a commit, pointers
+tell readers which run is current: ``<output>/as_of=<date>/LATEST`` (the newest published run of
+that date) and ``<output>/LATEST`` (the run of the latest date; a backfill of an earlier date does
+not move it). A pointer is a small JSON written in one piece, only after ``_SUCCESS``, so it
+never names an unpublished run; ``resolve`` follows one (verify, report and scorecard accept one).
+
 Reading back trusts nothing: an empty ``_SUCCESS`` (what Spark and Hadoop write), a folder in its
 place, JSON that does not parse, a manifest without the fields it needs, a part that is not
 Parquet, and a file in the run folder that the manifest does not list are each a named problem.
@@ -29,6 +35,7 @@ from .errors import UserError
 from .jsoncheck import Problems, an, json_type
 
 SUCCESS = "_SUCCESS"
+LATEST = "LATEST"
 
 
 def parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -46,7 +53,79 @@ def write_part(run_uri: str, name: str, df: pd.DataFrame, kind: str, endpoint_ur
 
 
 def is_published(run_uri: str, endpoint_url: str | None = None) -> bool:
-    return storage.exists(storage.join(run_uri, SUCCESS), endpoint_url)
+    return storage.kind(storage.join(run_uri, SUCCESS), endpoint_url) == "file"
+
+
+def dated_run(output: str, as_of: str, run_id: str) -> str:
+    """Where a run of ``as_of`` (YYYY-MM-DD) is published."""
+    return storage.join(output, f"as_of={as_of}", f"run={run_id}")
+
+
+def point_latest(output: str, as_of: str, run_id: str, endpoint_url: str | None = None) -> list[str]:
+    """After a commit: point ``as_of=<date>/LATEST`` at this run, and ``<output>/LATEST`` too unless
+    it names a later date. Returns the pointers written. Writes are whole-object (an S3 PUT, a
+    rename locally), so a reader sees the old pointer or the new one, never a torn one."""
+    run = dated_run(output, as_of, run_id)
+    if not is_published(run, endpoint_url):
+        raise UserError(f"{run}: not published; a pointer may only name a published run")
+    created = read_manifest(run, endpoint_url)[1].get("created")
+    day = storage.join(output, f"as_of={as_of}")
+    storage.write_bytes(storage.join(day, LATEST),
+                        json.dumps({"run": f"run={run_id}", "as_of": as_of, "published": created}).encode(),
+                        endpoint_url)
+    written = [storage.join(day, LATEST)]
+    top = storage.join(output, LATEST)
+    current = _pointer(top, endpoint_url) if storage.exists(top, endpoint_url) else None
+    if current is None or str(current.get("as_of", "")) <= as_of:
+        storage.write_bytes(top, json.dumps({"run": f"as_of={as_of}/run={run_id}", "as_of": as_of,
+                                             "published": created}).encode(), endpoint_url)
+        written.append(top)
+    return written
+
+
+def _pointer(uri: str, endpoint_url: str | None) -> dict:
+    """A LATEST pointer's content, checked: ``run`` a path below the pointer's folder."""
+    try:
+        value = json.loads(storage.read_bytes(uri, endpoint_url).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{uri}: not a LATEST pointer rnnjobs writes (not JSON: {e})") from None
+    run = value.get("run") if isinstance(value, dict) else None
+    if not isinstance(run, str) or not _plain(run) or not run.split("/")[-1].startswith("run="):
+        raise UserError(f'{uri}: not a LATEST pointer rnnjobs writes (expected {{"run": "...run=<id>", ...}})')
+    return value
+
+
+def resolve(uri: str, endpoint_url: str | None = None) -> str:
+    """The run folder ``uri`` names: a run folder itself, a ``LATEST`` pointer, or a folder holding
+    one (an output root, or one ``as_of=<date>`` folder)."""
+    uri = str(uri).rstrip("/")
+    if uri.endswith("/" + LATEST) or uri == LATEST:
+        base, pointer = posixpath.dirname(uri) if "/" in uri else ".", uri
+    elif is_published(uri, endpoint_url) or not storage.exists(storage.join(uri, LATEST), endpoint_url):
+        return uri
+    else:
+        base, pointer = uri, storage.join(uri, LATEST)
+    return storage.join(base, _pointer(pointer, endpoint_url)["run"])
+
+
+def dated_runs(output: str, endpoint_url: str | None = None) -> dict[str, str]:
+    """``{as_of: run folder}`` of every date under ``output`` that has a LATEST pointer."""
+    found = storage.list_files(output, recursive=True, endpoint_url=endpoint_url)
+    base = len(str(output).rstrip("/")) + 1
+    out = {}
+    for uri, _, _ in found:
+        parts = uri[base:].split("/")
+        if len(parts) == 2 and parts[0].startswith("as_of=") and parts[1] == LATEST:
+            out[parts[0][len("as_of="):]] = resolve(uri, endpoint_url)
+    return dict(sorted(out.items()))
+
+
+def read_kind(run_uri: str, kind: str = "forecasts", endpoint_url: str | None = None) -> pd.DataFrame:
+    """Every part of one kind that a published run's manifest lists, as one frame."""
+    _, manifest = read_manifest(run_uri, endpoint_url)
+    parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(run_uri, f["path"]), endpoint_url)))
+             for f in manifest["files"] if f["kind"] == kind]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def commit(run_uri: str, attempt: str, manifest: dict, endpoint_url: str | None = None) -> bool:

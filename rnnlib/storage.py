@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -134,10 +135,15 @@ def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
+    """Write a whole object: on S3 one PUT; locally a temporary file renamed into place, so a
+    reader never sees a half-written file."""
     fs, path = filesystem(uri, endpoint_url)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
+    target = path if is_s3(uri) else f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.{uuid.uuid4().hex}"
+    with fs.open_output_stream(target) as f:
         f.write(data)
+    if target != path:
+        fs.move(target, path)
 
 
 def upload_dir(local: str | Path, uri: str, endpoint_url: str | None = None) -> None:

@@ -26,7 +26,7 @@ AS_OF = "2018-01-31"
 def entrypoint(manifest: str) -> list[str]:
     """The manifest's command as arguments, run from this checkout instead of the image."""
     doc = next(d for p, d in by_kind("RayJob", "RayCronJob") if p.name == manifest)
-    entry = next(walk(doc, "entrypoint")).replace("$(date -u +%F)", AS_OF)  # the shell's date, fixed
+    entry = next(walk(doc, "entrypoint")).replace("as_of=today", f"as_of={AS_OF}")  # the schedule's date, fixed
     args = shlex.split(entry.replace(IMAGE_ROOT, str(ROOT) + "/"))
     assert args[0] == "rnnjobs"
     return args[1:]
@@ -84,7 +84,7 @@ def test_score_entrypoints_publish_forecasts(manifest, trained, bucket):
     args = [a for a in entrypoint(manifest) if not a.startswith("actors=")] + ["actors=2", f"model={trained}"]
     r = _ok(run(*args, env=bucket, timeout=600))
     assert "(long layout)" in r.stdout
-    run_uri = next(w for w in r.stdout.split() if w.startswith("s3://my-bucket/forecasts/run="))
+    run_uri = next(w for w in r.stdout.split() if w.startswith("s3://my-bucket/forecasts/as_of="))
     _, m = publish.read_manifest(run_uri)
     assert publish.verify(run_uri).ok
     assert m["counts"]["files"] == 400 and m["counts"]["series_scored"] == 26

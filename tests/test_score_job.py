@@ -1,6 +1,5 @@
 """The Ray Data scoring job end to end (each run starts its own local Ray)."""
 
-import io
 import json
 import shutil
 
@@ -10,6 +9,7 @@ import pytest
 from conftest import FIXTURES, SHARED
 from jobhelpers import FAKE_SECRET, faults, run, start
 
+from jobs import score
 from rnnlib import publish, storage
 from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
@@ -30,10 +30,7 @@ def model_dir(tmp_path_factory):
 
 
 def read_published(run_uri: str, kind: str = "forecasts") -> pd.DataFrame:
-    _, manifest = publish.read_manifest(run_uri)
-    parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(run_uri, f["path"]))))
-             for f in manifest["files"] if f["kind"] == kind]
-    return pd.concat(parts, ignore_index=True)
+    return publish.read_kind(run_uri, kind)
 
 
 def only_run(out) -> str:
@@ -50,11 +47,18 @@ def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir):
     for f in model_dir.iterdir():
         s3.upload_file(str(f), "scoring", f"model/{f.name}")
     args = ["score", CONFIG, "input=s3://scoring/histories", "model=s3://scoring/model", "output=s3://scoring/out"]
+    before = score.exchange_today("America/New_York")
     r = run(*args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert FAKE_SECRET not in r.stdout + r.stderr
     run_uri = only_run("s3://scoring/out")
     assert run(*["verify", run_uri], env=env).returncode == 0
+    # filed under today's date where the exchange is (no as_of), and both LATEST pointers name it
+    day = run_uri.split("/as_of=")[1].split("/")[0]
+    assert day in (before, score.exchange_today("America/New_York"))
+    assert publish.resolve("s3://scoring/out") == publish.resolve(f"s3://scoring/out/as_of={day}") == run_uri
+    by_pointer = run("verify", "s3://scoring/out", env=env)
+    assert by_pointer.returncode == 0 and f"-> {run_uri}" in by_pointer.stdout
     _, manifest = publish.read_manifest(run_uri)
     c = manifest["counts"]
     assert c["series_in"] == c["series_scored"] + c["series_rejected"] == 26

@@ -15,6 +15,8 @@ import pytest
 from conftest import ROOT
 from jobhelpers import run, wait_for
 
+from jobs.score import exchange_today
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -89,13 +91,15 @@ def test_score_and_train_succeed_and_resubmitting_does_not_start_again(ray_head,
     (model,) = runs.glob("*/model")
     assert (model / "weights.pt").is_file()
     out = tmp_path / "forecasts"
-    r = submit(ray_head, "score", "jobs/configs/forecast-score.yaml", f"model={model}", f"output={out}",
-               "actors=1")
+    # as_of=today is resolved here, in the exchange's time zone: the job gets the date, not "today"
+    score = ["score", "jobs/configs/forecast-score.yaml", f"model={model}", f"output={out}", "actors=1", "as_of=today"]
+    today = exchange_today("America/New_York")
+    r = submit(ray_head, *score)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert list(out.glob("run=*/_SUCCESS")) and list(out.glob("run=*/*.parquet"))
+    assert f"as_of={today}" in r.stdout and "as_of=today" not in r.stdout
+    assert list(out.glob(f"as_of={today}/run=*/_SUCCESS")) and list(out.glob("as_of=*/run=*/*.parquet"))
     first = job_id(r.stdout)
-    again = submit(ray_head, "score", "jobs/configs/forecast-score.yaml", f"model={model}", f"output={out}",
-                   "actors=1", "--no-wait")
+    again = submit(ray_head, *score, "--no-wait")
     assert again.returncode == 0 and f"already submitted: {first} is SUCCEEDED" in again.stdout
     listed = jobs(ray_head, "list")
     assert listed.stdout.count(first) == 1 and "SUCCEEDED" in listed.stdout
