@@ -14,6 +14,9 @@ backtest mode (one row per ticker, origin and step)
 per-ticker backtest metrics
     ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, and the same
     with a persistence_ prefix, and rmae = mae / persistence_mae
+
+Quantiles are in order on every row, by construction (``features.ordered_forecast``, shared
+with training's metrics): lo <= forecast <= hi.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import Bundle
-from .features import Windows, fit_transform, naive_scale, series_windows, shrink_to_persistence, to_price
+from .features import (
+    Windows,
+    fit_transform,
+    naive_scale,
+    ordered_forecast,
+    point_index,
+    series_windows,
+    to_price,
+)
 from .loop import predict
 from .metrics import compare_to_persistence
 from .sources import Listing
@@ -120,8 +131,8 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
     frames, metric_rows = [], []
     for w, (ticker, df, tf, scaler, fit_end) in zip(parts, meta):
         m = pooled.sid == w.sid[0]
-        prices = shrink_to_persistence(to_price(out[m].astype(np.float64), w.last, tf), w.last,
-                                       d.get("point_weight", 1.0), d["quantiles"].index(0.5) if d["quantiles"] else 0)
+        prices = ordered_forecast(to_price(out[m].astype(np.float64), w.last, tf), w.last,
+                                  d.get("point_weight", 1.0), point_index(d["quantiles"]))
         frame, metrics = _rows(mode, ticker, df, w, prices, d, scaler, fit_end)
         frames.append(frame)
         if metrics is not None:
@@ -132,7 +143,7 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
 
 def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str, fit_end: int):
     horizon, q = d["horizon"], d["quantiles"]
-    mid = q.index(0.5) if q else 0
+    mid = point_index(q)
     n_w = len(w)
     steps = np.tile(np.arange(1, horizon + 1), n_w)
     origin = df["date"].to_numpy()[w.end]

@@ -1,19 +1,25 @@
 """rnnlib.scoring and rnnlib.publish without Ray."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rnnlib import publish
-from rnnlib.checkpoint import load_bundle
+from rnnlib.checkpoint import load_bundle, save_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
-from rnnlib.features import series_windows, shrink_to_persistence, to_price
+from rnnlib.features import series_windows, shrink_to_persistence, to_price, windows_to_price
 from rnnlib.fit import fit
 from rnnlib.loop import predict
+from rnnlib.metrics import pinball
 from rnnlib.scoring import score_files
+from rnnlib.tasks import ForecastTask
 
 FILES = sorted(sample_stocks_dir().glob("*.csv"))
+QUANTILES = [0.05, 0.1, 0.5, 0.9, 0.95]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,7 @@ def test_backtest_equals_direct_rnnlib_predictions(bundle):
     origins = sorted(bt.origin.unique())
     ends = np.flatnonzero(df.date.isin(origins).to_numpy())
     w = series_windows(df, tf, 20, 5, ends)
-    raw = to_price(predict(bundle.model, w.x).astype(np.float64), w.last, tf)
+    raw = np.sort(to_price(predict(bundle.model, w.x).astype(np.float64), w.last, tf), axis=-1)  # in order
     weight = bundle.data["point_weight"]  # the blend with persistence fitted on validation at training
     assert 0.0 <= weight <= 1.0
     direct = shrink_to_persistence(raw, w.last, weight, 1)
@@ -71,6 +77,39 @@ def test_unknown_ticker_fits_its_own_scaler_and_bad_files_are_rejected(bundle, t
     res = score_files(bundle, [tmp_path / "NEWCO_data.csv", tmp_path / "BAD_data.csv"])
     assert set(res.forecasts.ticker) == {"NEWCO"} and (res.forecasts.scaler == "history").all()
     assert "BAD" in set(res.rejects.ticker) and res.hist.rows_in == res.hist.rows_kept + res.hist.rows_rejected
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """A five-quantile forecaster straight from random init (no epoch), its median blended half
+    way with persistence: (task, model, bundle). Its raw quantile outputs cross."""
+    tmp = tmp_path_factory.mktemp("untrained")
+    (tmp / "data").mkdir()
+    for name in ("AAPL", "BA", "KO"):
+        shutil.copy(sample_stocks_dir() / f"{name}_data.csv", tmp / "data")
+    cfg = job_from_dict({"model": {"hidden": 8, "layers": 1},
+                         "data": {"path": str(tmp / "data"), "window": 20, "horizon": 5, "quantiles": QUANTILES}})
+    task = ForecastTask(cfg)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    task.point_weight = 0.5  # as calibrate() would set it: quantiles move with the blended median
+    out = save_bundle(tmp / "model", model, task="forecast", model_args=task.model_args(), **task.bundle_kwargs())
+    return task, model, load_bundle(out, task="forecast")
+
+
+def test_training_metrics_use_the_ordered_quantiles(untrained):
+    task, model, _ = untrained
+    w = task.data.test
+    raw = windows_to_price(predict(model, w.x), w, task.data.transforms)
+    actual = windows_to_price(w.y, w, task.data.transforms)
+    ordered = shrink_to_persistence(np.sort(raw, axis=-1), w.last, 0.5, 2)
+    m = task.final_metrics(model)
+    assert m["pinball"] == pytest.approx(pinball(actual, ordered, QUANTILES), rel=1e-9)
+    inside = (actual >= ordered[..., 0]) & (actual <= ordered[..., -1])
+    assert m["model"]["coverage"] == pytest.approx(inside.mean())
+    # the raw outputs cross, and crossing costs pinball loss: sorting (the rearrangement) takes it back
+    assert (np.diff(raw, axis=-1) < 0).any()
+    assert pinball(actual, np.sort(raw, axis=-1), QUANTILES) < pinball(actual, raw, QUANTILES)
 
 
 def test_publish_commit_once_verify_and_corruption(tmp_path):
