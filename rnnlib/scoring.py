@@ -5,18 +5,21 @@ outputs are mapped back to each series' prices with its own transform. Output co
 
 forecast mode (one row per ticker and step)
     ticker, as_of (last input date), step (1..horizon), date (the step-th business day after
-    as_of; exchange holidays are not modelled), last_close, forecast (the median), lo_80 /
-    hi_80 (the band from the outer quantiles; the number is its width in percent), scaler
-    ("bundle": fitted at training time; "history": fitted here on the series' own past)
+    as_of; exchange holidays are not modelled), last_close, forecast (the point forecast: the
+    median, blended with persistence by the bundle's point_weight), lo_80 / hi_80 (the band
+    from the outer quantiles; the number is its width in percent), one column per quantile
+    the bundle predicts, named by ``quantile_column`` (q10, q50, q90; q97.5), scaler ("bundle":
+    fitted at training time; "history": fitted here on the series' own past)
 backtest mode (one row per ticker, origin and step)
-    ticker, origin (last input date), step, date, actual, forecast, lo_80, hi_80, persistence
-    (the last observed price: the naive forecast), scaler
+    ticker, origin (last input date), step, date, actual, forecast, lo_80, hi_80, the quantile
+    columns, persistence (the last observed price: the naive forecast), scaler
 per-ticker backtest metrics
-    ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, and the same
-    with a persistence_ prefix, and rmae = mae / persistence_mae
+    ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, interval_width
+    (these two need a band: 3 quantiles or more), and the same with a persistence_ prefix,
+    and rmae = mae / persistence_mae
 
 Quantiles are in order on every row, by construction (``features.ordered_forecast``, shared
-with training's metrics): lo <= forecast <= hi.
+with training's metrics): q05 <= q10 <= ... and lo <= forecast <= hi, forecast == q50.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ class ScoreResult:
     @property
     def series_scored(self) -> int:
         return int(self.forecasts["ticker"].nunique()) if len(self.forecasts) else 0
+
+
+def quantile_column(q: float) -> str:
+    """The output column of quantile ``q``: ``q`` and the percent, two digits at least
+    (0.05 -> q05, 0.5 -> q50, 0.975 -> q97.5)."""
+    whole, _, frac = f"{q * 100:.6f}".rstrip("0").partition(".")
+    return f"q{whole:0>2}" + (f".{frac}" if frac else "")
 
 
 def band_names(quantiles: list[float]) -> tuple[str, str] | None:
@@ -161,6 +171,8 @@ def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str
     band = band_names(q)
     if band:
         cols[band[0]], cols[band[1]] = prices[..., 0].ravel(), prices[..., -1].ravel()
+    for j, level in enumerate(q):
+        cols[quantile_column(level)] = prices[..., j].ravel()
     if mode == "backtest":
         cols["persistence"] = np.repeat(w.last, horizon)
     cols["scaler"] = scaler
@@ -181,5 +193,6 @@ def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str
 def _empty(mode: str, quantiles: list[float]) -> pd.DataFrame:
     cols = ["ticker", "as_of" if mode == "forecast" else "origin", "step", "date"]
     cols += ["last_close"] if mode == "forecast" else ["actual"]
-    cols += ["forecast", *(band_names(quantiles) or ())] + (["persistence"] if mode == "backtest" else [])
+    cols += ["forecast", *(band_names(quantiles) or ()), *map(quantile_column, quantiles)]
+    cols += ["persistence"] if mode == "backtest" else []
     return pd.DataFrame({c: [] for c in cols + ["scaler"]})
