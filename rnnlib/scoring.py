@@ -14,9 +14,11 @@ backtest mode (one row per ticker, origin and step)
     ticker, origin (last input date), step, date, actual, forecast, lo_80, hi_80, the quantile
     columns, persistence (the last observed price: the naive forecast), scaler
 per-ticker backtest metrics
-    ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, interval_width
-    (these two need a band: 3 quantiles or more), and the same with a persistence_ prefix,
-    and rmae = mae / persistence_mae
+    ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, interval_width,
+    pinball (mean over every step and quantile, each window's loss divided by its price at the
+    origin: scale free, so tickers compare), and the same with a persistence_ prefix
+    (persistence_pinball: every quantile at the last price), and rmae = mae / persistence_mae.
+    coverage and interval_width need a band (3 quantiles or more), pinball a quantile model.
 
 Quantiles are in order on every row, by construction (``features.ordered_forecast``, shared
 with training's metrics): q05 <= q10 <= ... and lo <= forecast <= hi, forecast == q50.
@@ -40,7 +42,7 @@ from .features import (
     to_price,
 )
 from .loop import predict
-from .metrics import compare_to_persistence
+from .metrics import compare_to_persistence, persistence, pinball
 from .sources import Listing
 from .stocks import REJECT_COLUMNS, REJECT_SERIES, Histories, load_histories
 
@@ -184,8 +186,12 @@ def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str
     hi = prices[..., -1] if band else None
     scale = np.full(n_w, naive_scale(df, d["target"], fit_end))
     c = compare_to_persistence(actual, prices[..., mid], w.last, scale, lo, hi)
-    row = {"ticker": ticker, "windows": n_w, **c["model"],
-           **{f"persistence_{k}": v for k, v in c["persistence"].items() if k != "n"}, "rmae": c["rmae"]}
+    model, naive = c["model"], c["persistence"]
+    if q:  # per unit of the price at the origin
+        model["pinball"] = pinball(actual, prices, q, per=w.last)
+        naive["pinball"] = pinball(actual, persistence(w.last, horizon)[..., None], q, per=w.last)
+    row = {"ticker": ticker, "windows": n_w, **model,
+           **{f"persistence_{k}": v for k, v in naive.items() if k != "n"}, "rmae": c["rmae"]}
     row.pop("n", None)
     return frame, row
 

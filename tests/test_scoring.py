@@ -139,6 +139,24 @@ def test_every_quantile_a_column_in_order(untrained, mode):
     assert len(empty) == 0 and list(empty.columns) == list(f.columns)
 
 
+def test_backtest_pinball_is_scale_free_and_beside_persistence(untrained):
+    _, _, bundle = untrained
+    res = score_files(bundle, [KO], mode="backtest", backtest_days=60, step=5)
+    bt = res.forecasts
+    actual = bt.actual.to_numpy().reshape(-1, 5, 1)
+    last = bt.persistence.to_numpy().reshape(-1, 5, 1)  # the price at each origin
+    tau = np.array(QUANTILES)
+
+    def loss(pred):  # pinball, written out: tau * u above the quantile, (1 - tau) * -u below
+        u = actual - pred
+        return float(np.mean(np.where(u >= 0, tau * u, (tau - 1) * u) / last))
+
+    m = res.metrics.iloc[0]
+    assert m.pinball == pytest.approx(loss(_quantiles_of(bt)), rel=1e-9)
+    assert m.persistence_pinball == pytest.approx(loss(np.broadcast_to(last, (len(last), 5, 5))), rel=1e-9)
+    assert m.pinball > 0 and m.persistence_pinball > 0
+
+
 def test_training_metrics_use_the_ordered_quantiles(untrained):
     task, model, _ = untrained
     w = task.data.test
