@@ -16,7 +16,9 @@ Transforms (``data.transform``), with ``p`` the target price and ``t`` the windo
   these levels mostly learns to copy the last value; kept for comparison.
 
 Whatever the transform, ``to_price`` maps model outputs back to prices, and
-``Windows.last`` holds ``p[t]`` so the persistence baseline is always at hand.
+``Windows.last`` holds ``p[t]`` so the persistence baseline is always at hand. Then
+``ordered_forecast``, the one step scoring and training metrics share, puts the quantiles in
+order (they never cross) and blends the median with persistence (``data.point_shrink``).
 """
 
 from __future__ import annotations
@@ -278,6 +280,24 @@ def shrink_to_persistence(prices: np.ndarray, last: np.ndarray, weight: float, m
         return prices
     shift = (1.0 - weight) * (prices[..., mid] - last[:, None])  # (N, H)
     return prices - shift[..., None]
+
+
+def point_index(quantiles) -> int:
+    """Where the point forecast (the median) sits on the quantile axis; 0 for a point model."""
+    return list(quantiles).index(0.5) if quantiles else 0
+
+
+def ordered_forecast(prices: np.ndarray, last: np.ndarray, weight: float, mid: int) -> np.ndarray:
+    """Model outputs in price units (N, H, Q) -> the quantiles every path publishes and scores:
+    put in order along Q for each (window, step), then blended with persistence.
+
+    Sorting is the rearrangement of Chernozhukov, Fernandez-Val and Galichon (2010, "Quantile and
+    probability curves without crossing", Econometrica 78(3)): ordered quantiles are never further
+    from the true ones, and never worse in pinball loss: swapping a crossed pair a > b at levels
+    t1 < t2 lowers a row's summed loss by (t2 - t1) * (a - b), whatever the actual value. The
+    point forecast is the median after sorting; the blend then shifts every quantile of a (window,
+    step) by the same amount, so the order survives it."""
+    return shrink_to_persistence(np.sort(prices, axis=-1), last, weight, mid)
 
 
 def fit_shrink(median: np.ndarray, actual: np.ndarray, last: np.ndarray, step: float = 0.05) -> float:

@@ -43,11 +43,20 @@ def persistence(last: np.ndarray, horizon: int) -> np.ndarray:
     return np.repeat(last[:, None], horizon, axis=1)
 
 
-def pinball(actual: np.ndarray, q_pred: np.ndarray, quantiles: tuple[float, ...]) -> float:
-    """Mean pinball loss in price units. actual (N, H), q_pred (N, H, Q)."""
+def pinball(actual: np.ndarray, q_pred: np.ndarray, quantiles: tuple[float, ...],
+            per: np.ndarray | None = None) -> float:
+    """Mean pinball loss over every (window, step, quantile), in price units, or with ``per`` (N,)
+    each window's loss divided by its own price (the last observed one): scale free, so series
+    at any price level compare.
+
+    actual (N, H); q_pred (N, H, Q), or (N, H, 1) for one value at every quantile (persistence as
+    a degenerate distribution)."""
     q = np.asarray(quantiles)
-    diff = actual[..., None] - q_pred
-    return float(np.maximum(q * diff, (q - 1) * diff).mean())
+    diff = actual[..., None] - q_pred  # (N, H, Q) or (N, H, 1), broadcast against q below
+    loss = np.maximum(q * diff, (q - 1) * diff)
+    if per is not None:
+        loss = loss / per[:, None, None]
+    return float(loss.mean())
 
 
 def compare_to_persistence(actual, pred, last, scale, lo=None, hi=None) -> dict:

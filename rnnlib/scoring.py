@@ -5,15 +5,23 @@ outputs are mapped back to each series' prices with its own transform. Output co
 
 forecast mode (one row per ticker and step)
     ticker, as_of (last input date), step (1..horizon), date (the step-th business day after
-    as_of; exchange holidays are not modelled), last_close, forecast (the median), lo_80 /
-    hi_80 (the band from the outer quantiles; the number is its width in percent), scaler
-    ("bundle": fitted at training time; "history": fitted here on the series' own past)
+    as_of; exchange holidays are not modelled), last_close, forecast (the point forecast: the
+    median, blended with persistence by the bundle's point_weight), lo_80 / hi_80 (the band
+    from the outer quantiles; the number is its width in percent), one column per quantile
+    the bundle predicts, named by ``quantile_column`` (q10, q50, q90; q97.5), scaler ("bundle":
+    fitted at training time; "history": fitted here on the series' own past)
 backtest mode (one row per ticker, origin and step)
-    ticker, origin (last input date), step, date, actual, forecast, lo_80, hi_80, persistence
-    (the last observed price: the naive forecast), scaler
+    ticker, origin (last input date), step, date, actual, forecast, lo_80, hi_80, the quantile
+    columns, persistence (the last observed price: the naive forecast), scaler
 per-ticker backtest metrics
-    ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, and the same
-    with a persistence_ prefix, and rmae = mae / persistence_mae
+    ticker, windows, mae, rmse, smape, mase, directional_accuracy, coverage, interval_width,
+    pinball (mean over every step and quantile, each window's loss divided by its price at the
+    origin: scale free, so tickers compare), and the same with a persistence_ prefix
+    (persistence_pinball: every quantile at the last price), and rmae = mae / persistence_mae.
+    coverage and interval_width need a band (3 quantiles or more), pinball a quantile model.
+
+Quantiles are in order on every row, by construction (``features.ordered_forecast``, shared
+with training's metrics): q05 <= q10 <= ... and lo <= forecast <= hi, forecast == q50.
 """
 
 from __future__ import annotations
@@ -24,9 +32,17 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import Bundle
-from .features import Windows, fit_transform, naive_scale, series_windows, shrink_to_persistence, to_price
+from .features import (
+    Windows,
+    fit_transform,
+    naive_scale,
+    ordered_forecast,
+    point_index,
+    series_windows,
+    to_price,
+)
 from .loop import predict
-from .metrics import compare_to_persistence
+from .metrics import compare_to_persistence, persistence, pinball
 from .sources import Listing
 from .stocks import REJECT_COLUMNS, REJECT_SERIES, Histories, load_histories
 
@@ -44,6 +60,13 @@ class ScoreResult:
     @property
     def series_scored(self) -> int:
         return int(self.forecasts["ticker"].nunique()) if len(self.forecasts) else 0
+
+
+def quantile_column(q: float) -> str:
+    """The output column of quantile ``q``: ``q`` and the percent, two digits at least
+    (0.05 -> q05, 0.5 -> q50, 0.975 -> q97.5)."""
+    whole, _, frac = f"{q * 100:.6f}".rstrip("0").partition(".")
+    return f"q{whole:0>2}" + (f".{frac}" if frac else "")
 
 
 def band_names(quantiles: list[float]) -> tuple[str, str] | None:
@@ -120,8 +143,8 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
     frames, metric_rows = [], []
     for w, (ticker, df, tf, scaler, fit_end) in zip(parts, meta):
         m = pooled.sid == w.sid[0]
-        prices = shrink_to_persistence(to_price(out[m].astype(np.float64), w.last, tf), w.last,
-                                       d.get("point_weight", 1.0), d["quantiles"].index(0.5) if d["quantiles"] else 0)
+        prices = ordered_forecast(to_price(out[m].astype(np.float64), w.last, tf), w.last,
+                                  d.get("point_weight", 1.0), point_index(d["quantiles"]))
         frame, metrics = _rows(mode, ticker, df, w, prices, d, scaler, fit_end)
         frames.append(frame)
         if metrics is not None:
@@ -132,7 +155,7 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
 
 def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str, fit_end: int):
     horizon, q = d["horizon"], d["quantiles"]
-    mid = q.index(0.5) if q else 0
+    mid = point_index(q)
     n_w = len(w)
     steps = np.tile(np.arange(1, horizon + 1), n_w)
     origin = df["date"].to_numpy()[w.end]
@@ -150,6 +173,8 @@ def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str
     band = band_names(q)
     if band:
         cols[band[0]], cols[band[1]] = prices[..., 0].ravel(), prices[..., -1].ravel()
+    for j, level in enumerate(q):
+        cols[quantile_column(level)] = prices[..., j].ravel()
     if mode == "backtest":
         cols["persistence"] = np.repeat(w.last, horizon)
     cols["scaler"] = scaler
@@ -161,8 +186,12 @@ def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str
     hi = prices[..., -1] if band else None
     scale = np.full(n_w, naive_scale(df, d["target"], fit_end))
     c = compare_to_persistence(actual, prices[..., mid], w.last, scale, lo, hi)
-    row = {"ticker": ticker, "windows": n_w, **c["model"],
-           **{f"persistence_{k}": v for k, v in c["persistence"].items() if k != "n"}, "rmae": c["rmae"]}
+    model, naive = c["model"], c["persistence"]
+    if q:  # per unit of the price at the origin
+        model["pinball"] = pinball(actual, prices, q, per=w.last)
+        naive["pinball"] = pinball(actual, persistence(w.last, horizon)[..., None], q, per=w.last)
+    row = {"ticker": ticker, "windows": n_w, **model,
+           **{f"persistence_{k}": v for k, v in naive.items() if k != "n"}, "rmae": c["rmae"]}
     row.pop("n", None)
     return frame, row
 
@@ -170,5 +199,6 @@ def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str
 def _empty(mode: str, quantiles: list[float]) -> pd.DataFrame:
     cols = ["ticker", "as_of" if mode == "forecast" else "origin", "step", "date"]
     cols += ["last_close"] if mode == "forecast" else ["actual"]
-    cols += ["forecast", *(band_names(quantiles) or ())] + (["persistence"] if mode == "backtest" else [])
+    cols += ["forecast", *(band_names(quantiles) or ()), *map(quantile_column, quantiles)]
+    cols += ["persistence"] if mode == "backtest" else []
     return pd.DataFrame({c: [] for c in cols + ["scaler"]})

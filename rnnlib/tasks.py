@@ -22,7 +22,8 @@ from .features import (
     fit_shrink,
     make_forecast_data,
     min_rows,
-    shrink_to_persistence,
+    ordered_forecast,
+    point_index,
     windows_to_price,
 )
 from .metrics import compare_to_persistence, pinball, text_metrics
@@ -98,11 +99,13 @@ class ForecastTask:
             yield torch.from_numpy(w.x[i:i + 4096]), torch.from_numpy(w.y[i:i + 4096])
 
     def point_index(self) -> int:
-        return self.quantiles.index(0.5) if self.quantiles else 0
+        return point_index(self.quantiles)
 
-    def _prices(self, model, w) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted prices (N, H, Q) before any blending, actual prices (N, H))."""
-        return (windows_to_price(loop.predict(model, w.x), w, self.data.transforms),
+    def _prices(self, model, w, weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted prices (N, H, Q), ordered and blended with persistence by ``weight`` as
+        scoring does, actual prices (N, H))."""
+        pred = windows_to_price(loop.predict(model, w.x), w, self.data.transforms)
+        return (ordered_forecast(pred, w.last, weight, self.point_index()),
                 windows_to_price(w.y, w, self.data.transforms))
 
     def calibrate(self, model) -> float:
@@ -112,7 +115,7 @@ class ForecastTask:
         if self.d.point_shrink == "off" or len(w) == 0:
             self.point_weight = 1.0
         else:
-            prices, actual = self._prices(model, w)
+            prices, actual = self._prices(model, w, 1.0)
             self.point_weight = fit_shrink(prices[..., self.point_index()], actual, w.last)
         return self.point_weight
 
@@ -121,8 +124,7 @@ class ForecastTask:
         w = getattr(self.data, part)
         if len(w) == 0:
             return {}
-        prices, actual = self._prices(model, w)
-        prices = shrink_to_persistence(prices, w.last, self.point_weight, self.point_index())
+        prices, actual = self._prices(model, w, self.point_weight)
         lo = hi = None
         res = {}
         if len(self.quantiles) >= 3:
