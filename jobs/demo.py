@@ -51,16 +51,18 @@ def run(out: str = "outputs/demo", quick: bool = False) -> int:
     search_args = [*SEARCH[quick], f"storage={out / 'tune'}"]
     _step(1, "search: 3 cells x 2 windows, ASHA",
           f"rnnjobs tune jobs/configs/forecast-tune.yaml {' '.join(search_args)}")
-    if tune.run(tune_cfg, search_args):
+    code, exp = tune.search_job(load_search(tune_cfg, search_args))
+    if code:
         return 1
-    exp = out / "tune" / tune.experiment_name(load_search(tune_cfg, search_args))
+    exp = Path(exp)
 
     train_args = [*TRAIN[quick], f"storage={out / 'runs'}"]
     _step(2, "train the best configuration with 2 Ray Train workers",
           f"rnnjobs train {exp / 'best.yaml'} {' '.join(train_args)}")
-    if train.run(str(exp / "best.yaml"), train_args):
+    code, run_dir = train.train(load_job(exp / "best.yaml", train_args))
+    if code:
         return 1
-    run_dir = out / "runs" / train.run_name(load_job(exp / "best.yaml", train_args))
+    run_dir = Path(run_dir)
 
     score_args = [f"model={run_dir / 'model'}", f"output={out / 'forecasts'}"]
     _step(3, "score every bundled ticker with Ray Data, publish, verify",

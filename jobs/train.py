@@ -3,8 +3,10 @@
 parse -> check config and data (before Ray starts) -> TorchTrainer.fit -> export the best
 checkpoint as ``<storage>/<name>/model/`` with ``metrics.json`` and ``loss.png``.
 
-The run name is derived from the config, so running the same command again after a crash
-resumes from the last committed checkpoint (Ray Train restores the run from storage).
+The run name is derived from the config and the data (by content, ``task.fingerprint()``), so
+running the same command again after a crash resumes from the last committed checkpoint (Ray
+Train restores the run from storage), a finished run is not trained again, and new data (a new
+day of prices, a corrected row) makes a new run. ``data.end`` pins the history for a backfill.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling")
 _NOT_TRAINED_IN_TRAIN = ("max_failures", "keep_checkpoints")
 # Keys added after run names existed, with the value every earlier run had: at that value they
 # are left out of the name, so an earlier run still resumes and a finished one is still found.
-_ADDED_LATER = {"train": {"precision": "fp32"}, "data": {"delimiter": None, "date_format": None}}
+_ADDED_LATER = {"train": {"precision": "fp32"}, "data": {"delimiter": None, "date_format": None, "end": None}}
 
 
 def trained_part(config: dict) -> dict:
@@ -46,9 +48,14 @@ def trained_part(config: dict) -> dict:
     return d
 
 
-def run_name(cfg: JobConfig) -> str:
-    """Deterministic: ``<task>-<cell>-<hash of what is trained>``."""
-    digest = hashlib.sha256(json.dumps(trained_part(to_dict(cfg)), sort_keys=True).encode()).hexdigest()[:10]
+def identity(config: dict, data: dict) -> dict:
+    """What a run's name stands for: the trained part of the config and the data's fingerprint."""
+    return {"config": trained_part(config), "data": data["sha256"]}
+
+
+def run_name(cfg: JobConfig, data: dict) -> str:
+    """Deterministic: ``<task>-<cell>-<hash of the config and data>`` (``data``: the task's fingerprint)."""
+    digest = hashlib.sha256(json.dumps(identity(to_dict(cfg), data), sort_keys=True).encode()).hexdigest()[:10]
     return cfg.name or f"{cfg.task}-{cfg.model.cell}-{digest}"
 
 
@@ -136,19 +143,25 @@ def build_trainer(cfg: JobConfig, name: str, callbacks: list | None = None, verb
 
 
 def run(config: str, overrides: list[str]) -> int:
-    cfg = load_job(config, overrides)
+    return train(load_job(config, overrides))[0]
+
+
+def train(cfg: JobConfig) -> tuple[int, str]:
+    """Train (or resume, or find finished) the run ``cfg`` names; (exit code, the run's URI)."""
     check_precision(cfg.train.precision, cfg.scaling.gpu)
     task = make_task(cfg)  # data errors surface here, before Ray starts
-    name = run_name(cfg)
+    data = task.fingerprint()
+    name = run_name(cfg, data)
     out_uri = storage.join(cfg.storage, name)
     if cfg.task == "forecast":
         print(task.hist.summary())
     print(f"run {name}: {cfg.task}, {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
-          f"{cfg.scaling.workers} worker(s){' on GPU' if cfg.scaling.gpu else ''}, storage {out_uri}")
-    done = _finished(out_uri, cfg)
-    if done is not None:
-        print(f"already finished: {storage.join(out_uri, 'model')} (delete {out_uri} to train again)")
-        return 0
+          f"{cfg.scaling.workers} worker(s){' on GPU' if cfg.scaling.gpu else ''}, storage {out_uri}\n"
+          f"data: {_describe(data)}")
+    if _finished(out_uri, cfg, data) is not None:
+        print(f"already finished: {storage.join(out_uri, 'model')} (same config and data; delete {out_uri} "
+              "to train again)")
+        return 0, out_uri
 
     import ray.train
 
@@ -163,7 +176,7 @@ def run(config: str, overrides: list[str]) -> int:
         print(f"training failed after {cfg.train.max_failures} allowed worker failure(s): "
               f"{cause[0] if cause else e}\n(raise train.max_failures to tolerate more; the run resumes "
               f"from its last checkpoint when you run the same command again)")
-        return 1
+        return 1, out_uri
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     if best is None:
         raise UserError(f"run {name} produced no checkpoint")
@@ -171,9 +184,16 @@ def run(config: str, overrides: list[str]) -> int:
         final_state = TrainState.read(Path(d))
     metrics = export_model(cfg, task, best, final_state.history, out_uri, name,
                            resumed_from_epoch=max(final_state.resumed_at, default=0),
-                           resumed_at=final_state.resumed_at)
+                           resumed_at=final_state.resumed_at, data=data)
     _print_summary(cfg, metrics, out_uri)
-    return 0
+    return 0, out_uri
+
+
+def _describe(data: dict) -> str:
+    if "series" in data:
+        return (f"{data['series']} series, {data['rows']} rows, {data['first']} to {data['last']}"
+                + (f" (data.end {data['end']})" if data.get("end") else "") + f", sha256 {data['sha256'][:12]}")
+    return f"{data['chars']} characters, sha256 {data['sha256'][:12]}"
 
 
 def export_model(cfg: JobConfig, task, checkpoint, history: list[dict], out_uri: str, name: str,
@@ -198,8 +218,9 @@ def export_model(cfg: JobConfig, task, checkpoint, history: list[dict], out_uri:
     return metrics
 
 
-def _finished(out_uri: str, cfg: JobConfig) -> dict | None:
-    """The metrics of a finished run with this name, or None. A different config is an error."""
+def _finished(out_uri: str, cfg: JobConfig, data: dict) -> dict | None:
+    """The metrics of a finished run with this name, or None. A different config or different
+    data under the same name (an explicit ``name=``) is an error."""
     uri = storage.join(out_uri, "metrics.json")
     if not storage.exists(uri, cfg.endpoint_url):
         return None
@@ -207,6 +228,11 @@ def _finished(out_uri: str, cfg: JobConfig) -> dict | None:
     if trained_part(to_dict(cfg)) != trained_part(metrics.get("config", {})):
         raise UserError(f"{out_uri} holds a finished run with a different config; choose another name= "
                         "or storage=")
+    if metrics.get("data", {}).get("sha256") != data["sha256"]:
+        there = _describe(metrics["data"]) if "data" in metrics else "not recorded: an older run"
+        raise UserError(f"{out_uri} holds a finished run trained on other data (that run: {there}; now: "
+                        f"{_describe(data)}); choose another name=, or leave name unset so that new data "
+                        "makes a new run")
     return metrics
 
 

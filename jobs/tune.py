@@ -40,12 +40,13 @@ RESULTS = "results.parquet"
 TRAINER_DRIVER_CPUS = 0.1  # a trainer trial only drives its Train workers, which reserve their own CPUs
 
 
-def experiment_name(search: Search) -> str:
-    """Deterministic: ``tune-<task>-<hash of the base job, the space and the search settings>``."""
+def experiment_name(search: Search, data: dict) -> str:
+    """Deterministic: ``tune-<task>-<hash of the base job, the data (its fingerprint), the space and
+    the search settings>``: new data makes a new search, as it makes a new training run."""
     s = search.settings
     if s.name:
         return s.name
-    what = {"job": trained_part(search.base), "search": search.search_raw,
+    what = {"job": trained_part(search.base), "data": data["sha256"], "search": search.search_raw,
             "tune": {k: getattr(s, k) for k in _SEARCH_SETTINGS}}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"tune-{search.base.get('task', 'forecast')}-{digest}"
@@ -231,12 +232,16 @@ def _write_df(df: pd.DataFrame, uri_base: str, endpoint: str | None) -> None:
 
 
 def run(config: str, overrides: list[str]) -> int:
-    search = load_search(config, overrides)
+    return search_job(load_search(config, overrides))[0]
+
+
+def search_job(search: Search) -> tuple[int, str]:
+    """Run (or resume, or find finished) the search; (exit code, the experiment's URI)."""
     base = search.base_job
     s = search.settings
     check_precision(base.train.precision, s.gpus_per_trial > 0 if s.trial == "process" else base.scaling.gpu)
-    make_task(base)  # data errors surface here, before Ray starts
-    name = experiment_name(search)
+    data = make_task(base).fingerprint()  # data errors surface here, before Ray starts
+    name = experiment_name(search, data)
     exp_uri = storage.join(base.storage, name)
     grid = f" ({s.num_samples} x {search.grid_size} grid points)" if search.grid_size > 1 else ""
     print(f"search {name}: {search.num_trials} trials{grid}, {s.searcher} search, {s.scheduler} "
@@ -247,7 +252,7 @@ def run(config: str, overrides: list[str]) -> int:
     if storage.exists(results_uri, base.endpoint_url):
         df = pd.read_parquet(io.BytesIO(storage.read_bytes(results_uri, base.endpoint_url)))
         print(f"already finished (delete {exp_uri} to search again):\n{top_trials_table(df, search.settings.top)}")
-        return 0
+        return 0, exp_uri
 
     from jobs.ray_setup import init_ray
 
@@ -262,7 +267,7 @@ def run(config: str, overrides: list[str]) -> int:
     ok = df[df["status"] == "done"]
     if ok.empty:
         print(f"every trial failed; the first error:\n{df['error'].iloc[0]}")
-        return 1
+        return 1, exp_uri
     best_row = ok.iloc[0].to_dict()
     params = {d.key: best_row[d.key] for d in search.dims}
     best_cfg = search.trial_job(params)
@@ -273,7 +278,7 @@ def run(config: str, overrides: list[str]) -> int:
     history = [{"epoch": e, **{k: by_epoch[e][k] for k in ("train_loss", "val_loss", "seconds", "train_seconds")}}
                for e in sorted(by_epoch)]
     metrics = export_model(best_cfg, make_task(best_cfg), ckpt, history, exp_uri, f"{name} best trial "
-                           f"{best_row['trial_id']}", trial=best_row["trial_id"])
+                           f"{best_row['trial_id']}", trial=best_row["trial_id"], data=data)
     storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(best_cfg, best_row).encode(),
                         base.endpoint_url)
     x, color = plot_keys([d.key for d in search.dims])
@@ -292,4 +297,4 @@ def run(config: str, overrides: list[str]) -> int:
     print(f"results: {results_uri} (and results.csv)\nbest config: {storage.join(exp_uri, 'best.yaml')}  "
           f"(rnnjobs train it as is)\nbest model: {storage.join(exp_uri, 'model')}\n"
           f"plot: {storage.join(exp_uri, 'search.png')}")
-    return 0
+    return 0, exp_uri

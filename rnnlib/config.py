@@ -100,6 +100,9 @@ class ForecastDataConfig:
         (0.1, 0.5, 0.9), "quantiles to predict (pinball loss); [] = point forecast with MSE")
     val_frac: float = opt(0.15, "fraction of each series (by time) for validation", lo=0.0, hi=0.5)
     test_frac: float = opt(0.15, "fraction of each series (by time) for test", lo=0.0, hi=0.5)
+    end: str | None = opt(None, "train on history up to this date (YYYY-MM-DD): later rows are left out, as if "
+                          "they had not arrived, so a backfill trains on what was known then; null = all",
+                          check=_iso_date)
     val_start: str | None = opt(None, "validation cutoff date (YYYY-MM-DD); overrides val_frac", check=_iso_date)
     test_start: str | None = opt(None, "test cutoff date (YYYY-MM-DD); overrides test_frac", check=_iso_date)
     max_jump: float = opt(1.75, "reject a series whose close moves by more than this factor in a day "

@@ -109,6 +109,8 @@ class Histories:
     rejects: pd.DataFrame
     rows_in: int
     files: list[str] = field(default_factory=list)
+    end: str | None = None  # rows dated after it were left out before validation (not in rows_in)
+    rows_after_end: int = 0
 
     @property
     def rows_kept(self) -> int:
@@ -130,7 +132,8 @@ class Histories:
         lines = [f"{len(self.files)} file(s), {self.rows_in} rows: {self.rows_kept} kept, "
                  f"{self.rows_rejected} rejected; {len(self.series)} series kept, "
                  f"{len(self.rejected_series())} rejected"
-                 + (f"; {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} not read" if len(skipped) else "")]
+                 + (f"; {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} not read" if len(skipped) else "")
+                 + (f"; {self.rows_after_end} rows after data.end {self.end} left out" if self.end else "")]
         for r in self.rejected_series().itertuples():
             lines.append("  " + rejected_line(r.ticker, r.file, r.reason))
         for r in skipped.itertuples():
@@ -200,6 +203,7 @@ def load_histories(
     endpoint_url: str | None = None,
     delimiter: str | None = None,
     date_format: str | None = None,
+    end: str | None = None,
 ) -> Histories:
     """Load and validate every history under ``source``: a URI (local path, ``file://``,
     ``s3://``) of a file, folder or prefix, a list of them, or a ``sources.Listing``.
@@ -209,12 +213,18 @@ def load_histories(
     are merged into one series before validation, and every rejected row names its file and line.
     ``needed``: the canonical value columns the job uses (features and target); only these must
     be valid on a row. ``min_rows``: shortest usable series after cleaning. ``delimiter`` and
-    ``date_format``: as for ``read_rows``.
+    ``date_format``: as for ``read_rows``. ``end`` (YYYY-MM-DD): rows dated after it are left out
+    before validation, as if they had not arrived yet (counted in ``rows_after_end``).
     """
     listing = source if isinstance(source, Listing) else _listing(source, endpoint_url)
     rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter,
                      date_format=date_format)
-    return validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
+    after = 0
+    if end is not None:
+        rows, after = rows.until(end)
+    hist = validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
+    hist.end, hist.rows_after_end = end, after
+    return hist
 
 
 @dataclass
@@ -231,6 +241,16 @@ class Rows:
     files: list[str]
     rejects: list[dict]
     rows_in: int
+
+    def until(self, end: str) -> tuple[Rows, int]:
+        """These rows without those dated after ``end``, and how many those were. A row whose date
+        did not parse stays, to be named as bad by validation."""
+        if self.table is None:
+            return self, 0
+        cutoff = pa.scalar(pd.Timestamp(end).to_pydatetime(), pa.timestamp("ns"))
+        kept = self.table.filter(pc.fill_null(pc.less_equal(self.table["date"], cutoff), True))
+        after = self.table.num_rows - kept.num_rows
+        return Rows(kept, self.files, self.rejects, self.rows_in - after), after
 
 
 VALUE_COLUMNS = PRICE_COLUMNS + ("volume",)

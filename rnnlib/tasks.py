@@ -7,9 +7,11 @@ sharded by ``(rank, world)`` so that every worker gets the same number of steps 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import loop
@@ -40,7 +42,7 @@ def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None) -> t
     by_date = bool(d.val_start or d.test_start)
     hist = load_histories(source, needed=feature_columns(d.target, d.features),
                           columns=d.columns, max_jump=d.max_jump, endpoint_url=endpoint_url,
-                          delimiter=d.delimiter, date_format=d.date_format,
+                          delimiter=d.delimiter, date_format=d.date_format, end=d.end,
                           min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date))
     if not hist.series:
         raise DataError(f"{source}: no usable series.\n{hist.summary()}")
@@ -137,6 +139,19 @@ class ForecastTask:
         res["point_weight"] = self.point_weight
         return res
 
+    def fingerprint(self) -> dict:
+        """What the model learns from, by content: every kept row of every series (the columns
+        used), and the dates they span. A file touched or copied without a change keeps it; a new
+        day of prices, a corrected row or a new ticker changes it."""
+        h = hashlib.sha256()
+        for ticker, df in sorted(self.hist.series.items()):
+            h.update(ticker.encode() + b"\0")
+            h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+        dates = [(df["date"].iloc[0], df["date"].iloc[-1]) for df in self.hist.series.values()]
+        return {"sha256": h.hexdigest(), "series": len(self.hist.series), "rows": self.hist.rows_kept,
+                "first": str(min(d[0] for d in dates).date()), "last": str(max(d[1] for d in dates).date()),
+                "end": self.d.end}
+
     def bundle_kwargs(self) -> dict:
         d = self.d
         return dict(
@@ -154,6 +169,7 @@ class TextTask:
         self.cfg, self.d = cfg, cfg.data
         path = self.d.path or tinyshakespeare_path()
         text = read_text(path, cfg.endpoint_url)
+        self.text_sha256, self.chars = hashlib.sha256(text.encode()).hexdigest(), len(text)
         self.vocab = Vocab.from_text(text, unknown=self.d.unknown)
         self.train_ids, self.val_ids = split_text(self.vocab.encode(text), self.d.val_frac)
         if len(self.val_ids) < EVAL_BATCH * 2 + 1:
@@ -192,6 +208,10 @@ class TextTask:
 
     def final_metrics(self, model, part: str = "val") -> dict:
         return {"val": evaluate_text(model, self.val_ids, self.d.seq_len), "vocab_size": len(self.vocab)}
+
+    def fingerprint(self) -> dict:
+        """The corpus by content (every file a prefix names, in order)."""
+        return {"sha256": self.text_sha256, "chars": self.chars}
 
     def bundle_kwargs(self) -> dict:
         return dict(data={"seq_len": self.d.seq_len, "val_frac": self.d.val_frac}, vocab=self.vocab)

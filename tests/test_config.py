@@ -103,8 +103,10 @@ def test_run_name_ignores_what_does_not_change_the_model():
     same = job_from_dict({"train": {"epochs": 2, "max_failures": 5, "keep_checkpoints": 4},
                           "scaling": {"workers": 4}, "storage": "s3://bkt/p"})
     other = job_from_dict({"train": {"epochs": 3}})
-    assert run_name(base) == run_name(same) != run_name(other)
-    assert run_name(base).startswith("forecast-lstm-")
+    data = {"sha256": "a" * 64}
+    assert run_name(base, data) == run_name(same, data) != run_name(other, data)
+    assert run_name(base, data) != run_name(base, {"sha256": "b" * 64})  # new data, new run
+    assert run_name(base, data).startswith("forecast-lstm-")
 
 
 def test_unquoted_yaml_dates_are_accepted_as_dates(tmp_path):

@@ -15,10 +15,13 @@ from conftest import ROOT
 from jobhelpers import FAKE_SECRET, faults, kill_group, run, start, wait_for
 from pyarrow.fs import FileSelector
 
+from jobs.train import run_name
 from rnnlib import storage
 from rnnlib.checkpoint import load_bundle
+from rnnlib.config import load_job
 from rnnlib.loop import predict
 from rnnlib.sampling import generate
+from rnnlib.tasks import make_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -53,6 +56,9 @@ def test_forecast_two_workers_export_and_idempotent_rerun(tmp_path, stale_ray_ad
     assert [h["epoch"] for h in m["history"]] == [0, 1, 2]
     assert min(h["val_loss"] for h in m["history"][1:]) < m["history"][0]["val_loss"]
     assert m["final"]["rmae"] < 1.1 and m["resumed_from_epoch"] == 0
+    cfg = load_job(str(ROOT / FORECAST[0]), [*FORECAST[1:], "train.epochs=3", f"storage={tmp_path}"])
+    data = make_task(cfg).fingerprint()  # the run is named by its config and its data, as recorded
+    assert m["data"] == data and d.name == run_name(cfg, data) and data["series"] == 26
     assert (d / "loss.png").read_bytes()[:4] == b"\x89PNG"
     b = load_bundle(d / "model", task="forecast")
     x = np.random.default_rng(0).normal(size=(4, 20, 1)).astype(np.float32)
