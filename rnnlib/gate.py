@@ -1,0 +1,126 @@
+"""The promotion gate: a candidate forecaster against the current champion and persistence.
+
+All sides are backtested on the same most recent days of the same histories: every origin in the
+last ``days`` trading days of every series both models can score, each forecast step; only the
+(ticker, origin, step) points both models forecast count, so a model with a longer window or
+horizon cannot pick easier points. Figures over those points:
+
+    rmae     sum |forecast - actual| / sum |persistence - actual|   (< 1 beats "tomorrow = today")
+    pinball  mean pinball loss over every quantile, divided by the price at the origin (scale free)
+    persistence_pinball  the same for persistence (every quantile at the last price)
+    coverage share of actuals inside the outer band
+
+The candidate is promoted only if it is not worse than persistence and not worse than the
+champion, by rMAE and by pinball loss, each beyond a tolerance (``GateSettings``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .checkpoint import Bundle
+from .scoring import band_names, min_rows_for, quantile_column, score_histories
+from .stocks import Histories
+
+KEYS = ["ticker", "origin", "step"]
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Tolerances are relative: promote if candidate <= other * (1 + tolerance), for each figure."""
+
+    days: int = 60  # trading days at the end of each series with backtest origins
+    rmae_tolerance: float = 0.0  # against the champion
+    pinball_tolerance: float = 0.0  # against the champion
+    # against persistence: a week-ahead price forecast rarely beats it by much (rMAE ~1.00), so
+    # a little slack by default; its pinball loss (a band of zero width) is easy to beat
+    persistence_rmae_tolerance: float = 0.02
+    persistence_pinball_tolerance: float = 0.0
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str]
+    candidate: dict
+    champion: dict | None
+    persistence: dict
+    settings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        from .report import table
+
+        sides = [("candidate", self.candidate), ("champion", self.champion), ("persistence", self.persistence)]
+        return table([[name, f["rmae"], f["pinball"], f["coverage"], f["points"]] for name, f in sides if f],
+                     ["", "rMAE", "pinball (scaled)", "band coverage", "points"])
+
+
+def min_rows(bundles: list[Bundle], days: int) -> int:
+    return max(min_rows_for(b, "backtest") for b in bundles) + days
+
+
+def backtest(bundle: Bundle, hist: Histories, days: int) -> pd.DataFrame:
+    """Every origin of the last ``days`` rows of each series, every step: one row per point."""
+    return score_histories(bundle, hist, mode="backtest", backtest_days=days, step=1).forecasts
+
+
+def figures(points: pd.DataFrame, quantiles: list[float]) -> dict:
+    """rMAE, scale-free pinball and band coverage of one model's backtest points."""
+    actual, last = points["actual"].to_numpy(), points["persistence"].to_numpy()
+    err = np.abs(points["forecast"].to_numpy() - actual).sum()
+    naive = np.abs(last - actual).sum()
+    out = {"points": int(len(points)), "rmae": float(err / naive) if naive else float("nan")}
+    if quantiles:
+        q = np.asarray(quantiles)
+        pred = points[[quantile_column(x) for x in quantiles]].to_numpy()
+        diff = actual[:, None] - pred
+        out["pinball"] = float((np.maximum(q * diff, (q - 1) * diff) / last[:, None]).mean())
+    else:  # a point forecaster: the pinball loss of its median is half its absolute error
+        out["pinball"] = float((0.5 * np.abs(points["forecast"].to_numpy() - actual) / last).mean())
+    band = band_names(quantiles)
+    out["coverage"] = (float(((points[band[0]] <= actual) & (actual <= points[band[1]])).mean())
+                       if band else float("nan"))
+    return out
+
+
+def persistence_figures(points: pd.DataFrame, quantiles: list[float]) -> dict:
+    actual, last = points["actual"].to_numpy(), points["persistence"].to_numpy()
+    q = np.asarray(quantiles or [0.5])
+    diff = (actual - last)[:, None]
+    return {"points": int(len(points)), "rmae": 1.0,
+            "pinball": float((np.maximum(q * diff, (q - 1) * diff) / last[:, None]).mean()), "coverage": float("nan")}
+
+
+def compare(candidate: Bundle, champion: Bundle | None, hist: Histories, settings: GateSettings) -> Decision:
+    """Backtest both on the same points of ``hist`` and decide."""
+    cand = backtest(candidate, hist, settings.days)
+    if champion is not None:
+        champ = backtest(champion, hist, settings.days)
+        common = cand[KEYS].merge(champ[KEYS], on=KEYS)
+        cand, champ = (df.merge(common, on=KEYS).sort_values(KEYS, ignore_index=True) for df in (cand, champ))
+    if cand.empty:
+        raise ValueError(f"no backtest points in the last {settings.days} days that both models can forecast")
+    q = candidate.data["quantiles"]
+    c = figures(cand, q)
+    p = persistence_figures(cand, q)
+    ch = figures(champ, champion.data["quantiles"]) if champion is not None else None
+    reasons = _worse(c, p, "persistence", settings.persistence_rmae_tolerance,
+                     settings.persistence_pinball_tolerance)
+    if ch is not None:
+        reasons += _worse(c, ch, "the champion", settings.rmae_tolerance, settings.pinball_tolerance)
+    return Decision(not reasons, reasons, c, ch, p, asdict(settings))
+
+
+def _worse(c: dict, other: dict, name: str, rmae_tol: float, pinball_tol: float) -> list[str]:
+    out = []
+    for key, label, tol, fmt in (("rmae", "rMAE", rmae_tol, ".4f"), ("pinball", "pinball loss", pinball_tol, ".5f")):
+        if not c[key] <= other[key] * (1 + tol):  # a NaN is never good enough
+            out.append(f"{label} {c[key]:{fmt}} is worse than {name}'s {other[key]:{fmt}}"
+                       + (f" beyond the tolerance {tol:g}" if tol else ""))
+    return out
