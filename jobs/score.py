@@ -233,12 +233,19 @@ def _manifest(cfg, rid, attempt, bundle, model_uri, source, listing, summaries, 
     listing_sha = hashlib.sha256(json.dumps(listing.key()).encode()).hexdigest()
     return {"run_id": rid, "attempt": attempt, "created": datetime.now(timezone.utc).isoformat(),
             "mode": cfg.mode, "as_of": cfg.as_of,
-            "model": {"uri": model_uri, "weights_sha256": bundle.meta["weights_sha256"], **bundle.data,
-                      **({"registry": {k: bundle.registry[k] for k in ("ref", "name", "version")}}
-                         if bundle.registry else {})},
+            "model": model_block(bundle, model_uri),
             "input": {"uri": source, "files": len(listing.entries), "skipped": len(listing.skipped),
                       "listing_sha256": listing_sha},
             "counts": counts, "files": files, "config": to_dict(cfg), "versions": versions()}, rejects
+
+
+def model_block(bundle, model_uri: str) -> dict:
+    """The manifest's ``model``: the bundle scored (its URI, resolved), its weights' sha256 and data args,
+    and for a registry reference the reference as given and the version it resolved to."""
+    block = {"uri": storage.redact(model_uri), "weights_sha256": bundle.meta["weights_sha256"], **bundle.data}
+    if bundle.registry:
+        block["registry"] = {k: bundle.registry[k] for k in ("ref", "name", "version")}
+    return block
 
 
 def run_verify(run_uri: str, endpoint_url: str | None) -> int:
