@@ -367,7 +367,8 @@ class Registry:
             data_json = json.loads(json.dumps(data or {}, allow_nan=False))
         except (TypeError, ValueError) as e:
             raise UserError(f"data: not plain JSON ({e}); give numbers, strings, lists and objects") from None
-        source = storage.redact(str(bundle_uri))
+        # where it came from, for people: a local path made absolute, a URI without user info
+        source = storage.redact(str(bundle_uri)) if "://" in str(bundle_uri) else str(Path(bundle_uri).resolve())
         with tempfile.TemporaryDirectory(prefix="rnnjobs-register-") as tmp:
             stage = Path(tmp) / MODEL
             meta = self._stage(bundle_uri, stage)
