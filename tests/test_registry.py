@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import torch
+from conftest import ROOT
 from jobhelpers import FAKE_SECRET, cli
 
 from rnnlib import storage
@@ -27,6 +28,7 @@ from rnnlib.registry import (
 from rnnlib.text import Vocab
 
 pytestmark = pytest.mark.timeout(300)
+SCORE_CONFIG = str(ROOT / "jobs" / "configs" / "forecast-score.yaml")
 CORPUS = "ROMEO: But soft, what light through yonder window breaks?\n"
 
 
@@ -308,11 +310,11 @@ def test_references_parse_and_config_keys():
     from jobs.score import load_score_config
     from rnnlib.config import GenerateConfig, section_from_dict
 
-    cfg = load_score_config("jobs/configs/forecast-score.yaml", ["model=models://fc@champion"])
+    cfg = load_score_config(SCORE_CONFIG, ["model=models://fc@champion"])
     assert cfg.model == "models://fc@champion"
     assert section_from_dict(GenerateConfig, {"model": "models://char/3"}).model == "models://char/3"
     with pytest.raises(ConfigError) as e:
-        load_score_config("jobs/configs/forecast-score.yaml", ["output=models://fc@champion", "model=models://fc"])
+        load_score_config(SCORE_CONFIG, ["output=models://fc@champion", "model=models://fc"])
     assert [p.split(":")[0] for p in e.value.problems] == ["model", "output"]
 
 
@@ -384,8 +386,8 @@ def test_reference_errors_exit_2_with_the_fix(bundles, tmp_path, monkeypatch):
         (["models", "promote", "char", "5"], "no such version"),
         (["models", "promote", "char", "1", "--expect", "soon"], "'soon': give the version the alias points at now"),
         (["models", "register", "a/b", str(bundles[0])], "not a single folder name"),
-        (["score", "jobs/configs/forecast-score.yaml", "model=models://char/1"], "this is a text model"),
-        (["score", "jobs/configs/forecast-score.yaml", "model=models://char@nope", f"output={tmp_path}/o"],
+        (["score", SCORE_CONFIG, "model=models://char/1"], "this is a text model"),
+        (["score", SCORE_CONFIG, "model=models://char@nope", f"output={tmp_path}/o"],
          "alias 'nope' of char was never set"),
     ]
     for args, needle in cases:
