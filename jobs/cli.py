@@ -7,6 +7,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 
 from jobs.submit import COMMANDS as SUBMITTABLE
 from jobs.submit import UNREACHABLE, Unreachable
@@ -23,6 +24,7 @@ EPILOG = """examples:
   rnnjobs check jobs/configs/text-train.yaml data.path=corpus.txt model.cell=lstm
   rnnjobs submit --address http://HEAD:8265 train jobs/configs/forecast-train.yaml scaling.workers=4
   rnnjobs jobs list --address http://HEAD:8265
+  rnnjobs models promote forecaster 3 --reason "beats v2"   then: rnnjobs score CONFIG model=models://forecaster@champion
 """
 
 
@@ -65,6 +67,97 @@ def _report(args) -> int:
     from jobs.report import run
 
     return run(args.runs, args.out, args.tickers, args.endpoint_url)
+
+
+def _models(args) -> int:
+    from jobs.models import ACTIONS
+
+    return ACTIONS[args.action](args)
+
+
+def _expect(value: str) -> int | None:
+    """``--expect N|none`` -> N, or None (the alias must be unset)."""
+    if value.lower() == "none":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"{value!r}: give the version the alias points at now, or none if it is unset")
+
+
+MODELS_EPILOG = """references: models://NAME@ALIAS (where the alias points when a job starts) or models://NAME/VERSION
+(one version, for good) work wherever a model path does (score model=, generate/evaluate --model,
+report), resolved against $RNNJOBS_REGISTRY.
+
+layout: <registry>/<name>/<n>/model/ (the bundle), <n>/version.json (written last), and
+<name>/aliases/<alias>/<seq>.json (one file per move, created only if absent).
+
+examples:
+  export RNNJOBS_REGISTRY=s3://my-bucket/models
+  rnnjobs models register forecaster outputs/runs/RUN/model --data-json data-fingerprint.json
+  rnnjobs models list forecaster
+  rnnjobs models promote forecaster 3 --expect 2 --reason "rMAE 0.91 vs 0.95 on 2018 backtest" --figure rmae=0.91
+  rnnjobs models show forecaster@champion
+  rnnjobs score jobs/configs/forecast-score.yaml model=models://forecaster@champion
+"""
+
+
+def _models_parser(sub) -> None:
+    m = sub.add_parser("models", help="a model registry on the object store: register, list, show, promote",
+                       description=textwrap.fill(
+                           "Versions of each model under <registry>/<name>/<n>/ and aliases such as champion, "
+                           "moved with conditional writes (like _SUCCESS), with their history. No server: the "
+                           "registry is a local folder or an s3:// prefix.", 100),
+                       epilog=MODELS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
+        a = actions.add_parser(name, help=help, description=textwrap.fill(description, 100),
+                               epilog=f"example:\n  {example}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        a.add_argument("--registry", help="the registry: local folder or s3://bucket/prefix "
+                                          "(default: $RNNJOBS_REGISTRY)")
+        _endpoint_flag(a)
+        a.set_defaults(func=_models)
+        return a
+
+    r = action("register", "copy a bundle into the registry as the next version of NAME",
+               "Check the bundle (it must load), take the next version number (1, 2, ...; two registers "
+               "at once never share one), copy weights.pt and bundle.json to <registry>/NAME/<n>/model/, "
+               "then write version.json (source, task, weights sha256, the bundle's final metrics, --data-json).",
+               "rnnjobs models register forecaster outputs/runs/RUN/model --data-json fingerprint.json")
+    r.add_argument("name", help="model name: letters, digits, '-', '_', '.'")
+    r.add_argument("bundle", help="bundle folder or s3:// URI (<storage>/<run>/model, from rnnjobs train)")
+    r.add_argument("--data-json", dest="data_json", metavar="FILE",
+                   help="a JSON object recorded with the version as is (e.g. the training data's fingerprint)")
+
+    ls = action("list", "the models, or one model's versions with metrics and aliases",
+                "Without NAME: every model with its version count and aliases. With NAME: each version with "
+                "when it was registered, its weights' sha256, its key metrics and the aliases pointing at it; "
+                "a number claimed by a register that never finished is marked incomplete.",
+                "rnnjobs models list forecaster")
+    ls.add_argument("name", nargs="?", help="a model name")
+
+    sh = action("show", "a version's version.json, and an alias's history",
+                "NAME/VERSION: that version. NAME@ALIAS: the version the alias points at and every move of "
+                "the alias (when, from which version, why, the figures recorded). NAME: every alias's history.",
+                "rnnjobs models show forecaster@champion")
+    sh.add_argument("ref", metavar="NAME[@ALIAS|/VERSION]", help="e.g. forecaster@champion or forecaster/3")
+
+    p = action("promote", "point an alias (default: champion) at a version, atomically",
+               "Record a move of NAME@ALIAS to VERSION (created only if absent: a concurrent promote makes "
+               "this one fail, never overwrite). With --expect, refuse if the alias no longer points where "
+               "you compared against. Exit 2 on a conflict, nothing changed.",
+               "rnnjobs models promote forecaster 3 --expect 2 --reason \"beats v2 on the 2018 backtest\" "
+               "--figure rmae=0.91 --figure rmae_v2=0.95")
+    p.add_argument("name", help="model name")
+    p.add_argument("version", type=int, help="the version to point the alias at")
+    p.add_argument("--alias", default="champion", help="default: %(default)s")
+    p.add_argument("--expect", type=_expect, default=argparse.SUPPRESS, metavar="N|none",
+                   help="the version the alias points at now as you saw it ('none': unset); refuse if it moved")
+    p.add_argument("--reason", help="why (recorded in the alias's history)")
+    p.add_argument("--figure", action="append", metavar="KEY=VALUE",
+                   help="a number that justified the move, recorded with it; repeatable")
+    p.add_argument("--figures-json", dest="figures_json", metavar="FILE", help="the figures as a JSON object")
 
 
 def _config(args) -> int:
@@ -143,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Settings come from an optional YAML, key=value overrides, then flags.")
     g.add_argument("config", nargs="?", help="optional YAML with the keys below")
     g.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. temperature=0.5")
-    g.add_argument("--model", help="text bundle folder or s3:// URI (<storage>/<run>/model)")
+    g.add_argument("--model", help="text bundle folder, s3:// URI (<storage>/<run>/model) or models://NAME@ALIAS")
     g.add_argument("--prompt", help="text to continue (default: empty)")
     g.add_argument("--length", type=int, help="characters per sample (default 500)")
     g.add_argument("--temperature", type=float, help="0 = greedy; default 0.8")
@@ -161,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="loss of a char model on a text (nats, bits per char, perplexity)",
                        description="Evaluate a text bundle on a UTF-8 file, or on the held-out split of "
                                    "the corpus it was trained on.")
-    e.add_argument("--model", required=True, help="text bundle folder or s3:// URI")
+    e.add_argument("--model", required=True, help="text bundle folder, s3:// URI or models://NAME@ALIAS")
     e.add_argument("--text", help="UTF-8 text file (default: the bundle's held-out split)")
     e.add_argument("--seq-len", dest="seq_len", type=int, help="chunk length (default: the training seq_len)")
     _device_flag(e, default="auto")
@@ -211,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_flag(rp)
     rp.set_defaults(func=_report)
 
+    _models_parser(sub)
+
     from rnnlib.config import REFERENCE_JOBS
 
     cf = sub.add_parser("config", help="print a job's config keys with defaults and help",
@@ -231,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-POSITIONAL = ("config", "run", "runs", "job", "action", "id")
+POSITIONAL = ("config", "run", "runs", "job", "action", "id", "name", "bundle", "ref", "version")
 RAY_AUTH = "the Ray Job API takes a token instead: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
 
 

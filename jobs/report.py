@@ -6,6 +6,8 @@ Each RUN is recognised by what it holds (local folder or s3:// prefix):
              forecaster, a backtest over the last days of each series: model vs persistence per
              ticker, and forecasts with their 80% band after the last day for a few tickers
   a score run (<output>/run=<id>, _SUCCESS): counts; its forecasts with the band over the history
+  a model    (models://NAME@ALIAS or models://NAME/VERSION, from the registry): the version, its
+             recorded metrics, the alias's history; for a forecaster the backtest as for a training
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.errors import UserError
 from rnnlib.plots import forecast_bands_png, loss_curve_png, search_png, vs_persistence_png
-from rnnlib.report import forecast_table
+from rnnlib.report import forecast_table, table
 from rnnlib.scoring import band_names, score_histories
 from rnnlib.search import plot_keys, searched_keys, top_trials_table
 from rnnlib.sources import Listing, list_source
@@ -55,12 +57,15 @@ class Report:
 
 def _kinds(uri: str, endpoint: str | None) -> list[str]:
     """What a folder holds; a search folder also holds its best trial's exported model."""
+    if str(uri).startswith("models://"):
+        return ["model"]
     kinds = [kind for name, kind in (("results.parquet", "search"), ("metrics.json", "train"),
                                      (publish.SUCCESS, "score")) if storage.exists(storage.join(uri, name), endpoint)]
     if kinds:
         return kinds
     raise UserError(f"{uri}: not a search (results.parquet), a training run (metrics.json) or a published "
-                    "score run (_SUCCESS); pass <storage>/<name>, <output>/as_of=<date>/run=<id> or <output>/LATEST")
+                    "score run (_SUCCESS); pass <storage>/<name>, <output>/as_of=<date>/run=<id>, <output> (its "
+                    "LATEST run) or models://NAME@ALIAS")
 
 
 def search_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int, top: int = 5) -> None:
@@ -99,6 +104,11 @@ def train_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
         return
     rep.text("Test split (the last part of each series, unseen in training):\n\n" + forecast_table(metrics["final"]))
     bundle = open_bundle(storage.join(uri, "model"), task="forecast", endpoint_url=endpoint)
+    backtest_section(rep, bundle, cfg, endpoint, n_tickers)
+
+
+def backtest_section(rep: Report, bundle, cfg, endpoint: str | None, n_tickers: int) -> None:
+    """A forecaster's backtest against persistence on the data it was trained on, and its forecasts."""
     hist, _ = load_stock_data(cfg.data, endpoint or cfg.endpoint_url)
     held_out = min(len(df) for df in hist.series.values()) * (cfg.data.val_frac + cfg.data.test_frac)
     days = int(min(BACKTEST_DAYS, held_out)) if not cfg.data.test_start else BACKTEST_DAYS
@@ -115,6 +125,40 @@ def train_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
     rep.image("forecasts.png", forecast_bands_png(_history(hist, tickers), fc, band_names(list(cfg.data.quantiles))),
               f"the next {cfg.data.horizon} trading days after the last row, with the 80% band, for "
               f"{', '.join(tickers)}")
+
+
+def model_section(rep: Report, ref: str, endpoint: str | None, n_tickers: int) -> None:
+    """A registered version (``models://NAME@ALIAS`` or ``models://NAME/VERSION``): what it is, its
+    metrics, the alias's history, and for a forecaster the backtest on the data it was trained on."""
+    from rnnlib.registry import Registry, parse_ref, registry_uri
+
+    bundle = open_bundle(ref, endpoint_url=endpoint)
+    info, m = bundle.registry, bundle.registry.get("metrics") or {}
+    args = bundle.meta["model"]["args"]
+    rep.text(f"## Model: `{ref}`\n\nVersion {info['version']} of {info['name']}, registered {info['created']} "
+             f"from `{info['source']}`: {bundle.task}, {args.get('cell')} {args.get('layers')}x{args.get('hidden')}, "
+             f"weights sha256 `{info['weights_sha256'][:12]}`" + (f", run `{info['run']}`" if info.get("run") else "")
+             + ".")
+    if isinstance(m.get("model"), dict) and isinstance(m.get("persistence"), dict):
+        rep.text("Test metrics recorded at registration:\n\n" + forecast_table(m))
+    elif isinstance(m.get("val"), dict) and "bits_per_char" in m["val"]:
+        v = m["val"]
+        rep.text(f"Validation: {v['nats_per_char']:.4f} nats/char, {v['bits_per_char']:.4f} bits/char, "
+                 f"perplexity {v['perplexity']:.2f}.")
+    alias = parse_ref(ref).alias
+    if alias:
+        moves = Registry(registry_uri(), endpoint).alias_history(info["name"], alias)
+        rows = [[mv.get("when"), mv.get("version"), "-" if mv.get("previous") is None else mv["previous"],
+                 mv.get("reason") or "-", json.dumps(mv.get("figures") or {})] for mv in moves]
+        rep.text(f"History of `{info['name']}@{alias}`:\n\n" + table(rows, ["when", "version", "previous", "reason",
+                                                                           "figures"]))
+    if bundle.task == "forecast":
+        try:
+            cfg = job_from_dict(bundle.meta.get("config") or {})
+        except UserError as e:
+            rep.text(f"No backtest: the bundle's training config does not load here ({str(e).splitlines()[0]}).")
+            return
+        backtest_section(rep, bundle, cfg, endpoint, n_tickers)
 
 
 def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -> None:
@@ -140,10 +184,12 @@ def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
 
 
 def run(runs: list[str], out: str | None, tickers: int, endpoint_url: str | None) -> int:
-    out_dir = Path(out) if out else Path("outputs/report" if storage.is_s3(runs[0]) else runs[0]) / "report"
+    remote = storage.is_s3(runs[0]) or runs[0].startswith("models://")
+    out_dir = Path(out) if out else Path("outputs/report" if remote else runs[0]) / "report"
     rep = Report(out_dir)
-    sections = {"search": search_section, "train": train_section, "score": score_section}
-    runs = [publish.resolve(uri, endpoint_url) for uri in runs]  # a score output's LATEST pointer: its run
+    sections = {"search": search_section, "train": train_section, "score": score_section, "model": model_section}
+    # a score output or its LATEST pointer: the run it names
+    runs = [uri if uri.startswith("models://") else publish.resolve(uri, endpoint_url) for uri in runs]
     kinds = {uri: _kinds(uri, endpoint_url) for uri in runs}
     if any(k == ["train"] for k in kinds.values()):  # a training run is given: skip the searches' best trials
         kinds = {uri: [k for k in ks if k != "train" or ks == ["train"]] for uri, ks in kinds.items()}

@@ -143,6 +143,9 @@ def run(config: str, overrides: list[str]) -> int:
     if not cfg.model:
         raise ConfigError(["model: required; point it at a forecast bundle (<storage>/<run>/model)"], config)
     bundle = open_bundle(cfg.model, task="forecast", endpoint_url=cfg.endpoint_url)  # fails before Ray
+    # A models:// reference is resolved here, once: the actors load that version even if the alias
+    # moves during the run.
+    model_uri = bundle.registry["uri"] if bundle.registry else cfg.model
     source = cfg.input or str(sample_stocks_dir())
     listing = list_source(source, endpoint_url=cfg.endpoint_url)
     rid = run_id(cfg, bundle.meta["weights_sha256"], listing.key())
@@ -151,6 +154,7 @@ def run(config: str, overrides: list[str]) -> int:
     layout = input_layout(cfg, listing)
     print(f"score run {rid}: {cfg.mode}, {len(listing.entries)} file(s) from {source} "
           f"({layout} layout), model {cfg.model}"
+          + (f" (version {bundle.registry['version']}: {storage.redact(model_uri)})" if bundle.registry else "")
           + (f"; {len(listing.skipped)} entries not read (listed in rejects.parquet)" if listing.skipped else ""))
     if publish.is_published(run_uri, cfg.endpoint_url):
         print(f"already published: {run_uri} (nothing to do)")
@@ -174,7 +178,7 @@ def run(config: str, overrides: list[str]) -> int:
     pool = dict(min_size=1, max_size=cfg.actors) if cfg.gpu else dict(size=cfg.actors)
     actor_args = dict(compute=ray.data.ActorPoolStrategy(**pool), num_cpus=cfg.cpus_per_actor,
                       num_gpus=1 if cfg.gpu else 0)
-    kwargs = {"model": cfg.model, "run_uri": run_uri, "attempt": attempt, "endpoint_url": endpoint, "gpu": cfg.gpu}
+    kwargs = {"model": model_uri, "run_uri": run_uri, "attempt": attempt, "endpoint_url": endpoint, "gpu": cfg.gpu}
     if layout == "per_ticker":
         ds = ds.map_batches(ScoreBatch, batch_size=cfg.files_per_batch, batch_format="pandas",
                             fn_constructor_kwargs={**kwargs, "settings": settings}, **actor_args)
@@ -197,7 +201,7 @@ def run(config: str, overrides: list[str]) -> int:
     if twice:
         raise UserError(f"{source}: ticker(s) {', '.join(twice[:5])} span more than one batch of files (their rows "
                         "are in several files); nothing was published. Rerun with input_layout=long")
-    manifest, rejects = _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri)
+    manifest, rejects = _manifest(cfg, rid, attempt, bundle, model_uri, source, listing, summaries, run_uri)
     if not publish.commit(run_uri, attempt, manifest, cfg.endpoint_url):
         print(f"another attempt published {run_uri} first; this attempt's files were removed")
         _point_if_unpointed(cfg, day, rid)
@@ -238,7 +242,7 @@ def _scored_twice(summaries: pd.DataFrame) -> list[str]:
     return sorted(seen[seen.duplicated()].unique())
 
 
-def _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri) -> dict:
+def _manifest(cfg, rid, attempt, bundle, model_uri, source, listing, summaries, run_uri) -> dict:
     files = [p for s in summaries["parts"] for p in json.loads(s)]
     rows = [r for s in summaries["rejects"] for r in json.loads(s)]
     rows += [dict(file=uri, rows=0, action=SKIP_FILE, reason=why) for uri, why in listing.skipped]
@@ -252,10 +256,19 @@ def _manifest(cfg, rid, attempt, bundle, source, listing, summaries, run_uri) ->
     listing_sha = hashlib.sha256(json.dumps(listing.key()).encode()).hexdigest()
     return {"run_id": rid, "attempt": attempt, "created": datetime.now(timezone.utc).isoformat(),
             "mode": cfg.mode, "as_of": cfg.as_of,
-            "model": {"uri": cfg.model, "weights_sha256": bundle.meta["weights_sha256"], **bundle.data},
+            "model": model_block(bundle, model_uri),
             "input": {"uri": source, "files": len(listing.entries), "skipped": len(listing.skipped),
                       "listing_sha256": listing_sha},
             "counts": counts, "files": files, "config": to_dict(cfg), "versions": versions()}, rejects
+
+
+def model_block(bundle, model_uri: str) -> dict:
+    """The manifest's ``model``: the bundle scored (its URI, resolved), its weights' sha256 and data args,
+    and for a registry reference the reference as given and the version it resolved to."""
+    block = {"uri": storage.redact(model_uri), "weights_sha256": bundle.meta["weights_sha256"], **bundle.data}
+    if bundle.registry:
+        block["registry"] = {k: bundle.registry[k] for k in ("ref", "name", "version")}
+    return block
 
 
 def run_verify(uri: str, endpoint_url: str | None) -> int:

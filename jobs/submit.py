@@ -237,6 +237,14 @@ def check_inputs_reachable(command: str, resolved: dict, address: str | None,
                         f"pass {key.removeprefix('job.')}=s3://BUCKET/PREFIX/")
 
 
+def job_env() -> dict[str, str]:
+    """Environment of a submitted job: RAY_ENV, and the model registry this shell uses (RNNJOBS_REGISTRY,
+    a URI without credentials: refused otherwise), so a models:// reference resolves there as it does here."""
+    from rnnlib.registry import ENV, registry_uri
+
+    return {**RAY_ENV, **({ENV: registry_uri()} if os.environ.get(ENV) else {})}
+
+
 def submit(address: str | None, command: str, config: str, overrides: list[str], wait: bool,
            includes: Sequence[str] = ()) -> int:
     resolved = resolved_config(command, config, overrides)
@@ -259,7 +267,7 @@ def submit(address: str | None, command: str, config: str, overrides: list[str],
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per file while packaging
     end = time.monotonic() + 120
     with tempfile.TemporaryDirectory(prefix="rnnjobs-upload-") as tmp:  # Ray packs and uploads it in submit_job
-        runtime_env = {"working_dir": str(stage(files, Path(tmp))), "env_vars": RAY_ENV}
+        runtime_env = {"working_dir": str(stage(files, Path(tmp))), "env_vars": job_env()}
         while True:
             try:
                 c.submit_job(entrypoint=entry, submission_id=job_id, runtime_env=runtime_env,

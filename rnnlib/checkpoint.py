@@ -83,6 +83,7 @@ class Bundle:
     path: Path
     model: nn.Module
     meta: dict
+    registry: dict | None = None  # opened by a models:// reference: its version.json, "ref" and "uri" (resolved)
 
     @property
     def task(self) -> str:
@@ -181,9 +182,21 @@ def read_meta(path: str | Path) -> dict:
 
 
 def open_bundle(uri: str, task: str | None = None, endpoint_url: str | None = None) -> Bundle:
-    """Load a bundle from a local folder or an s3:// URI (downloaded to a temporary folder)."""
+    """Load a bundle from a local folder, an s3:// URI (downloaded to a temporary folder) or a
+    registry reference ``models://NAME@ALIAS`` / ``models://NAME/VERSION`` (resolved against
+    ``$RNNJOBS_REGISTRY``; see rnnlib.registry)."""
     from . import storage
 
+    if str(uri).startswith("models://"):
+        from .registry import resolve
+
+        concrete, info = resolve(str(uri), endpoint_url)
+        bundle = open_bundle(concrete, task, endpoint_url)
+        if bundle.meta["weights_sha256"] != info.get("weights_sha256"):
+            raise BundleError(f"{uri} ({storage.redact(concrete)}): the weights' sha256 differs from the one "
+                              "registered in version.json: the registry's copy was replaced or damaged")
+        bundle.registry = {**info, "uri": concrete}
+        return bundle
     if not storage.is_s3(uri):
         return load_bundle(uri, task)
     local = storage.download_dir(uri, tempfile.mkdtemp(prefix="rnnjobs-bundle-"), endpoint_url)

@@ -60,6 +60,13 @@ def _location(value: str) -> str | None:
     return uri_problem(value)
 
 
+def _model_location(value: str) -> str | None:
+    """A location as ``_location`` takes it, or a registry reference (models://NAME@ALIAS, models://NAME/N)."""
+    from .storage import uri_problem
+
+    return uri_problem(value, models=True)
+
+
 def _segment(value: str) -> str | None:
     if value in ("", ".", "..") or "/" in value or "\\" in value or not value.isprintable():
         return "is not a single folder name; use letters, digits, '-', '_' or '.', without '/' or '..' (e.g. my-run)"
@@ -191,8 +198,9 @@ class TuneSettings:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    model: str | None = opt(None, "text bundle: local folder or s3:// URI (the model/ folder train exports)",
-                            check=_location)
+    model: str | None = opt(None, "text bundle: local folder or s3:// URI (the model/ folder train exports), "
+                            "or models://NAME@ALIAS / models://NAME/VERSION from the registry ($RNNJOBS_REGISTRY)",
+                            check=_model_location)
     prompt: str = opt("", "text to continue; empty starts from a newline")
     length: int = opt(500, "characters to generate per sample", lo=1)
     temperature: float = opt(0.8, "sampling temperature; 0 = greedy (argmax)", lo=0.0)
@@ -369,8 +377,9 @@ class ScoreConfig:
         "auto", "per_ticker: each ticker's rows are in one file (batches of files are scored as they are); "
         "long: a ticker's rows may span files (rows are grouped by ticker with a Ray Data hash shuffle); "
         "auto: long when files sit in key=value folders or their names hold a date, else per_ticker")
-    model: str | None = opt(None, "forecast bundle: local folder or s3:// URI (<storage>/<run>/model)",
-                            check=_location)
+    model: str | None = opt(None, "forecast bundle: local folder or s3:// URI (<storage>/<run>/model), or "
+                            "models://NAME@ALIAS / models://NAME/VERSION from the registry ($RNNJOBS_REGISTRY)",
+                            check=_model_location)
     output: str = opt("outputs/forecasts", "local folder or s3:// prefix; each run publishes under run=<id>/",
                       check=_location)
     mode: Literal["forecast", "backtest"] = opt("forecast", "forecast: the next horizon days after the last "

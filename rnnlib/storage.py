@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import threading
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,17 +29,26 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
-def uri_problem(uri: str) -> str | None:
+def uri_problem(uri: str, models: bool = False) -> str | None:
     """Why ``uri`` cannot name a location here, as a phrase to follow it, or None if it can.
 
     Shape only, nothing is accessed: a local path, ``file:///absolute/path`` or
-    ``s3://bucket[/prefix]`` with a valid bucket name; any other scheme is refused."""
+    ``s3://bucket[/prefix]`` with a valid bucket name; any other scheme is refused. With
+    ``models=True`` (keys that hold a model) a registry reference ``models://NAME@ALIAS`` or
+    ``models://NAME/VERSION`` is a location too (see rnnlib.registry)."""
     uri = str(uri)
     if not uri.strip():
         return "is empty; give a local folder, file:///absolute/path or s3://bucket/prefix"
     m = _SCHEME.match(uri)
     if m is None:
         return None  # a local path
+    if m.group(1) == "models":
+        if not models:
+            return ("is a model registry reference, which only the keys that hold a model take; give a local "
+                    "folder, file:///absolute/path or s3://bucket/prefix")
+        from .registry import ref_problem  # here: the registry builds on this module
+
+        return ref_problem(uri)
     if m.group(1) == "s3":
         bucket = uri[len("s3://"):].partition("/")[0]
         if not bucket:
@@ -166,13 +176,16 @@ def download_dir(uri: str, local: str | Path, endpoint_url: str | None = None) -
 
 
 def list_files(uri: str, suffixes: tuple[str, ...] = (), recursive: bool = False,
-               endpoint_url: str | None = None) -> list[tuple[str, int, float]]:
-    """Files under a folder/prefix (or the file itself) as sorted ``(uri, size, mtime)``."""
+               endpoint_url: str | None = None, missing_ok: bool = False) -> list[tuple[str, int, float]]:
+    """Files under a folder/prefix (or the file itself) as sorted ``(uri, size, mtime)``; where
+    nothing is there, [] with ``missing_ok``, else a ``UserError``."""
     fs, path = filesystem(uri, endpoint_url)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         return [(str(uri), info.size, mtime(info))]
     if info.type == pafs.FileType.NotFound:
+        if missing_ok:
+            return []
         raise UserError(f"{uri}: no such file or folder")
     base = str(uri).rstrip("/")
     out = []
@@ -183,18 +196,33 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), recursive: bool = False
     return sorted(out)
 
 
+def list_folders(uri: str, endpoint_url: str | None = None) -> list[str]:
+    """Names of the folders (on S3: the common prefixes) directly under ``uri``, sorted; [] where
+    nothing is there."""
+    fs, path = filesystem(uri, endpoint_url)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(posixpath.basename(f.path.rstrip("/")) for f in infos if f.type == pafs.FileType.Directory)
+
+
 def mtime(info: pafs.FileInfo) -> float:
     """A listing's modification time as seconds (0 where the store gives none)."""
     return info.mtime.timestamp() if info.mtime is not None else 0.0
 
 
+_CLIENT_LOCK = threading.Lock()
+
+
 def s3_client(endpoint_url: str | None = None):
-    """A boto3 S3 client with standard retries; credentials from the standard AWS chain."""
+    """A boto3 S3 client with standard retries; credentials from the standard AWS chain.
+
+    Made under a lock: boto3's default session is not safe to make clients from in several
+    threads at once (a client, once made, is)."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint(endpoint_url),
-                        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    with _CLIENT_LOCK:
+        return boto3.client("s3", endpoint_url=endpoint(endpoint_url),
+                            config=Config(retries={"max_attempts": 5, "mode": "standard"}))
 
 
 def create_if_absent(uri: str, data: bytes, endpoint_url: str | None = None) -> bool:
@@ -217,7 +245,7 @@ def create_if_absent(uri: str, data: bytes, endpoint_url: str | None = None) -> 
             raise
     target = Path(filesystem(uri)[1])
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{id(data)}")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")  # unique across threads too
     tmp.write_bytes(data)
     try:
         os.link(tmp, target)
@@ -256,6 +284,8 @@ def _userinfo_end(uri: str) -> int | None:
     start, rest = m.end(), uri[m.end():]
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" in authority:
+        if m.group(1).lower() == "models" and ":" not in authority[:authority.rindex("@")]:
+            return None  # models://NAME@ALIAS: a registry alias, not user info
         return start + authority.rindex("@") + 1
     if ":" not in authority or authority.startswith("["):  # no user info; or an IPv6 host [::1]:9000
         return None

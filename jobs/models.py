@@ -1,0 +1,134 @@
+"""``rnnjobs models register|list|show|promote``: the model registry (rnnlib.registry) from the
+command line. Parse, call, print; the registry's logic lives in rnnlib."""
+
+from __future__ import annotations
+
+import json
+
+from rnnlib import storage
+from rnnlib.errors import UserError
+from rnnlib.registry import ANY, DEFAULT_ALIAS, Registry, key_metrics, parse_ref, registry_uri
+from rnnlib.report import table
+
+
+def open_registry(args) -> Registry:
+    return Registry(registry_uri(args.registry, "--registry"), args.endpoint_url)
+
+
+def _json_file(path: str, flag: str, endpoint_url: str | None) -> dict:
+    try:
+        value = json.loads(storage.read_bytes(path, endpoint_url).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{flag} {path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag} {path}: expected a JSON object, e.g. {{\"data_sha256\": \"...\"}}")
+    return value
+
+
+def _figures(args) -> dict | None:
+    figures = _json_file(args.figures_json, "--figures-json", args.endpoint_url) if args.figures_json else {}
+    for item in args.figure or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--figure {item!r}: expected KEY=VALUE, e.g. --figure rmae=0.93")
+        try:
+            figures[key] = json.loads(value)  # numbers stay numbers
+        except json.JSONDecodeError:
+            figures[key] = value
+    return figures or None
+
+
+def register(args) -> int:
+    reg = open_registry(args)
+    data = _json_file(args.data_json, "--data-json", args.endpoint_url) if args.data_json else None
+    info = reg.register(args.name, args.bundle, data=data)
+    print(f"registered {info['name']} version {info['version']} ({info['task']}, weights "
+          f"{info['weights_sha256'][:12]}, {key_metrics(info)}) from {info['source']}\n"
+          f"  reference: models://{info['name']}/{info['version']}\n"
+          f"  promote:   rnnjobs models promote {info['name']} {info['version']} --alias {DEFAULT_ALIAS}")
+    return 0
+
+
+def list_models(args) -> int:
+    reg = open_registry(args)
+    if args.name:
+        return _list_versions(reg, args.name)
+    rows = []
+    for name in reg.names():
+        listing = reg.scan(name)
+        if not listing.taken:
+            continue
+        aliases = reg.aliases(name, listing)
+        rows.append([name, len(listing.complete), max(listing.complete, default="-"),
+                     len(listing.incomplete) or "", ", ".join(f"{a}={m['version']}" for a, m in aliases.items())
+                     or "-"])
+    if not rows:
+        print(f"no models in {storage.redact(reg.uri)} (register one: rnnjobs models register NAME BUNDLE)")
+        return 0
+    print(table(rows, ["name", "versions", "latest", "incomplete", "aliases"]))
+    return 0
+
+
+def _list_versions(reg: Registry, name: str) -> int:
+    listing = reg.require(name)
+    pointing: dict[int, list[str]] = {}
+    for alias, move in reg.aliases(name, listing).items():
+        pointing.setdefault(move["version"], []).append(alias)
+    rows = []
+    for v in reg.versions(name):
+        if v.get("incomplete"):
+            rows.append([v["version"], v.get("claimed") or "-", "-", "-", "incomplete (no version.json): skipped",
+                         ", ".join(pointing.get(v["version"], [])) or "-"])
+        else:
+            rows.append([v["version"], v["created"], v["weights_sha256"][:12], v["task"], key_metrics(v),
+                         ", ".join(pointing.get(v["version"], [])) or "-"])
+    print(f"{name} in {storage.redact(reg.uri)}:\n" + table(rows, ["version", "created", "weights", "task",
+                                                                    "metrics", "aliases"]))
+    return 0
+
+
+def show(args) -> int:
+    reg = open_registry(args)
+    ref = args.ref.removeprefix("models://")
+    if "@" not in ref and "/" not in ref:  # a name alone: its aliases and their histories
+        listing = reg.require(ref)
+        print(f"{ref}: versions {', '.join(map(str, sorted(listing.complete))) or 'none complete'}"
+              f" (rnnjobs models list {ref})")
+        for alias in sorted(listing.aliases):
+            print(f"\n{ref}@{alias}:\n" + _history(reg.alias_history(ref, alias, listing)))
+        if not listing.aliases:
+            print(f"no aliases yet (rnnjobs models promote {ref} VERSION)")
+        return 0
+    r = parse_ref(ref, scheme=False)
+    uri, info = reg.resolve(r)
+    info.pop("ref", None)
+    print(f"{r} -> {storage.redact(uri)}")
+    print(json.dumps(info, indent=2, ensure_ascii=False))
+    if r.alias:
+        print(f"\n{r.name}@{r.alias}:\n" + _history(reg.alias_history(r.name, r.alias)))
+    return 0
+
+
+def _history(moves: list[dict]) -> str:
+    rows = [[m.get("seq"), m.get("when"), m.get("version"), "-" if m.get("previous") is None else m["previous"],
+             m.get("reason") or "-", json.dumps(m.get("figures") or {}, ensure_ascii=False)[:80]] for m in moves]
+    return table(rows, ["seq", "when", "version", "previous", "reason", "figures"])
+
+
+def promote(args) -> int:
+    reg = open_registry(args)
+    expect = getattr(args, "expect", ANY)  # the flag absent: move the alias wherever it points now
+    move, moved = reg.promote(args.name, args.version, args.alias, expect=expect, reason=args.reason,
+                              figures=_figures(args))
+    if not moved:
+        print(f"{args.name}@{args.alias} already points at version {args.version} (since {move.get('when')}); "
+              "nothing to do")
+        return 0
+    was = "was not set" if move["previous"] is None else f"was version {move['previous']}"
+    print(f"{args.name}@{args.alias} -> version {move['version']} ({was}; move {move['seq']})\n"
+          f"  models://{args.name}@{args.alias} now resolves to "
+          f"{storage.redact(reg.bundle_uri(args.name, args.version))}")
+    return 0
+
+
+ACTIONS = {"register": register, "list": list_models, "show": show, "promote": promote}
