@@ -25,6 +25,7 @@ EPILOG = """examples:
   rnnjobs submit --address http://HEAD:8265 train jobs/configs/forecast-train.yaml scaling.workers=4
   rnnjobs jobs list --address http://HEAD:8265
   rnnjobs models promote forecaster 3 --reason "beats v2"   then: rnnjobs score CONFIG model=models://forecaster@champion
+  rnnjobs scorecard outputs/forecasts --histories data/stocks/
 """
 
 
@@ -158,6 +159,10 @@ def _models_parser(sub) -> None:
     p.add_argument("--figure", action="append", metavar="KEY=VALUE",
                    help="a number that justified the move, recorded with it; repeatable")
     p.add_argument("--figures-json", dest="figures_json", metavar="FILE", help="the figures as a JSON object")
+def _scorecard(args) -> int:
+    from jobs.scorecard import run
+
+    return run(args.output, args.histories, args.out, args.endpoint_url, args.window, args.min_points)
 
 
 def _config(args) -> int:
@@ -171,6 +176,16 @@ def _demo(args) -> int:
     from jobs.demo import run
 
     return run(out=args.out, quick=args.quick)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return value
 
 
 def _device_flag(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -305,6 +320,33 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_report)
 
     _models_parser(sub)
+    sc = sub.add_parser(
+        "scorecard", help="track record: published forecasts against the prices that arrived later",
+        description="Join the forecasts of every date with a LATEST pointer under OUTPUT (forecast runs; backtests\n"
+                    "are skipped with a note) with the prices that arrived later, and write per as_of date and per\n"
+                    "ticker rMAE, band coverage and pinball loss next to persistence (the last close).\n\n"
+                    "Step k of a forecast is realized by the k-th trading row after its as_of row in the history\n"
+                    "(holidays are no rows); until that row arrives the point is pending (counted, not scored).\n"
+                    "Writes by_date.parquet, by_date_step.parquet, by_ticker.parquet, points.parquet,\n"
+                    "scorecard.png (rolling figures) and report.md.",
+        epilog="examples:\n"
+               "  rnnjobs scorecard outputs/forecasts --histories data/stocks/\n"
+               "  rnnjobs scorecard s3://bucket/forecasts --histories s3://bucket/histories/ "
+               "--out s3://bucket/scorecard",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sc.add_argument("output", metavar="OUTPUT",
+                    help="a score output (output= of rnnjobs score): holds as_of=<date>/LATEST and the runs")
+    sc.add_argument("--histories", required=True, metavar="URI",
+                    help="the price histories, later rows included: a file, folder or s3:// prefix in any "
+                         "layout rnnjobs score reads as input")
+    sc.add_argument("--out", metavar="URI", help="folder or s3:// prefix for the outputs (default: OUTPUT/scorecard)")
+    sc.add_argument("--window", type=_positive, default=20,
+                    help="dates in the rolling figures of scorecard.png (default: %(default)s)")
+    sc.add_argument("--min-points", dest="min_points", type=_positive, default=20,
+                    help="scored points a ticker needs to be ranked best or worst in report.md "
+                         "(default: %(default)s)")
+    _endpoint_flag(sc)
+    sc.set_defaults(func=_scorecard)
 
     from rnnlib.config import REFERENCE_JOBS
 
@@ -326,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-POSITIONAL = ("config", "run", "runs", "job", "action", "id", "name", "bundle", "ref", "version")
+POSITIONAL = ("config", "run", "runs", "job", "action", "id", "name", "bundle", "ref", "version", "output")
 RAY_AUTH = "the Ray Job API takes a token instead: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
 
 

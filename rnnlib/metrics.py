@@ -43,6 +43,14 @@ def persistence(last: np.ndarray, horizon: int) -> np.ndarray:
     return np.repeat(last[:, None], horizon, axis=1)
 
 
+def pinball_each(actual: np.ndarray, q_pred: np.ndarray, quantiles: tuple[float, ...]) -> np.ndarray:
+    """Pinball loss of each point averaged over the quantiles, in price units: actual (...),
+    q_pred (..., Q), or (..., 1) for one value at every quantile; returns actual's shape."""
+    q = np.asarray(quantiles)
+    diff = actual[..., None] - q_pred  # (..., Q) or (..., 1), broadcast against q below
+    return np.maximum(q * diff, (q - 1) * diff).mean(axis=-1)
+
+
 def pinball(actual: np.ndarray, q_pred: np.ndarray, quantiles: tuple[float, ...],
             per: np.ndarray | None = None) -> float:
     """Mean pinball loss over every (window, step, quantile), in price units, or with ``per`` (N,)
@@ -51,11 +59,9 @@ def pinball(actual: np.ndarray, q_pred: np.ndarray, quantiles: tuple[float, ...]
 
     actual (N, H); q_pred (N, H, Q), or (N, H, 1) for one value at every quantile (persistence as
     a degenerate distribution)."""
-    q = np.asarray(quantiles)
-    diff = actual[..., None] - q_pred  # (N, H, Q) or (N, H, 1), broadcast against q below
-    loss = np.maximum(q * diff, (q - 1) * diff)
+    loss = pinball_each(actual, q_pred, quantiles)  # (N, H)
     if per is not None:
-        loss = loss / per[:, None, None]
+        loss = loss / per[:, None]
     return float(loss.mean())
 
 

@@ -119,3 +119,40 @@ def vs_persistence_png(per_ticker, title: str) -> bytes:
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
+
+
+def scorecard_png(daily, rolled, window: int, title: str = "track record") -> bytes:
+    """rMAE, band coverage and pinball skill by as_of date: each date's figure as a dot, the
+    figure over the last ``window`` dates as a line, with the line each is judged against
+    (rMAE 1, the band's nominal coverage, skill 0). ``daily`` and ``rolled``: frames of as_of and
+    those figures (NaN where nothing is scored yet: not drawn)."""
+    import matplotlib.dates as mdates
+
+    panels = [("rmae", "rMAE (model / persistence)", 1.0, "persistence"),
+              ("coverage", "band coverage", None, "nominal"),
+              ("pinball_skill", "pinball skill (1 - model / persistence)", 0.0, "persistence")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 7.5), dpi=100, sharex=True)
+    few = len(rolled) < 3  # a line needs two dates; mark the points too
+    for ax, (col, label, ref, ref_label) in zip(axes, panels):
+        ax.scatter(daily["as_of"], daily[col], s=12, color="tab:gray", alpha=0.6, label="each date", zorder=2)
+        ax.plot(rolled["as_of"], rolled[col], color="tab:blue", lw=1.8, marker="o" if few else None,
+                label=f"last {window} dates", zorder=3)
+        if ref is None:  # coverage: the band's nominal level, which may change with the model
+            ax.plot(rolled["as_of"], rolled["nominal"], color="black", lw=1, ls="--", label=ref_label,
+                    marker="_" if few else None, markersize=30)
+        else:
+            ax.axhline(ref, color="black", lw=1, ls="--", label=ref_label)
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    import pandas as pd
+
+    first, last = pd.Timestamp(rolled["as_of"].min()), pd.Timestamp(rolled["as_of"].max())
+    if last - first < pd.Timedelta(days=14):  # a few dates: a few weeks of axis, not years around them
+        axes[-1].set_xlim(first - pd.Timedelta(days=4), last + pd.Timedelta(days=4))
+    locator = mdates.AutoDateLocator()
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes[-1].set_xlabel("as_of (forecast date)")
+    axes[0].set_title(title)
+    return _png(fig)

@@ -36,7 +36,7 @@ def test_help_lists_commands():
     r = rnnjobs("--help")
     assert r.returncode == 0
     for command in ("check", "train", "tune", "score", "verify", "generate", "evaluate", "report", "submit", "jobs",
-                    "config", "demo", "models"):
+                    "config", "demo", "models", "scorecard"):
         assert f"    {command}" in r.stdout, command
 
 

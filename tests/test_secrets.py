@@ -68,6 +68,9 @@ FLAG_CASES = [
     (["generate", "--model", S3, "--prompt", "ROMEO:"], "--model"),
     (["generate", "--model", "outputs/none", "--out", f"{S3}/s.txt"], "--out"),
     (["report", f"{S3}/run", "--out", "/tmp/r"], "runs"),
+    (["scorecard", S3, "--histories", "/tmp/h"], "output"),
+    (["scorecard", "/tmp/o", "--histories", f"{S3}/h", "--out", "/tmp/c"], "--histories"),
+    (["scorecard", "/tmp/o", "--histories", "/tmp/h", "--out", f"{S3}/c"], "--out"),
     (["verify", "s3://bucket/run=abc", "--endpoint-url", HTTP], "--endpoint-url"),
 ]
 
