@@ -4,6 +4,7 @@ lives in rnnlib. A user's mistake (config, data, bundle) prints a message and ex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -103,6 +104,8 @@ examples:
 
 
 def _models_parser(sub) -> None:
+    from rnnlib.config import GateConfig
+
     m = sub.add_parser("models", help="a model registry on the object store: register, list, show, promote",
                        description=textwrap.fill(
                            "Versions of each model under <registry>/<name>/<n>/ and aliases such as champion, "
@@ -159,6 +162,25 @@ def _models_parser(sub) -> None:
     p.add_argument("--figure", action="append", metavar="KEY=VALUE",
                    help="a number that justified the move, recorded with it; repeatable")
     p.add_argument("--figures-json", dest="figures_json", metavar="FILE", help="the figures as a JSON object")
+
+    g = action("gate", "backtest a version against the champion and persistence; promote it if not worse",
+               "Backtest VERSION, NAME@ALIAS (if set) and persistence on the same points: every origin in the "
+               "last --days trading days of the histories, every step. VERSION is promoted (moved only if the "
+               "alias still points at the champion compared against) when neither its rMAE nor its pinball "
+               "loss is worse than the champion's or persistence's beyond the tolerances (relative: 0.02 = 2%%). "
+               "The decision and every side's figures are written to <registry>/NAME/VERSION/gates/ and "
+               "printed. Exit 0 when promoted (or it would be, with --dry-run), 1 when refused.",
+               "rnnjobs models gate forecaster 4 --histories s3://my-bucket/histories/ --days 60")
+    g.add_argument("name", help="model name")
+    g.add_argument("version", type=int, help="the candidate version")
+    g.add_argument("--histories", required=True, help="histories to backtest on: file, folder or s3:// prefix")
+    g.add_argument("--alias", default="champion", help="the alias to compare against and move (default: %(default)s)")
+    for f in dataclasses.fields(GateConfig):  # one flag per gate setting, with the config's help
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_positive if f.type == "int" else float,
+                       default=f.default, help=f"{f.metadata['help'].replace('%', '%%')} (default: %(default)s)")
+    g.add_argument("--dry-run", dest="promote", action="store_false", help="decide and record, but move nothing")
+
+
 def _scorecard(args) -> int:
     from jobs.scorecard import run
 

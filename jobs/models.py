@@ -3,6 +3,7 @@ command line. Parse, call, print; the registry's logic lives in rnnlib."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from rnnlib import storage
@@ -131,4 +132,61 @@ def promote(args) -> int:
     return 0
 
 
-ACTIONS = {"register": register, "list": list_models, "show": show, "promote": promote}
+def gate(args) -> int:
+    from rnnlib.config import GateConfig
+    from rnnlib.gate import gate
+
+    settings = GateConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GateConfig)})
+    reg = open_registry(args)
+    res = gate(reg, args.name, args.version, args.histories, settings, alias=args.alias, promote=args.promote,
+               endpoint_url=args.endpoint_url)
+    print(gate_report(args.name, args.alias, res))
+    return 0 if res.decision.promote else 1
+
+
+def gate_report(name: str, alias: str, res) -> str:
+    """What a gate decided, with every side's figures: printed by ``models gate`` and by train's release step."""
+    d = res.decision
+    against = (f"{name}@{alias} (version {res.champion})" if res.champion is not None
+               else f"persistence ({name}@{alias} is not set)")
+    lines = [f"gate: {name} version {res.candidate} against {against}, last {d.settings['days']} days:", d.table()]
+    if res.moved:
+        lines.append(f"PROMOTED: {name}@{alias} -> version {res.candidate}")
+    elif d.promote:
+        why = "it already points there" if res.champion == res.candidate else "--dry-run"
+        lines.append(f"passed; {name}@{alias} not moved ({why})")
+    else:
+        stays = f"version {res.champion}" if res.champion is not None else "unset"
+        lines += ["REFUSED: " + "; ".join(d.reasons), f"{name}@{alias} stays {stays}"]
+    lines.append(f"decision: {storage.redact(res.record)}")
+    return "\n".join(lines)
+
+
+def release(cfg, model_uri: str, run: str, data: dict) -> None:
+    """Train's last step with ``release.model`` set: register the exported model (once: a rerun
+    finds the version holding the same weights), gate it against ``<model>@<alias>`` and
+    persistence on the histories (once per version), print the decision."""
+    from rnnlib.datasets import sample_stocks_dir
+    from rnnlib.gate import gate
+
+    r = cfg.release
+    reg = Registry(registry_uri(r.registry, "release.registry"), cfg.endpoint_url)
+    meta = json.loads(storage.read_bytes(storage.join(model_uri, "bundle.json"), cfg.endpoint_url))
+    version = reg.find(r.model, meta["weights_sha256"])
+    if version is None:
+        version = reg.register(r.model, model_uri, data={**data, "run": run})["version"]
+        print(f"registered {r.model} version {version} (models://{r.model}/{version})")
+    else:
+        print(f"already registered: {r.model} version {version} holds these weights")
+    earlier = reg.notes(r.model, version, "gates")
+    if earlier:
+        last = earlier[-1]
+        print(f"already gated: {r.model} version {version} was {'promoted' if last['promote'] else 'refused'} "
+              f"against {last['alias']} (then version {last['champion']}); `rnnjobs models gate` gates it again")
+        return
+    histories = r.histories or cfg.data.path or str(sample_stocks_dir())
+    res = gate(reg, r.model, version, histories, r.gate, alias=r.alias, endpoint_url=cfg.endpoint_url)
+    print(gate_report(r.model, r.alias, res))
+
+
+ACTIONS = {"register": register, "list": list_models, "show": show, "promote": promote, "gate": gate}

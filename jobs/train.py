@@ -31,7 +31,7 @@ from rnnlib.tasks import make_task
 
 # Keys that do not change what is trained, so they do not change the run name: a crashed run
 # can be resumed with more workers, another storage endpoint or more tolerated failures.
-_NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling")
+_NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling", "release")
 _NOT_TRAINED_IN_TRAIN = ("max_failures", "keep_checkpoints")
 # Keys added after run names existed, with the value every earlier run had: at that value they
 # are left out of the name, so an earlier run still resumes and a finished one is still found.
@@ -149,6 +149,10 @@ def run(config: str, overrides: list[str]) -> int:
 def train(cfg: JobConfig) -> tuple[int, str]:
     """Train (or resume, or find finished) the run ``cfg`` names; (exit code, the run's URI)."""
     check_precision(cfg.train.precision, cfg.scaling.gpu)
+    if cfg.release.model:  # before an hour of training, not after it
+        from rnnlib.registry import registry_uri
+
+        registry_uri(cfg.release.registry, "release.registry")
     task = make_task(cfg)  # data errors surface here, before Ray starts
     data = task.fingerprint()
     name = run_name(cfg, data)
@@ -161,6 +165,7 @@ def train(cfg: JobConfig) -> tuple[int, str]:
     if _finished(out_uri, cfg, data) is not None:
         print(f"already finished: {storage.join(out_uri, 'model')} (same config and data; delete {out_uri} "
               "to train again)")
+        _release(cfg, out_uri, name, data)
         return 0, out_uri
 
     import ray.train
@@ -186,7 +191,15 @@ def train(cfg: JobConfig) -> tuple[int, str]:
                            resumed_from_epoch=max(final_state.resumed_at, default=0),
                            resumed_at=final_state.resumed_at, data=data)
     _print_summary(cfg, metrics, out_uri)
+    _release(cfg, out_uri, name, data)
     return 0, out_uri
+
+
+def _release(cfg: JobConfig, out_uri: str, name: str, data: dict) -> None:
+    if cfg.release.model:
+        from jobs.models import release
+
+        release(cfg, storage.join(out_uri, "model"), name, data)
 
 
 def _describe(data: dict) -> str:

@@ -156,6 +156,40 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The promotion gate's settings (rnnlib.gate). Tolerances are relative: the candidate passes
+    a figure if it is <= the other side's * (1 + tolerance)."""
+
+    days: int = opt(60, "trading days at the end of each series with backtest origins (every origin, "
+                    "every step; keep it inside the data the candidate did not train on)", lo=1)
+    rmae_tolerance: float = opt(0.0, "rMAE slack against the champion (0.01 = 1% worse still passes)", lo=0.0)
+    pinball_tolerance: float = opt(0.0, "pinball-loss slack against the champion", lo=0.0)
+    persistence_rmae_tolerance: float = opt(
+        0.02, "rMAE slack against persistence: a week-ahead price forecast rarely beats 'tomorrow = today' by "
+        "much (rMAE ~1.00)", lo=0.0)
+    persistence_pinball_tolerance: float = opt(0.0, "pinball-loss slack against persistence (a band of zero "
+                                               "width: easy to beat)", lo=0.0)
+
+
+def _alias(value: str) -> str | None:
+    return _segment(value) or ("is all digits, which reads as a version; use a word such as champion"
+                               if value.isdigit() else None)
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    model: str | None = opt(None, "after training, register the model under this name in the registry, gate it "
+                            "against <model>@<alias> and persistence, and promote it if it passes; null = no "
+                            "release (forecast models)", check=_segment)
+    registry: str | None = opt(None, "registry: local folder or s3:// prefix; null = $RNNJOBS_REGISTRY",
+                               check=_location)
+    alias: str = opt("champion", "the alias the gate compares against and moves", check=_alias)
+    histories: str | None = opt(None, "histories the gate backtests on; null = data.path (the training data)",
+                                check=_location)
+    gate: GateConfig = opt(GateConfig, "the gate's settings", factory=True)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     task: Literal["forecast", "text"] = opt("forecast", "what the model does")
     name: str | None = opt(None, "run name; null = derived from the config (deterministic)", check=_segment)
@@ -166,6 +200,7 @@ class JobConfig:
     data: ForecastDataConfig | TextDataConfig = opt(ForecastDataConfig, "data section", factory=True)
     train: TrainConfig = opt(TrainConfig, "training section", factory=True)
     scaling: ScalingConfig = opt(ScalingConfig, "Ray Train scaling section", factory=True)
+    release: ReleaseConfig = opt(ReleaseConfig, "register, gate and promote the trained model", factory=True)
 
 
 DATA_CONFIGS = {"forecast": ForecastDataConfig, "text": TextDataConfig}
@@ -343,6 +378,9 @@ def _check_job(cfg: JobConfig, problems: list[str]) -> None:
                             "little for training; keep the sum below 0.9")
         if d.val_start and d.test_start and d.val_start >= d.test_start:
             problems.append(f"data.val_start ({d.val_start}) must be before data.test_start ({d.test_start})")
+    elif cfg.release.model:
+        problems.append(f"release.model: {cfg.release.model!r}: the release gate backtests forecasts; for a "
+                        "text model register and promote it with `rnnjobs models` (or leave release.model null)")
 
 
 def job_from_dict(raw: Any, source: str = "config") -> JobConfig:
@@ -518,7 +556,7 @@ def describe(cls: type, overrides: dict | None = None, indent: str = "") -> str:
     for f in dataclasses.fields(cls):
         tp = (overrides or {}).get(f.name, hints[f.name])
         if dataclasses.is_dataclass(tp):
-            lines.append(f"{(indent + f.name + ':'):<38}# {f.metadata.get('help', '')}")
+            lines.append(f"{(indent + f.name + ':'):<37} # {f.metadata.get('help', '')}")
             lines.append(describe(tp, None, indent + "  "))
             continue
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
@@ -526,7 +564,7 @@ def describe(cls: type, overrides: dict | None = None, indent: str = "") -> str:
         value = value[:-4].strip() if value.endswith("\n...") else value.removesuffix("...").strip()
         choices = [str(a) for a in typing.get_args(tp)] if typing.get_origin(tp) is Literal else []
         note = f" (one of: {', '.join(choices)})" if choices else _limits(f)
-        lines.append(f"{(indent + f.name + ': ' + value):<38}# {f.metadata.get('help', '')}{note}")
+        lines.append(f"{(indent + f.name + ': ' + value):<37} # {f.metadata.get('help', '')}{note}")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ horizon cannot pick easier points. Figures over those points:
     coverage share of actuals inside the outer band
 
 The candidate is promoted only if it is not worse than persistence and not worse than the
-champion, by rMAE and by pinball loss, each beyond a tolerance (``GateSettings``).
+champion, by rMAE and by pinball loss, each beyond a tolerance (``GateConfig``).
 """
 
 from __future__ import annotations
@@ -22,23 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import Bundle
+from .config import GateConfig
 from .scoring import band_names, min_rows_for, quantile_column, score_histories
 from .stocks import Histories
 
 KEYS = ["ticker", "origin", "step"]
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """Tolerances are relative: promote if candidate <= other * (1 + tolerance), for each figure."""
-
-    days: int = 60  # trading days at the end of each series with backtest origins
-    rmae_tolerance: float = 0.0  # against the champion
-    pinball_tolerance: float = 0.0  # against the champion
-    # against persistence: a week-ahead price forecast rarely beats it by much (rMAE ~1.00), so
-    # a little slack by default; its pinball loss (a band of zero width) is easy to beat
-    persistence_rmae_tolerance: float = 0.02
-    persistence_pinball_tolerance: float = 0.0
 
 
 @dataclass
@@ -97,7 +85,7 @@ def persistence_figures(points: pd.DataFrame, quantiles: list[float]) -> dict:
             "pinball": float((np.maximum(q * diff, (q - 1) * diff) / last[:, None]).mean()), "coverage": float("nan")}
 
 
-def compare(candidate: Bundle, champion: Bundle | None, hist: Histories, settings: GateSettings) -> Decision:
+def compare(candidate: Bundle, champion: Bundle | None, hist: Histories, settings: GateConfig) -> Decision:
     """Backtest both on the same points of ``hist`` and decide."""
     cand = backtest(candidate, hist, settings.days)
     if champion is not None:
@@ -124,3 +112,52 @@ def _worse(c: dict, other: dict, name: str, rmae_tol: float, pinball_tol: float)
             out.append(f"{label} {c[key]:{fmt}} is worse than {name}'s {other[key]:{fmt}}"
                        + (f" beyond the tolerance {tol:g}" if tol else ""))
     return out
+
+
+def _plain(figs: dict | None) -> dict | None:
+    """Figures as plain JSON: NaN (no band) as null."""
+    return None if figs is None else {k: (None if isinstance(v, float) and v != v else v) for k, v in figs.items()}
+
+
+@dataclass
+class GateResult:
+    decision: Decision
+    candidate: int
+    champion: int | None
+    record: str  # where the decision was written, beside the candidate's registry entry
+    moved: bool
+
+
+def gate(reg, name: str, version: int, histories: str, settings: GateConfig, *, alias: str = "champion",
+         promote: bool = True, endpoint_url: str | None = None) -> GateResult:
+    """Backtest registry version ``version`` of ``name`` against ``name@alias`` (if set) and
+    persistence on the last ``settings.days`` of ``histories``; write the decision beside the
+    version; if it passes and ``promote``, move the alias, on condition that it still points at the
+    champion compared against (``Registry.promote(expect=...)``)."""
+    from .checkpoint import open_bundle
+    from .stocks import load_histories
+
+    current = reg.alias_target(name, alias)
+    champion_version = current["version"] if current else None
+    candidate = open_bundle(reg.bundle_uri(name, version), task="forecast", endpoint_url=reg.endpoint_url)
+    champion = (open_bundle(reg.bundle_uri(name, champion_version), task="forecast", endpoint_url=reg.endpoint_url)
+                if champion_version not in (None, version) else None)
+    bundles = [b for b in (candidate, champion) if b is not None]
+    needed = tuple(sorted({c for b in bundles for c in b.data["columns"]}))
+    hist = load_histories(histories, needed=needed, min_rows=min_rows(bundles, settings.days),
+                          max_jump=candidate.data.get("max_jump", 1.75), endpoint_url=endpoint_url)
+    decision = compare(candidate, champion, hist, settings)
+    record = {"name": name, "candidate": version, "alias": alias, "champion": champion_version,
+              "histories": histories, "series": len(hist.series), "promote": decision.promote,
+              "reasons": decision.reasons, "figures": {"candidate": _plain(decision.candidate),
+                                                       "champion": _plain(decision.champion),
+                                                       "persistence": _plain(decision.persistence)},
+              "settings": decision.settings}
+    uri = reg.note(name, version, "gates", record)
+    moved = False
+    if decision.promote and promote and champion_version != version:
+        than = f"version {champion_version} and persistence" if champion else "persistence"
+        _, moved = reg.promote(name, version, alias, expect=champion_version, figures=record["figures"],
+                               reason=f"gate: not worse than {than} on the last {settings.days} days of "
+                                      f"{len(hist.series)} series")
+    return GateResult(decision, version, champion_version, uri, moved)

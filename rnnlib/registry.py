@@ -323,6 +323,25 @@ class Registry:
         listing = listing or self.scan(name)
         return {a: self.alias_target(name, a, listing) for a in sorted(listing.aliases)}
 
+    def note(self, name: str, version: int, kind: str, payload: dict) -> str:
+        """Write a record beside a version (``<name>/<version>/<kind>/<when>.json``, e.g. a gate's
+        decision with its figures); return its URI. Records are never overwritten."""
+        self.version(name, version)
+        uri = self._at(name, version, kind, f"{now().replace(':', '')}-{uuid.uuid4().hex[:6]}.json")
+        self._io(storage.write_bytes, uri, json.dumps(payload, indent=1, allow_nan=False).encode())
+        return uri
+
+    def notes(self, name: str, version: int, kind: str) -> list[dict]:
+        """The records ``note`` wrote beside a version, oldest first."""
+        found = self._io(storage.list_files, self._at(name, version, kind), missing_ok=True)
+        return [self._json(uri) for uri, _, _ in found if uri.endswith(".json")]
+
+    def find(self, name: str, weights_sha256: str) -> int | None:
+        """The newest complete version of ``name`` holding these weights, or None."""
+        found = [v["version"] for v in self.versions(name)
+                 if not v.get("incomplete") and v.get("weights_sha256") == weights_sha256]
+        return max(found, default=None)
+
     def _move_uri(self, name: str, alias: str, seq: int) -> str:
         return self._at(name, ALIASES, alias, f"{seq:06d}.json")
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from rnnlib.checkpoint import load_bundle, save_bundle
-from rnnlib.config import job_from_dict
+from rnnlib.config import GateConfig, job_from_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.fit import fit
-from rnnlib.gate import GateSettings, backtest, compare, min_rows
+from rnnlib.gate import backtest, compare, min_rows
 from rnnlib.scoring import score_histories
 from rnnlib.stocks import load_histories
 from rnnlib.tasks import ForecastTask
@@ -57,7 +57,7 @@ def hist(data, trained, untrained):
 
 
 def test_figures_equal_the_per_ticker_backtest_metrics(trained, hist):
-    d = compare(trained, None, hist, GateSettings(days=DAYS, persistence_rmae_tolerance=10))
+    d = compare(trained, None, hist, GateConfig(days=DAYS, persistence_rmae_tolerance=10))
     res = score_histories(trained, hist, mode="backtest", backtest_days=DAYS, step=1)
     m = res.metrics  # per ticker, from metrics.compare_to_persistence and metrics.pinball(per=)
     w = m["windows"].to_numpy()
@@ -70,7 +70,7 @@ def test_figures_equal_the_per_ticker_backtest_metrics(trained, hist):
 
 
 def test_both_sides_on_the_same_points_and_the_decision(trained, untrained, hist):
-    s = GateSettings(days=DAYS, persistence_rmae_tolerance=10)  # this test is about the champion
+    s = GateConfig(days=DAYS, persistence_rmae_tolerance=10)  # this test is about the champion
     win = compare(trained, untrained, hist, s)
     # the untrained model forecasts 3 steps, from origins up to 3 days before the end; the trained
     # one 5 steps, up to 5 days before: only the points both forecast count
@@ -90,7 +90,58 @@ def test_both_sides_on_the_same_points_and_the_decision(trained, untrained, hist
 
     # against persistence alone: an untrained log-return model forecasts about no move, so it is
     # close to persistence (within the default 2% slack), and refused without the slack
-    slack = compare(untrained, None, hist, GateSettings(days=DAYS))
+    slack = compare(untrained, None, hist, GateConfig(days=DAYS))
     assert 1.0 < slack.candidate["rmae"] <= 1.02 and slack.promote
-    strict = compare(untrained, None, hist, GateSettings(days=DAYS, persistence_rmae_tolerance=0))
+    strict = compare(untrained, None, hist, GateConfig(days=DAYS, persistence_rmae_tolerance=0))
     assert not strict.promote and strict.reasons[0].startswith("rMAE") and "persistence's 1.0000" in strict.reasons[0]
+
+
+def test_models_gate_promotes_refuses_and_records(trained, untrained, data, tmp_path):
+    import json
+
+    from jobhelpers import cli
+
+    from rnnlib.registry import Registry
+
+    reg = Registry(str(tmp_path / "registry"))
+    assert reg.register("fc", str(trained.path))["version"] == 1
+    assert reg.register("fc", str(untrained.path))["version"] == 2
+    common = ["--histories", str(data), "--registry", reg.uri, "--days", str(DAYS), "--persistence-rmae-tolerance",
+              "10"]
+    code, out = cli("models", "gate", "fc", "2", *common, "--dry-run")
+    assert code == 0 and "passed; fc@champion not moved (--dry-run)" in out
+    assert reg.alias_target("fc", "champion") is None
+    code, out = cli("models", "gate", "fc", "1", *common)
+    assert code == 0 and "PROMOTED: fc@champion -> version 1" in out, out
+    move = reg.alias_target("fc", "champion")
+    assert move["version"] == 1 and move["previous"] is None and move["figures"]["champion"] is None
+
+    code, out = cli("models", "gate", "fc", "2", *common)  # the bad model against the champion
+    assert code == 1 and "REFUSED: rMAE" in out and "fc@champion stays version 1" in out, out
+    assert reg.alias_target("fc", "champion")["version"] == 1
+    (record,) = [r for r in reg.notes("fc", 2, "gates") if r["champion"] == 1]
+    hist = load_histories(data, needed=("close",), min_rows=min_rows([trained, untrained], DAYS))
+    expected = compare(untrained, trained, hist, GateConfig(days=DAYS, persistence_rmae_tolerance=10))
+    assert record["figures"]["candidate"] == pytest.approx(expected.candidate)
+    assert record["figures"]["champion"] == pytest.approx(expected.champion)
+    assert record["promote"] is False and record["reasons"] == expected.reasons
+    assert json.loads(json.dumps(record)) == record  # plain JSON beside the registry entry
+
+
+def test_release_registers_once_and_gates_once(trained, data, tmp_path, capsys):
+    from jobs.models import release
+
+    cfg = job_from_dict({"data": {"path": str(data), "window": 20, "quantiles": QUANTILES},
+                         "release": {"model": "fc", "registry": str(tmp_path / "reg"),
+                                     "gate": {"days": DAYS, "persistence_rmae_tolerance": 10}}})
+    release(cfg, str(trained.path), "run-a", {"sha256": "d" * 64})
+    out = capsys.readouterr().out
+    assert "registered fc version 1" in out and "PROMOTED: fc@champion -> version 1" in out
+    release(cfg, str(trained.path), "run-a", {"sha256": "d" * 64})  # the same command again
+    out = capsys.readouterr().out
+    assert "already registered: fc version 1" in out and "already gated" in out and "PROMOTED" not in out
+    from rnnlib.registry import Registry
+
+    reg = Registry(str(tmp_path / "reg"))
+    assert [v["version"] for v in reg.versions("fc")] == [1] and len(reg.notes("fc", 1, "gates")) == 1
+    assert reg.version("fc", 1)["data"] == {"sha256": "d" * 64, "run": "run-a"}
