@@ -80,6 +80,37 @@ def faults(**env: str) -> dict:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")])), **env}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_node(log: Path, *, head: str | None = None, num_cpus: int = 1, env: dict | None = None,
+             extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``ray start --block`` on 127.0.0.1 in its own session, every port free (another Ray on the
+    machine holds the defaults): a head (``head=None``) or a worker node joining the head at GCS
+    address ``head``. Returns (process, the cluster's GCS address). Kill the group to lose the node."""
+    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "metrics-export-port", "runtime-env-agent-port",
+                                                     "node-manager-port", "object-manager-port")]
+    if head is None:
+        gcs = f"127.0.0.1:{free_port()}"
+        role = ["--head", f"--port={gcs.split(':')[1]}", f"--ray-client-server-port={free_port()}",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+    else:
+        gcs, role = head, [f"--address={head}"]
+    full = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    full.pop("RAY_ADDRESS", None)
+    f = open(log, "w")  # noqa: SIM115 - closed with the process
+    p = subprocess.Popen(["ray", "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                          "--disable-usage-stats", *role, *ports, *extra], env=full, stdout=f,
+                         stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    return p, gcs
+
+
 def s3_env(endpoint: str) -> dict:
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}
