@@ -30,8 +30,10 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     for key, value in {**RAY_ENV, "RAY_DEDUP_LOGS": "1"}.items():
         os.environ.setdefault(key, value)
+    # env_vars: a cluster joined through RAY_ADDRESS started its workers without this process's
+    # environment (a local Ray inherits it; a submitted job gets them from submit's runtime_env)
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True,
-              "runtime_env": {"worker_process_setup_hook": "jobs.ray_setup.setup_worker"}}
+              "runtime_env": {"worker_process_setup_hook": "jobs.ray_setup.setup_worker", "env_vars": RAY_ENV}}
     if not os.environ.get("RAY_ADDRESS"):
         # "local": a fresh Ray for this job, even if `ray start` left a cluster running on this machine
         kwargs.update(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")

@@ -56,3 +56,21 @@ def moto_s3():
         else:
             os.environ[k] = v
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_ray(moto_s3, tmp_path_factory):
+    """One Ray head (`ray start`, 127.0.0.1, 2 CPUs, the moto credentials in its environment) that
+    job runs join through RAY_ADDRESS instead of each starting and stopping a Ray of its own (about
+    5 s each). Only for runs that inject no fault into Ray's workers (the workers of this head do
+    not see a job's environment) and do not kill their driver's Ray. Yields the env to run with."""
+    from jobhelpers import kill_group, ray_node, wait_for
+
+    env = {**moto_s3[1], "RAY_AUTH_MODE": "disabled"}  # `ray start` turns token auth on by default
+    log = tmp_path_factory.mktemp("shared-ray") / "head.log"
+    head, gcs = ray_node(log, num_cpus=2, env=env)
+    try:
+        wait_for(lambda: "Ray runtime started" in log.read_text(), 120, "the shared Ray head")
+        yield {"RAY_ADDRESS": gcs, "RAY_AUTH_MODE": "disabled"}
+    finally:
+        kill_group(head)

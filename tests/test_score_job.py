@@ -1,4 +1,5 @@
-"""The Ray Data scoring job end to end (each run starts its own local Ray)."""
+"""The Ray Data scoring job end to end: on the session's shared Ray (``shared_ray``), or on a
+local Ray of its own where a fault is injected into Ray's workers or two runs race."""
 
 import json
 import shutil
@@ -39,8 +40,9 @@ def only_run(out) -> str:
     return runs[0][0].rsplit("/", 1)[0]
 
 
-def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir):
+def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir, shared_ray):
     endpoint, env, s3 = moto_s3
+    env = {**env, **shared_ray}
     s3.create_bucket(Bucket="scoring")
     for f in sample_stocks_dir().glob("*.csv"):
         s3.upload_file(str(f), "scoring", f"histories/{f.name}")
@@ -106,10 +108,10 @@ def test_two_attempts_commit_at_once(tmp_path, model_dir):
     assert len(read_published(run_uri)) == 26 * HORIZON
 
 
-def test_corrupted_part_fails_verify_naming_the_file(tmp_path, model_dir):
+def test_corrupted_part_fails_verify_naming_the_file(tmp_path, model_dir, shared_ray):
     out = tmp_path / "out"
     assert run("score", CONFIG, f"model={model_dir}", f"output={out}", "mode=backtest",
-               "backtest_days=40").returncode == 0
+               "backtest_days=40", env=shared_ray).returncode == 0
     run_uri = only_run(out)
     m = read_published(run_uri, "metrics")
     assert len(m) == 26 and (m.rmae > 0).all()
@@ -121,7 +123,7 @@ def test_corrupted_part_fails_verify_naming_the_file(tmp_path, model_dir):
     assert part.name in r.stderr and "sha256 differs" in r.stderr
 
 
-def test_bad_histories_mixed_in_are_rejected_with_reasons(tmp_path, model_dir):
+def test_bad_histories_mixed_in_are_rejected_with_reasons(tmp_path, model_dir, shared_ray):
     data = tmp_path / "in"
     data.mkdir()
     for f in list(sample_stocks_dir().glob("*.csv"))[:4] + list((FIXTURES / "stocks_bad").glob("*.csv")):
@@ -131,7 +133,7 @@ def test_bad_histories_mixed_in_are_rejected_with_reasons(tmp_path, model_dir):
         for f in messy.glob("*.csv"):
             shutil.copy(f, data / f.name)
     out = tmp_path / "out"
-    r = run("score", CONFIG, f"model={model_dir}", f"output={out}", f"input={data}")
+    r = run("score", CONFIG, f"model={model_dir}", f"output={out}", f"input={data}", env=shared_ray)
     assert r.returncode == 0, r.stderr[-3000:]
     run_uri = only_run(out)
     rej = read_published(run_uri, "rejects")
@@ -158,7 +160,7 @@ def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
     assert publish.verify(run_uri).ok
 
 
-def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path):
+def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, shared_ray):
     """A ticker spread over one Parquet file per day (Hive partitions): Ray Data groups its rows
     by ticker; forecasts equal the per-ticker layout's row for row, each series scored once."""
     from layouts import write_layout
@@ -170,7 +172,7 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path):
         src = write_layout(raw, tmp_path / layout, layout)
         (src / "_SUCCESS").write_text("")  # a marker a Spark job leaves: listed, not read
         r = run("score", CONFIG, f"input={src}", f"model={model_dir}", f"output={tmp_path / 'out' / layout}",
-                "mode=backtest", "backtest_days=100", "files_per_batch=20")
+                "mode=backtest", "backtest_days=100", "files_per_batch=20", env=shared_ray)
         assert r.returncode == 0, r.stderr[-3000:]
         assert f"({'long' if layout == 'hive_daily' else layout} layout)" in r.stdout
         runs[layout] = only_run(tmp_path / "out" / layout)
@@ -187,6 +189,6 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path):
     assert list(rejects[rejects.action == "skip_file"].file) == [str(tmp_path / "hive_daily" / "_SUCCESS")]
     # forced per-ticker batching on files that split tickers: refused, nothing published
     bad = run("score", CONFIG, f"input={tmp_path / 'hive_daily'}", f"model={model_dir}", "files_per_batch=100",
-              f"output={tmp_path / 'out' / 'forced'}", "input_layout=per_ticker")
+              f"output={tmp_path / 'out' / 'forced'}", "input_layout=per_ticker", env=shared_ray)
     assert bad.returncode == 2 and "input_layout=long" in bad.stderr and "Traceback" not in bad.stderr
     assert not any((tmp_path / "out" / "forced").rglob("_SUCCESS"))
