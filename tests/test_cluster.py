@@ -1,9 +1,14 @@
 """cluster/: the image pins the same Ray, the KubeRay manifests validate against the CRD schemas,
-and every entrypoint names a config that exists and that rnnjobs accepts."""
+every entrypoint names a config that exists and that rnnjobs accepts, and the manifests name the
+image by a commit placeholder that cluster/render.py fills in."""
 
 import copy
+import functools
+import importlib.util
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ CLUSTER = ROOT / "cluster"
 CRDS = ROOT.parent / "shared" / "kuberay-crds"
 IMAGE_ROOT = "/home/ray/rnnjobs/"  # where cluster/Dockerfile puts the project
 PIN = re.search(r"^ray==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1)
+PLACEHOLDER_IMAGE = f"REGISTRY/rnnjobs:ray-{PIN}-COMMIT"  # cluster/render.py fills in registry and commit
 
 
 def manifests() -> list[tuple[Path, dict]]:
@@ -66,36 +72,47 @@ def _strict(schema):
     return schema
 
 
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob", "RayCronJob"])
-def test_kuberay_resources_validate_against_the_crds(kind):
-    jsonschema = optional("jsonschema")
-    files = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayCronJob": "raycronjobs"}
-    crd_file = CRDS / f"ray.io_{files[kind]}.yaml"
-    if not crd_file.exists():
-        absent(f"{crd_file} is absent")
-    crd = yaml.safe_load(crd_file.read_text())
+KUBERAY = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayCronJob": "raycronjobs"}
+
+
+def _crd_file(kind: str) -> Path:
+    return CRDS / f"ray.io_{KUBERAY[kind]}.yaml"
+
+
+@functools.cache
+def _crd_schema(kind: str) -> dict | None:
+    if not _crd_file(kind).exists():
+        return None
+    crd = yaml.safe_load(_crd_file(kind).read_text())  # ~1 s each: read once per session
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    return _strict(version["schema"]["openAPIV3Schema"])
+
+
+def crd_errors(doc: dict) -> list[str]:
+    """What the KubeRay CRD of ``doc``'s kind (made strict) finds wrong with it."""
+    jsonschema = optional("jsonschema")
+    schema = _crd_schema(doc["kind"])
+    if schema is None:
+        absent(f"{_crd_file(doc['kind'])} is absent")
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=str)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+
+
+@pytest.mark.parametrize("kind", list(KUBERAY))
+def test_kuberay_resources_validate_against_the_crds(kind):
     docs = by_kind(kind)
     assert docs
     for path, doc in docs:
         assert doc["apiVersion"] == "ray.io/v1"
-        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=str)
-        assert not errors, f"{path.name}: " + "; ".join(
-            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
+        errors = crd_errors(doc)
+        assert not errors, f"{path.name}: " + "; ".join(errors[:5])
 
 
 def test_a_typo_fails_validation():
-    jsonschema = optional("jsonschema")
-    crd_file = CRDS / "ray.io_rayjobs.yaml"
-    if not crd_file.exists():
-        absent(f"{crd_file} is absent")
-    version = yaml.safe_load(crd_file.read_text())["spec"]["versions"][0]
-    schema = _strict(version["schema"]["openAPIV3Schema"])
     (_, doc), *_ = by_kind("RayJob")
     bad = copy.deepcopy(doc)
     bad["spec"]["shutdownAfterJobFinish"] = True
-    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad))
+    assert any("shutdownAfterJobFinish" in e for e in crd_errors(bad))
 
 
 def _entrypoints():
@@ -121,10 +138,10 @@ def test_entrypoints_name_configs_that_rnnjobs_accepts(name, entry):
     resolved_config(args[1], str(local), args[3:])  # raises ConfigError (exit 2) on a bad key or value
 
 
-def test_images_and_ray_versions_equal_the_pin():
+def test_every_image_is_the_commit_placeholder_of_the_pinned_ray():
     images = [i for _, d in manifests() for i in walk(d, "image")]
     images += list(walk(yaml.safe_load((CLUSTER / "aws/cluster.yaml").read_text()), "image"))
-    assert images and all(i.endswith(f":ray-{PIN}") for i in images), images
+    assert len(images) >= 10 and set(images) == {PLACEHOLDER_IMAGE}, images
     versions = [v for _, d in manifests() for v in walk(d, "rayVersion")]
     assert len(versions) == 5 and set(versions) == {PIN}
 
@@ -157,3 +174,65 @@ def test_launcher_config_cpu_head_spot_gpu_workers_instance_profile():
     assert all("IamInstanceProfile" in n["node_config"] for n in nodes.values())
     assert nodes["gpu_worker"]["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+
+
+def _render_module():
+    spec = importlib.util.spec_from_file_location("cluster_render", CLUSTER / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team"
+
+
+def test_render_fills_in_registry_and_commit_and_stays_valid(tmp_path):
+    render = _render_module()
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "k8s" / "renamed-long-ago.yaml").write_text("# stale\nkind: RayJob\n")
+    assert render.main(["--registry", REGISTRY + "/", "--commit", "0a1b2c3d4e5f", "--out", str(tmp_path)]) == 0
+    tagged = f"{REGISTRY}/rnnjobs:ray-{PIN}-0a1b2c3d4e5f"
+    sources = sorted((CLUSTER / "k8s").glob("*.yaml")) + [CLUSTER / "aws" / "cluster.yaml"]
+    rendered = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert rendered == sorted(p.relative_to(CLUSTER) for p in sources)  # the stale one is gone
+    for src in sources:
+        text = (tmp_path / src.relative_to(CLUSTER)).read_text()
+        assert text.startswith("# Rendered by cluster/render.py") and "REGISTRY/" not in text and "-COMMIT" not in text
+        docs = list(yaml.safe_load_all(text))
+        # the same documents as the source, with the one tagged image wherever the placeholder was
+        assert docs == list(yaml.safe_load_all(src.read_text().replace(PLACEHOLDER_IMAGE, tagged))), src.name
+        assert set(i for d in docs for i in walk(d, "image")) <= {tagged}
+        for doc in docs:
+            if doc.get("kind") in KUBERAY:
+                assert not crd_errors(doc), f"{src.name}: {crd_errors(doc)[:3]}"
+    assert sum(1 for p in tmp_path.rglob("*.yaml") for d in yaml.safe_load_all(p.read_text())
+               for i in walk(d, "image") if i == tagged) >= 10
+
+
+@pytest.mark.parametrize("registry, commit, wrong", [
+    ("https://registry.example.com", "0a1b2c3", "--registry"),
+    ("Registry.Example.com", "0a1b2c3", "--registry"),
+    (REGISTRY, "HEAD", "--commit"),
+    (REGISTRY, "0a1b2c3-dirty", "--commit"),
+])
+def test_render_refuses_a_bad_registry_or_commit_and_writes_nothing(tmp_path, capsys, registry, commit, wrong):
+    render = _render_module()
+    assert render.main(["--registry", registry, "--commit", commit, "--out", str(tmp_path / "out")]) == 2
+    assert f"{wrong} " in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_make_image_tags_by_the_head_commit_and_renders_with_that_tag():
+    if not shutil.which("make") or not shutil.which("git"):
+        absent("make or git is not installed")
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode:
+        absent("not a git checkout")
+    sha = head.stdout.strip()
+    dry = subprocess.run(["make", "-n", "image", "push", f"REGISTRY={REGISTRY}", "COMMIT=ffffffffffff"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    tag = f"{REGISTRY}/rnnjobs:ray-{PIN}-{sha}"  # HEAD's sha, whatever COMMIT says: the tag must not lie
+    assert f"docker build -f cluster/Dockerfile -t {tag} ." in dry.stdout
+    assert f"render.py --registry {REGISTRY} --commit {sha} " in dry.stdout
+    assert f"docker push {tag}" in dry.stdout
+    assert "git status --porcelain" in dry.stdout  # uncommitted changes stop the build
