@@ -5,6 +5,7 @@ image by a commit placeholder that cluster/render.py fills in."""
 import copy
 import functools
 import importlib.util
+import os
 import re
 import shlex
 import shutil
@@ -57,7 +58,8 @@ def test_dockerfile_uses_the_pinned_ray_for_python_311_with_cuda():
 
 def test_every_manifest_parses_and_has_the_expected_kinds():
     kinds = sorted(d["kind"] for _, d in manifests())
-    assert kinds == sorted(["ServiceAccount", "RayCluster", "RayJob", "RayJob", "RayJob", "RayCronJob", "CronJob"])
+    assert kinds == sorted(["ServiceAccount", "RayCluster", "RayJob", "RayJob", "RayJob", "RayCronJob", "RayCronJob",
+                            "CronJob", "CronJob"])
 
 
 def _strict(schema):
@@ -115,27 +117,185 @@ def test_a_typo_fails_validation():
     assert any("shutdownAfterJobFinish" in e for e in crd_errors(bad))
 
 
-def _entrypoints():
+# The one shell expansion a manifest's command may use: the date in New York, in the weekly CronJob's
+# data.end (cronjob-retrain.yaml says why). Tests stand a fixed date in for it.
+SHELL_DATE = "$(TZ=America/New_York date +%F)"
+_OPERATORS = set("();<>|&")
+
+
+def commands(script: str, chain: bool = True, today: str = "2026-11-28") -> list[list[str]]:
+    """The commands a shell runs for ``script``, each as its arguments, in order.
+
+    ``bash -c '...'`` is unwrapped. Commands may be joined by ``&&`` (each runs after the one
+    before succeeded) only where ``chain``: not at the top of a KubeRay entrypoint, which the
+    submitter pod pastes into its own bash line (``ray job submit ... -- ENTRYPOINT ; fi``), so a
+    bare ``a && b`` would run b in the submitter pod instead of the job. Any other shell operator
+    or expansion is refused."""
+    assert script.count("$") == script.count(SHELL_DATE), f"a shell expansion other than {SHELL_DATE}: {script!r}"
+    lex = shlex.shlex(script.replace(SHELL_DATE, today), posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    tokens = list(lex)
+    if tokens[:2] in (["bash", "-c"], ["/bin/bash", "-c"]):
+        assert len(tokens) == 3, f"bash -c takes one quoted script: {script!r}"
+        return commands(tokens[2], chain=True, today=today)
+    out = [[]]
+    for t in tokens:
+        if t and set(t) <= _OPERATORS:
+            assert t == "&&" and chain, (f"{t!r} in {script!r}: " + (
+                "only && may join commands" if chain else "wrap a chain in bash -c '...', or KubeRay's submitter "
+                "runs all but the first command in its own pod"))
+            out.append([])
+        else:
+            out[-1].append(t)
+    assert all(out), f"an empty command in {script!r}"
+    return out
+
+
+def manifest_commands() -> list[tuple[str, list[str]]]:
+    """(manifest, arguments) of every command every manifest runs, in the order it runs them."""
+    out = []
     for path, doc in by_kind("RayJob", "RayCronJob"):
-        for e in walk(doc, "entrypoint"):
-            yield path.name, e
+        out += [(path.name, args) for e in walk(doc, "entrypoint") for args in commands(e, chain=False)]
     for path, doc in by_kind("CronJob"):
-        for c in walk(doc, "containers"):
-            for container in c:
-                yield path.name, " ".join(container.get("args", []))
+        for container in (c for cs in walk(doc, "containers") for c in cs):
+            assert container["command"] == ["/bin/bash", "-c"] and len(container["args"]) == 1, path.name
+            out += [(path.name, args) for args in commands(container["args"][0])]
+    return out
 
 
-@pytest.mark.parametrize("name, entry", list(_entrypoints()), ids=lambda v: v if v.endswith(".yaml") else "")
-def test_entrypoints_name_configs_that_rnnjobs_accepts(name, entry):
-    args = shlex.split(entry)
-    if args[:2] == ["rnnjobs", "submit"]:
-        args = ["rnnjobs", *args[args.index("submit") + 3:]]  # skip --address URL
-    assert args[0] == "rnnjobs" and args[1] in ("train", "tune", "score", "generate"), entry
-    config = args[2]
-    assert config.startswith(IMAGE_ROOT), f"{name}: {config} is not in the image's project folder"
-    local = ROOT / config[len(IMAGE_ROOT):]
+def test_commands_splits_chains_and_refuses_what_kuberay_would_split():
+    assert commands("bash -c 'rnnjobs score a.yaml as_of=today && rnnjobs scorecard s3://b/f --histories s3://b/h/'",
+                    chain=False) == [["rnnjobs", "score", "a.yaml", "as_of=today"],
+                                     ["rnnjobs", "scorecard", "s3://b/f", "--histories", "s3://b/h/"]]
+    assert commands(f"rnnjobs train a.yaml data.end={SHELL_DATE}", today="2026-11-28") == [
+        ["rnnjobs", "train", "a.yaml", "data.end=2026-11-28"]]
+    for bad, chain in [("rnnjobs score a.yaml && rnnjobs scorecard b", False), ("rnnjobs score a; rnnjobs x", True),
+                       ("rnnjobs score a || true", True), ("rnnjobs score $CONFIG", True)]:
+        with pytest.raises(AssertionError):
+            commands(bad, chain=chain)
+
+
+def _rnnjobs(args: list[str]) -> list[str]:
+    """``rnnjobs submit --address URL JOB ...`` as the ``rnnjobs JOB ...`` the cluster runs."""
+    assert args[0] == "rnnjobs", args
+    return ["rnnjobs", *args[args.index("submit") + 3:]] if args[1] == "submit" else args
+
+
+def _local(config: str) -> Path:
+    assert config.startswith(IMAGE_ROOT), f"{config} is not in the image's project folder"
+    return ROOT / config[len(IMAGE_ROOT):]
+
+
+@pytest.mark.parametrize("name, args", manifest_commands(), ids=lambda v: v if isinstance(v, str) else v[1])
+def test_every_command_is_one_rnnjobs_accepts(name, args):
+    args = _rnnjobs(args)
+    if args[1] == "scorecard":
+        from jobs.cli import build_parser
+
+        parsed = build_parser().parse_args(args[1:])  # a bad flag exits 2 (SystemExit)
+        assert parsed.output.startswith("s3://") and parsed.histories.startswith("s3://"), args
+        return
+    assert args[1] in ("train", "tune", "score", "generate"), args
+    local = _local(args[2])
     assert local.is_file(), f"{name}: {local} does not exist"
     resolved_config(args[1], str(local), args[3:])  # raises ConfigError (exit 2) on a bad key or value
+
+
+def _doc(name: str) -> dict:
+    (doc,) = [d for p, d in manifests() if p.name == name]
+    return doc
+
+
+def job_env(name: str) -> dict:
+    """The environment a manifest gives its rnnjobs commands beyond the image's: a RayJob's or a
+    RayCronJob's runtime env, or a CronJob's container env (which `rnnjobs submit` passes on)."""
+    doc = _doc(name)
+    if doc["kind"] == "CronJob":
+        return {e["name"]: e["value"] for cs in walk(doc, "containers") for c in cs for e in c["env"] if "value" in e}
+    return {k: v for r in walk(doc, "runtimeEnvYAML") for k, v in yaml.safe_load(r)["env_vars"].items()}
+
+
+@pytest.mark.parametrize("daily, weekly", [("raycronjob-score.yaml", "raycronjob-retrain.yaml"),
+                                           ("cronjob-score.yaml", "cronjob-retrain.yaml")])
+def test_the_daily_schedule_scores_the_champion_the_weekly_retrain_promotes_then_runs_the_scorecard(daily, weekly):
+    from jobs.score import load_score_config
+    from rnnlib.config import load_job
+
+    (_, train), = [(n, _rnnjobs(a)) for n, a in manifest_commands() if n == weekly]
+    assert train[1] == "train"
+    job = load_job(_local(train[2]), train[3:])
+    assert (job.release.model, job.release.alias) == ("forecaster", "champion")
+    assert job.storage.startswith("s3://") and job.data.path.startswith("s3://")
+    assert not job.scaling.gpu  # the weekly cluster (and the standing one's CPU group) has CPU workers only
+    score, scorecard = (_rnnjobs(a) for n, a in manifest_commands() if n == daily)
+    assert score[1] == "score" and "as_of=today" in score and scorecard[1] == "scorecard"
+    cfg = load_score_config(_local(score[2]), score[3:])
+    assert cfg.model == f"models://{job.release.model}@{job.release.alias}"
+    # the registry the daily job resolves the reference in is the one the weekly job promotes in
+    assert job_env(daily)["RNNJOBS_REGISTRY"] == job.release.registry == "s3://my-bucket/models"
+    # the scorecard reads what the score step publishes, against the histories it scored (and trained on)
+    assert scorecard[2] == cfg.output and scorecard[scorecard.index("--histories") + 1] == cfg.input == job.data.path
+    for name in (daily, weekly):
+        spec = _doc(name)["spec"]
+        assert spec["timeZone"] == "America/New_York", name
+    assert _doc(daily)["spec"]["schedule"] == "30 18 * * 1-5" and _doc(weekly)["spec"]["schedule"] == "0 6 * * 6"
+
+
+def test_the_one_off_score_job_has_the_registry_its_config_needs():
+    assert job_env("rayjob-score.yaml")["RNNJOBS_REGISTRY"] == "s3://my-bucket/models"
+
+
+def _recorder(tmp_path: Path) -> tuple[dict, Path]:
+    """Stand-ins for ``ray`` and ``rnnjobs`` on PATH that record their arguments, a call a line."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for tool in ("ray", "rnnjobs"):
+        (bin_dir / tool).write_text(f'#!/bin/bash\nprintf "%s\\037" {tool} "$@" >> "{calls}"; echo >> "{calls}"\n')
+        (bin_dir / tool).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, calls
+
+
+def _calls(calls: Path) -> list[list[str]]:
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    calls.unlink(missing_ok=True)
+    return [line.split("\x1f")[:-1] for line in lines]
+
+
+@pytest.mark.parametrize("name", ["raycronjob-score.yaml", "raycronjob-retrain.yaml", "cronjob-score.yaml",
+                                  "cronjob-retrain.yaml"])
+def test_real_shells_run_the_commands_these_tests_check(name, tmp_path):
+    """KubeRay's submitter pod runs ``/bin/bash -c "if ray job status ...; then ray job logs ...; else
+    ray job submit ... -- ENTRYPOINT ; fi"``; ``ray job submit`` sends ``shlex.join`` of what follows
+    ``--``; the head runs that with ``shell=True``. A CronJob's container runs its command and args."""
+    if not shutil.which("bash"):
+        absent("bash is not installed")
+    env, calls = _recorder(tmp_path)
+    doc = _doc(name)
+    if doc["kind"] == "CronJob":
+        (container,) = [c for cs in walk(doc, "containers") for c in cs]
+        subprocess.run([*container["command"], *container["args"]], env=env, check=True, timeout=30)
+    else:
+        entry = next(walk(doc, "entrypoint"))
+        submitter = f"if false ; then true ; else ray job submit --address http://h:8265 -- {entry} ; fi"
+        subprocess.run(["/bin/bash", "-c", submitter], env=env, check=True, timeout=30)
+        (ray,) = _calls(calls)  # the submitter ran nothing but `ray job submit`
+        subprocess.run(shlex.join(ray[ray.index("--") + 1:]), shell=True, env=env, check=True, timeout=30)
+    ran = _calls(calls)
+    dates = {a.split("=", 1)[1] for c in ran for a in c if a.startswith("data.end=")}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", d) for d in dates), dates
+    assert ran == [c for n, a in manifest_commands() if n == name
+                   for c in [[x.replace("data.end=2026-11-28", f"data.end={min(dates, default='')}") for x in a]]]
+    assert ran and all(c[0] == "rnnjobs" for c in ran)
+
+
+def test_a_bare_chain_would_run_its_second_command_in_kuberays_submitter_pod(tmp_path):
+    """Why the daily RayCronJob quotes its chain: unquoted, the submitter's bash splits it."""
+    env, calls = _recorder(tmp_path)
+    (script,) = [t for t in shlex.split(next(walk(_doc("raycronjob-score.yaml"), "entrypoint")))[2:]]
+    submitter = f"if false ; then true ; else ray job submit --address http://h:8265 -- {script} ; fi"
+    subprocess.run(["/bin/bash", "-c", submitter], env=env, check=True, timeout=30)
+    ray, scorecard = _calls(calls)
+    assert "scorecard" not in ray and scorecard[:2] == ["rnnjobs", "scorecard"]  # in the submitter pod, not the job
 
 
 def test_every_image_is_the_commit_placeholder_of_the_pinned_ray():
@@ -143,7 +303,7 @@ def test_every_image_is_the_commit_placeholder_of_the_pinned_ray():
     images += list(walk(yaml.safe_load((CLUSTER / "aws/cluster.yaml").read_text()), "image"))
     assert len(images) >= 10 and set(images) == {PLACEHOLDER_IMAGE}, images
     versions = [v for _, d in manifests() for v in walk(d, "rayVersion")]
-    assert len(versions) == 5 and set(versions) == {PIN}
+    assert len(versions) == 6 and set(versions) == {PIN}
 
 
 def test_nothing_public_no_keys_token_auth_everywhere():
@@ -157,9 +317,12 @@ def test_nothing_public_no_keys_token_auth_everywhere():
         assert [a["mode"] for a in walk(doc, "authOptions")] == ["token"], path
         assert set(walk(doc, "serviceAccountName")) == {"rnnjobs"}, path
         assert all(v is True for v in walk(doc, "shutdownAfterJobFinishes")), path
-    (_, cron), = by_kind("CronJob")
-    env = {e["name"]: e for c in walk(cron, "containers") for e in c[0]["env"]}
-    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "rnnjobs-ray-token"
+    crons = by_kind("CronJob")
+    assert len(crons) == 2
+    for path, cron in crons:
+        env = {e["name"]: e for c in walk(cron, "containers") for e in c[0]["env"]}
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "rnnjobs-ray-token", path
+        assert set(walk(cron, "serviceAccountName")) == {"rnnjobs"}, path
     (_, cluster), = by_kind("RayCluster")
     assert cluster["spec"]["authOptions"]["secretName"] == "rnnjobs-ray-token"
     gpu = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
