@@ -1,11 +1,16 @@
-"""Two simulated weeks of the scheduled loop, as the cluster runs it: on a moto S3 server
-(127.0.0.1) and a two-node local Ray (two `ray start` processes), daily partitions of the bundled
-histories arrive one trading day at a time; each day `rnnjobs score` forecasts as of that day with
-`models://fc@champion` and `rnnjobs scorecard` scores what earlier days published. Mid-way a retrain
-on the new data runs and its gate decides; a deliberately worse candidate is refused and the
-champion stays; the worker node is killed during one day's scoring (that day still publishes
-exactly once, every row once); rerunning a day publishes nothing new. The scorecard's figures
-equal a direct computation from the published forecasts and the later prices."""
+"""Two simulated weeks of the shipped schedules, as the cluster runs them: the weekly
+retrain-and-gate (cluster/k8s/raycronjob-retrain.yaml) and the daily chain (raycronjob-score.yaml:
+score models://forecaster@champion as of the day, then the scorecard), their commands taken from the
+manifests with the bucket renamed, on a moto S3 server (127.0.0.1) and a two-node local Ray (two
+`ray start` processes). Daily partitions of the bundled histories arrive one trading day at a time.
+The first retrain promotes version 1 against persistence; its rerun on the same data changes not one
+object. Mid-way a retrain on the new data runs and its gate decides; a deliberately worse candidate
+is refused and the champion stays; the worker node is killed during one day's scoring (that day
+still publishes exactly once, every row once); rerunning a day publishes nothing new. The
+scorecard's figures equal a direct computation from the published forecasts and the later prices.
+
+Overridden, as in test_cluster_run.py, only what this machine cannot give: 2 CPUs (1 Train
+worker, 2 scoring actors) and time (2 epochs)."""
 
 import io
 import os
@@ -19,6 +24,8 @@ import pandas as pd
 import pytest
 import torch
 from jobhelpers import FAKE_SECRET, cli, kill_group, ray_node, run, start, wait_for
+from test_cluster import job_env
+from test_cluster_run import chain
 
 from rnnlib import publish, storage
 from rnnlib.checkpoint import open_bundle, save_bundle
@@ -30,11 +37,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 BUCKET = "s3://loop"
 HISTORIES, OUT, REGISTRY = f"{BUCKET}/histories", f"{BUCKET}/forecasts", f"{BUCKET}/models"
 DAYS = 10  # two weeks of trading days
-TRAIN = ["jobs/configs/forecast-train.yaml", f"data.path={HISTORIES}/", f"storage={BUCKET}/runs", "model.hidden=8",
-         "model.layers=1", "data.window=20", "train.epochs=2", "train.batch_size=256", "release.model=fc",
-         "release.gate.days=30",
-         # a 2-epoch model is about persistence (rMAE ~1.0); the first champion must pass somehow
-         "release.gate.persistence_rmae_tolerance=0.1"]
+
+
+# The shipped configs name s3://my-bucket inside them: overridden to this test's bucket
+MOVED = {"train": [f"data.path={HISTORIES}/", f"storage={BUCKET}/runs", f"release.registry={REGISTRY}"],
+         "score": [f"input={HISTORIES}/", f"output={OUT}"], "scorecard": []}
+
+
+def shipped(args: list[str]) -> list[str]:
+    """A manifest's command with the manifests' bucket renamed to this test's."""
+    return [a.replace("s3://my-bucket", BUCKET) for a in args] + MOVED[args[0]]
+
+
+(RETRAIN,) = chain("raycronjob-retrain.yaml")
+RETRAIN = shipped(RETRAIN) + ["scaling.workers=1", "scaling.cpus_per_worker=1", "train.epochs=2"]
+
+
+def daily(day: str) -> tuple[list[str], list[str]]:
+    score, scorecard = (shipped(c) for c in chain("raycronjob-score.yaml", as_of=day))
+    return [a for a in score if not a.startswith("actors=")] + ["actors=2"], scorecard
 
 
 def _frame() -> pd.DataFrame:
@@ -62,7 +83,9 @@ def loop(moto_s3, tmp_path_factory):
     nodes = {"head": head, "worker": worker}
     try:
         wait_for(lambda: alive_nodes(gcs, env) == 2, 120, "a two-node Ray")
-        yield {"env": {**env, "RAY_ADDRESS": gcs, "RNNJOBS_REGISTRY": REGISTRY}, "s3": s3, "df": df,
+        manifest_env = {k: v.replace("s3://my-bucket", BUCKET) for k, v in job_env("raycronjob-score.yaml").items()}
+        assert manifest_env == {"RNNJOBS_REGISTRY": REGISTRY}
+        yield {"env": {**env, "RAY_ADDRESS": gcs, **manifest_env}, "s3": s3, "df": df,
                "days": days, "nodes": nodes, "gcs": gcs, "logs": logs}
     finally:
         for p in nodes.values():
@@ -93,11 +116,6 @@ def ok(r, *expected):
     return r
 
 
-def score_args(day: str) -> list[str]:
-    return ["score", "jobs/configs/forecast-score.yaml", f"input={HISTORIES}/", "model=models://fc@champion",
-            f"output={OUT}", f"as_of={day}", "actors=2", "files_per_batch=4"]
-
-
 def runs_of(day: str) -> list[str]:
     found = storage.list_files(f"{OUT}/as_of={day}", recursive=True)
     return sorted({u.rsplit("/", 1)[0] for u, _, _ in found if u.endswith("/_SUCCESS")})
@@ -115,44 +133,63 @@ def worse_than(champion_uri: str, tmp) -> str:
                            scalers=b.transforms))
 
 
-def test_two_weeks_of_the_daily_loop(loop, tmp_path):
+def objects(s3) -> dict[str, str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="loop")
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_two_weeks_of_the_shipped_schedules(loop, tmp_path):
     env, days, reg = loop["env"], loop["days"], Registry(REGISTRY)
     timings = {}
     t0 = time.monotonic()
-    first = ok(run("train", *TRAIN, env=env, timeout=600), "registered fc version 1",
-               "PROMOTED: fc@champion -> version 1")
-    timings["train + gate (day 0)"] = time.monotonic() - t0
+    first = ok(run(*RETRAIN, env=env, timeout=600), "trained 2 epoch(s)",
+               "registered forecaster version 1 (models://forecaster/1)",
+               "gate: forecaster version 1 against persistence (forecaster@champion is not set)",
+               "PROMOTED: forecaster@champion -> version 1")
+    timings["retrain + gate (day 0)"] = time.monotonic() - t0
     first_run = re.search(r"^run (\S+):", first.stdout, re.M).group(1)
+    (gate,) = reg.notes("forecaster", 1, "gates")
+    assert gate["promote"] is True and gate["champion"] is None and gate["histories"] == f"{HISTORIES}/"
+    assert gate["figures"]["candidate"]["rmae"] <= 1.02 and gate["series"] == 25  # APTV: too short for 60 days
+    # a retry on the same data: the finished run, the version holding its weights, its gate record
+    before = objects(loop["s3"])
+    again = ok(run(*RETRAIN, env=env, timeout=600), "already finished",
+               "already registered: forecaster version 1 holds these weights",
+               "already gated: forecaster version 1 was promoted")
+    assert "trained 2 epoch" not in again.stdout and objects(loop["s3"]) == before  # not one object changed
 
     table = []
     for k, day in enumerate(days, 1):
         arrive(loop, day)
         if k == 6:  # mid-way: the weekly retrain on the data that arrived since
             t = time.monotonic()
-            r = ok(run("train", *TRAIN, env=env, timeout=600), "registered fc version 2", "gate: fc version 2")
+            r = ok(run(*RETRAIN, env=env, timeout=600), "registered forecaster version 2",
+                   "gate: forecaster version 2")
             timings["retrain + gate"] = time.monotonic() - t
             assert re.search(r"^run (\S+):", r.stdout, re.M).group(1) != first_run  # new data, a new run
-            promoted = "PROMOTED: fc@champion -> version 2" in r.stdout
+            promoted = "PROMOTED: forecaster@champion -> version 2" in r.stdout
             assert promoted != ("REFUSED" in r.stdout)
-            champion = reg.alias_target("fc", "champion")["version"]
+            champion = reg.alias_target("forecaster", "champion")["version"]
             assert champion == (2 if promoted else 1)
-            (decision,) = reg.notes("fc", 2, "gates")
+            (decision,) = reg.notes("forecaster", 2, "gates")
             assert decision["promote"] == promoted and decision["champion"] == 1
             c, ch = decision["figures"]["candidate"], decision["figures"]["champion"]
             assert promoted == (c["rmae"] <= ch["rmae"] and c["pinball"] <= ch["pinball"]
-                                and c["rmae"] <= 1.1 * decision["figures"]["persistence"]["rmae"])
+                                and c["rmae"] <= 1.02 * decision["figures"]["persistence"]["rmae"]
+                                and c["pinball"] <= decision["figures"]["persistence"]["pinball"])
 
-            worse = worse_than(reg.bundle_uri("fc", champion), tmp_path)
-            code, out = cli("models", "register", "fc", worse, "--registry", REGISTRY)
+            worse = worse_than(reg.bundle_uri("forecaster", champion), tmp_path)
+            code, out = cli("models", "register", "forecaster", worse, "--registry", REGISTRY)
             assert code == 0 and "version 3" in out, out
-            code, out = cli("models", "gate", "fc", "3", "--histories", f"{HISTORIES}/", "--days", "30",
-                            "--registry", REGISTRY)
-            assert code == 1 and "REFUSED" in out and f"fc@champion stays version {champion}" in out, out
-            assert reg.alias_target("fc", "champion")["version"] == champion
+            code, out = cli("models", "gate", "forecaster", "3", "--histories", f"{HISTORIES}/", "--registry",
+                            REGISTRY)
+            assert code == 1 and "REFUSED" in out and f"forecaster@champion stays version {champion}" in out, out
+            assert reg.alias_target("forecaster", "champion")["version"] == champion
 
+        score, scorecard = daily(day)
         t = time.monotonic()
         if k == 7:  # the worker node dies while this day is being scored
-            p = start(*score_args(day), env=env, log=tmp_path / "score.log")
+            p = start(*score, env=env, log=tmp_path / "score.log")
             try:
                 wait_for(lambda folder=f"{OUT}/as_of={day}": storage.list_files(folder, recursive=True,
                                                                                  missing_ok=True),
@@ -165,13 +202,19 @@ def test_two_weeks_of_the_daily_loop(loop, tmp_path):
             loop["nodes"]["worker"], _ = ray_node(loop["logs"] / "worker2.log", head=loop["gcs"], num_cpus=2,
                                                   env={k: v for k, v in env.items() if k != "RAY_ADDRESS"})
         else:
-            ok(run(*score_args(day), env=env, timeout=600), "published")
+            r = ok(run(*score, env=env, timeout=600), "published")
+            if k == 1:
+                assert f"model models://forecaster@champion (version 1: {REGISTRY}/forecaster/1/" in r.stdout
         timings.setdefault("score, per day", []).append(time.monotonic() - t)
-        ok(run("scorecard", OUT, "--histories", f"{HISTORIES}/", env=env, timeout=300))
+        t = time.monotonic()
+        ok(run(*scorecard, env=env, timeout=300))
+        timings.setdefault("scorecard, per day", []).append(time.monotonic() - t)
 
         (run_uri,) = runs_of(day)  # exactly one published run for the day
         assert publish.verify(run_uri).ok and publish.resolve(OUT) == run_uri
         _, m = publish.read_manifest(run_uri)
+        assert m["as_of"] == day and m["model"]["registry"]["ref"] == "models://forecaster@champion"
+        assert m["model"]["uri"].startswith(f"{REGISTRY}/forecaster/{m['model']['registry']['version']}/")
         f = publish.read_kind(run_uri)
         assert not f.duplicated(["ticker", "step"]).any()
         assert len(f) == m["counts"]["forecast_rows"] == 5 * m["counts"]["series_scored"]
@@ -185,12 +228,16 @@ def test_two_weeks_of_the_daily_loop(loop, tmp_path):
 
     # rerunning a day publishes nothing new
     before = runs_of(days[-1])
-    ok(run(*score_args(days[-1]), env=env, timeout=600), "already published")
+    ok(run(*daily(days[-1])[0], env=env, timeout=600), "already published")
     assert runs_of(days[-1]) == before
 
     # the scorecard equals a direct computation from the forecasts and the prices that came later
     df = loop["df"].assign(date=lambda d: pd.to_datetime(d["date"]))
-    by_date = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{OUT}/scorecard/by_date.parquet")))
+    card = f"{OUT}/scorecard"
+    for name in ("by_date.parquet", "by_date_step.parquet", "by_ticker.parquet", "points.parquet", "scorecard.png",
+                 "report.md"):
+        assert storage.exists(f"{card}/{name}"), name
+    by_date = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{card}/by_date.parquet")))
     for day in days[:-1]:
         f = publish.read_kind(runs_of(day)[0])
         err = naive = inside = n = 0.0

@@ -1,4 +1,6 @@
-"""The Ray Train job end to end, on a local Ray started by each job (2 CPU workers)."""
+"""The Ray Train job end to end (2 CPU workers): on a local Ray started by the job where the test
+is about that Ray (a stale address file, a fault in its workers, its driver killed), else on the
+session's shared Ray."""
 
 import io
 import json
@@ -64,12 +66,12 @@ def test_forecast_two_workers_export_and_idempotent_rerun(tmp_path, stale_ray_ad
     x = np.random.default_rng(0).normal(size=(4, 20, 1)).astype(np.float32)
     assert predict(b.model, x).shape == (4, 5, 3)
     assert "rMAE (model / persistence)" in r.stdout and "epoch 3/3" in r.stdout + r.stderr
-    again = run("train", *FORECAST, "train.epochs=3", f"storage={tmp_path}")
+    again = run("train", *FORECAST, "train.epochs=3", f"storage={tmp_path}")  # finds it finished: starts no Ray
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
-def test_text_two_workers_val_loss_down_and_bundle_generates(tmp_path):
-    r = run("train", *TEXT, "train.epochs=3", f"storage={tmp_path}")
+def test_text_two_workers_val_loss_down_and_bundle_generates(tmp_path, shared_ray):
+    r = run("train", *TEXT, "train.epochs=3", f"storage={tmp_path}", env=shared_ray)
     assert r.returncode == 0, r.stderr[-3000:]
     d = run_dir(tmp_path)
     m = json.loads((d / "metrics.json").read_text())

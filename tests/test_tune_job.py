@@ -1,4 +1,5 @@
-"""The Ray Tune job end to end on a local Ray: ASHA, results, best.yaml, resume, S3, trainer trials."""
+"""The Ray Tune job end to end: ASHA, results, best.yaml, resume, S3, trainer trials; on the
+session's shared Ray, except the search whose driver (and its own Ray) is killed."""
 
 import io
 import json
@@ -28,8 +29,8 @@ def results(d: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(d, "results.parquet"))))
 
 
-def test_grid_search_asha_results_and_best_yaml_trains(tmp_path):
-    r = run("tune", *GRID, f"storage={tmp_path}")
+def test_grid_search_asha_results_and_best_yaml_trains(tmp_path, shared_ray):
+    r = run("tune", *GRID, f"storage={tmp_path}", env=shared_ray)
     assert r.returncode == 0, r.stderr[-3000:]
     d = Path(exp_dir(r.stdout, str(tmp_path)))
     df = results(str(d))
@@ -49,10 +50,10 @@ def test_grid_search_asha_results_and_best_yaml_trains(tmp_path):
     assert min(h["val_loss"] for h in m["history"]) == pytest.approx(best["best_val_loss"], rel=1e-6)
     assert "| 1 | " in r.stdout and "stopped early by ASHA" in r.stdout
     # best.yaml is a complete train config that `rnnjobs train` accepts as is
-    t = run("train", d / "best.yaml", "train.epochs=1", f"storage={tmp_path / 'train'}")
+    t = run("train", d / "best.yaml", "train.epochs=1", f"storage={tmp_path / 'train'}", env=shared_ray)
     assert t.returncode == 0, t.stderr[-3000:]
     assert f"{best['model.cell']} " in t.stdout
-    again = run("tune", *GRID, f"storage={tmp_path}")
+    again = run("tune", *GRID, f"storage={tmp_path}", env=shared_ray)
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
@@ -80,8 +81,9 @@ def test_driver_killed_mid_search_resumes_without_rerunning_finished_trials(tmp_
         assert epochs.count(3) == 1, (trial.name, epochs)
 
 
-def test_trainer_trials_on_s3(tmp_path, moto_s3):
+def test_trainer_trials_on_s3(tmp_path, moto_s3, shared_ray):
     endpoint, env, s3 = moto_s3
+    env = {**env, **shared_ray}
     s3.create_bucket(Bucket="tune")
     root = "s3://tune/searches"
     r = run("tune", "jobs/configs/forecast-tune.yaml", "tune.trial=trainer", "tune.num_samples=2",
