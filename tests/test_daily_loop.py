@@ -133,6 +133,14 @@ def worse_than(champion_uri: str, tmp) -> str:
                            scalers=b.transforms))
 
 
+def gate_lines(stdout: str) -> str:
+    """What a gate printed: from its 'gate:' line to its 'decision:' line."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("gate: "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("decision: "))
+    return "\n".join(lines[start:end])
+
+
 def objects(s3) -> dict[str, str]:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket="loop")
     return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
@@ -148,6 +156,7 @@ def test_two_weeks_of_the_shipped_schedules(loop, tmp_path):
                "PROMOTED: forecaster@champion -> version 1")
     timings["retrain + gate (day 0)"] = time.monotonic() - t0
     first_run = re.search(r"^run (\S+):", first.stdout, re.M).group(1)
+    gates = [gate_lines(first.stdout)]
     (gate,) = reg.notes("forecaster", 1, "gates")
     assert gate["promote"] is True and gate["champion"] is None and gate["histories"] == f"{HISTORIES}/"
     assert gate["figures"]["candidate"]["rmae"] <= 1.02 and gate["series"] == 25  # APTV: too short for 60 days
@@ -167,6 +176,7 @@ def test_two_weeks_of_the_shipped_schedules(loop, tmp_path):
                    "gate: forecaster version 2")
             timings["retrain + gate"] = time.monotonic() - t
             assert re.search(r"^run (\S+):", r.stdout, re.M).group(1) != first_run  # new data, a new run
+            gates.append(gate_lines(r.stdout))
             promoted = "PROMOTED: forecaster@champion -> version 2" in r.stdout
             assert promoted != ("REFUSED" in r.stdout)
             champion = reg.alias_target("forecaster", "champion")["version"]
@@ -184,6 +194,7 @@ def test_two_weeks_of_the_shipped_schedules(loop, tmp_path):
             code, out = cli("models", "gate", "forecaster", "3", "--histories", f"{HISTORIES}/", "--registry",
                             REGISTRY)
             assert code == 1 and "REFUSED" in out and f"forecaster@champion stays version {champion}" in out, out
+            gates.append(gate_lines(out))
             assert reg.alias_target("forecaster", "champion")["version"] == champion
 
         score, scorecard = daily(day)
@@ -259,4 +270,5 @@ def test_two_weeks_of_the_shipped_schedules(loop, tmp_path):
     print("\ndate        champion  rows  scorecard rMAE (latest scored date)  coverage")
     for d, v, rows, rmae, cov in table:
         print(f"{d}  v{v:<8} {rows:<5} {rmae:<36.4f} {cov:.3f}")
+    print("\n\n".join(gates))
     print({k: (np.round(v, 1).tolist() if isinstance(v, list) else round(v, 1)) for k, v in timings.items()})
