@@ -36,18 +36,30 @@ def run(*args, env: dict | None = None, timeout: int = 240) -> subprocess.Comple
 def cli(*args) -> tuple[int, str]:
     """``rnnjobs ARGS`` in this process, for commands that start no Ray: (exit code, stdout and
     stderr together), an escaping exception written out as the traceback a user would see."""
+    r = cli_run(*args, merged=True)
+    return r.returncode, r.stdout
+
+
+def cli_run(*args, merged: bool = False) -> subprocess.CompletedProcess:
+    """``rnnjobs ARGS`` in this process (no interpreter to start, torch already imported), with
+    stdout and stderr apart as ``run`` gives them (or together with ``merged``)."""
     from jobs.cli import main
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+    out = io.StringIO()
+    err = out if merged else io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # as ``run``: relative config paths are the project's
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main([str(a) for a in args])
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:  # what the interpreter would print
-            buf.write(traceback.format_exc())
+            err.write(traceback.format_exc())
             code = 1
-    return code, buf.getvalue()
+        finally:
+            os.chdir(cwd)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), "" if merged else err.getvalue())
 
 
 def kill_group(p: subprocess.Popen) -> None:

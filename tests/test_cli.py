@@ -1,13 +1,11 @@
-import subprocess
-import sys
 
 import pytest
-from conftest import FIXTURES, ROOT, absent
+from conftest import FIXTURES, absent
+from jobhelpers import cli_run
 
 
-def rnnjobs(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+def rnnjobs(*args):
+    return cli_run(*args)  # in this process: these commands start no Ray
 
 
 def test_bad_config_exits_2_without_traceback(tmp_path):

@@ -1,8 +1,5 @@
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT
+from jobhelpers import cli_run
 
 from rnnlib.config import job_from_dict
 from rnnlib.fit import fit
@@ -18,8 +15,7 @@ def text_bundle(tmp_path_factory):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return cli_run(*args)  # in this process: generate and evaluate start no Ray
 
 
 def test_generate_is_reproducible_and_writes_out(text_bundle, tmp_path):

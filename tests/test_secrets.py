@@ -2,10 +2,9 @@
 the secret never echoed), and ``storage.redact`` hides user info in anything printed."""
 
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from jobhelpers import cli_run
 
 from rnnlib import storage
 from rnnlib.config import job_from_dict
@@ -16,9 +15,8 @@ S3 = f"s3://{KEY_ID}:{SECRET}@bucket/prefix"
 HTTP = f"https://{KEY_ID}:{SECRET}@minio.example:9000"
 
 
-def rnnjobs(*args, env=None, timeout=180):
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def rnnjobs(*args):
+    return cli_run(*args)  # in this process: these commands start no Ray
 
 
 def assert_refused(r: subprocess.CompletedProcess, keys: list[str]) -> None:
