@@ -380,12 +380,7 @@ class Registry:
         ``checkpoint.load_bundle``), so what is uploaded is exactly what was checked. ``data``: any
         JSON object recorded as is (e.g. a fingerprint of the training data)."""
         check_name(name)
-        if data is not None and not isinstance(data, dict):
-            raise UserError(f"data: {type(data).__name__}, expected a JSON object (a dict)")
-        try:
-            data_json = json.loads(json.dumps(data or {}, allow_nan=False))
-        except (TypeError, ValueError) as e:
-            raise UserError(f"data: not plain JSON ({e}); give numbers, strings, lists and objects") from None
+        data_json = _plain_object(data, "data")
         # where it came from, for people: a local path made absolute, a URI without user info
         source = storage.redact(str(bundle_uri)) if "://" in str(bundle_uri) else str(Path(bundle_uri).resolve())
         with tempfile.TemporaryDirectory(prefix="rnnjobs-register-") as tmp:
@@ -456,12 +451,7 @@ class Registry:
         check_name(alias, "alias")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise UserError(f"version {version!r}: expected a version number (1, 2, 3, ...)")
-        if figures is not None and not isinstance(figures, dict):
-            raise UserError(f"figures: {type(figures).__name__}, expected a JSON object (a dict)")
-        try:
-            figures = json.loads(json.dumps(figures or {}, allow_nan=False))
-        except (TypeError, ValueError) as e:
-            raise UserError(f"figures: not plain JSON ({e}); give numbers, strings, lists and objects") from None
+        figures = _plain_object(figures, "figures")
         listing = self.require(name)
         self.version(name, version, listing)  # exists and is complete
         seqs = listing.aliases.get(alias, [])
@@ -490,6 +480,16 @@ class Registry:
                 f"{_where(winner.get('version'))}); nothing was changed. Look at "
                 f"`rnnjobs models show {name}@{alias}` and promote again if it should still move")
         return move, True
+
+
+def _plain_object(value: dict | None, what: str) -> dict:
+    """``value`` (None: {}) as a JSON object of plain values, or a ``UserError`` naming ``what``."""
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{what}: {type(value).__name__}, expected a JSON object (a dict)")
+    try:
+        return json.loads(json.dumps(value or {}, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{what}: not plain JSON ({e}); give numbers, strings, lists and objects") from None
 
 
 def _where(v) -> str:
