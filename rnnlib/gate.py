@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from .checkpoint import Bundle
 from .config import GateConfig
-from .scoring import band_names, min_rows_for, quantile_column, score_histories
+from .scorecard import aggregate, point_figures
+from .scoring import min_rows_for, score_histories
 from .stocks import Histories
 
 KEYS = ["ticker", "origin", "step"]
@@ -58,31 +58,15 @@ def backtest(bundle: Bundle, hist: Histories, days: int) -> pd.DataFrame:
     return score_histories(bundle, hist, mode="backtest", backtest_days=days, step=1).forecasts
 
 
-def figures(points: pd.DataFrame, quantiles: list[float]) -> dict:
-    """rMAE, scale-free pinball and band coverage of one model's backtest points."""
-    actual, last = points["actual"].to_numpy(), points["persistence"].to_numpy()
-    err = np.abs(points["forecast"].to_numpy() - actual).sum()
-    naive = np.abs(last - actual).sum()
-    out = {"points": int(len(points)), "rmae": float(err / naive) if naive else float("nan")}
-    if quantiles:
-        q = np.asarray(quantiles)
-        pred = points[[quantile_column(x) for x in quantiles]].to_numpy()
-        diff = actual[:, None] - pred
-        out["pinball"] = float((np.maximum(q * diff, (q - 1) * diff) / last[:, None]).mean())
-    else:  # a point forecaster: the pinball loss of its median is half its absolute error
-        out["pinball"] = float((0.5 * np.abs(points["forecast"].to_numpy() - actual) / last).mean())
-    band = band_names(quantiles)
-    out["coverage"] = (float(((points[band[0]] <= actual) & (actual <= points[band[1]])).mean())
-                       if band else float("nan"))
-    return out
-
-
-def persistence_figures(points: pd.DataFrame, quantiles: list[float]) -> dict:
-    actual, last = points["actual"].to_numpy(), points["persistence"].to_numpy()
-    q = np.asarray(quantiles or [0.5])
-    diff = (actual - last)[:, None]
-    return {"points": int(len(points)), "rmae": 1.0,
-            "pinball": float((np.maximum(q * diff, (q - 1) * diff) / last[:, None]).mean()), "coverage": float("nan")}
+def figures(points: pd.DataFrame) -> tuple[dict, dict]:
+    """(the model's figures, persistence's) over backtest points, computed as the scorecard
+    computes them on published forecasts (rnnlib.scorecard)."""
+    p = point_figures(points.rename(columns={"persistence": "last_close"}))
+    total = aggregate(p.assign(status="scored", origin_shifted=False, as_of=p["origin"]), []).iloc[0]
+    n = int(total["scored"])
+    return ({"points": n, "rmae": float(total["rmae"]), "pinball": float(total["pinball"]),
+             "coverage": float(total["coverage"])},
+            {"points": n, "rmae": 1.0, "pinball": float(total["persistence_pinball"]), "coverage": float("nan")})
 
 
 def compare(candidate: Bundle, champion: Bundle | None, hist: Histories, settings: GateConfig) -> Decision:
@@ -94,10 +78,8 @@ def compare(candidate: Bundle, champion: Bundle | None, hist: Histories, setting
         cand, champ = (df.merge(common, on=KEYS).sort_values(KEYS, ignore_index=True) for df in (cand, champ))
     if cand.empty:
         raise ValueError(f"no backtest points in the last {settings.days} days that both models can forecast")
-    q = candidate.data["quantiles"]
-    c = figures(cand, q)
-    p = persistence_figures(cand, q)
-    ch = figures(champ, champion.data["quantiles"]) if champion is not None else None
+    c, p = figures(cand)
+    ch = figures(champ)[0] if champion is not None else None
     reasons = _worse(c, p, "persistence", settings.persistence_rmae_tolerance,
                      settings.persistence_pinball_tolerance)
     if ch is not None:

@@ -121,7 +121,15 @@ def realize(forecasts: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
 
 def score_points(forecasts: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """Every forecast point realized (``realize``) with its figures; NaN figures unless scored."""
-    p = realize(forecasts, history)
+    return point_figures(realize(forecasts, history))
+
+
+def point_figures(p: pd.DataFrame) -> pd.DataFrame:
+    """``p`` (actual, last_close, forecast, the quantile and band columns) with each point's
+    figures: abs_error, persistence_abs_error, pinball and persistence_pinball (over every
+    quantile, divided by last_close), inside (the outer band) and nominal. Also the promotion
+    gate's figures (rnnlib.gate), on backtest points."""
+    p = p.copy()
     actual, last = p["actual"].to_numpy(np.float64), p["last_close"].to_numpy(np.float64)
     qs = quantile_columns(p.columns)
     levels = tuple(level for _, level in qs)
