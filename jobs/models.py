@@ -144,6 +144,13 @@ def gate(args) -> int:
     return 0 if res.decision.promote else 1
 
 
+def _against(record: dict) -> str:
+    """Whom a gate record compared with: the alias's version then, or persistence alone."""
+    if record["champion"] is None:
+        return f"persistence ({record['alias']} was not set)"
+    return f"{record['alias']} (then version {record['champion']})"
+
+
 def gate_report(name: str, alias: str, res) -> str:
     """What a gate decided, with every side's figures: printed by ``models gate`` and by train's release step."""
     d = res.decision
@@ -182,7 +189,7 @@ def release(cfg, model_uri: str, run: str, data: dict) -> None:
     if earlier:
         last = earlier[-1]
         print(f"already gated: {r.model} version {version} was {'promoted' if last['promote'] else 'refused'} "
-              f"against {last['alias']} (then version {last['champion']}); `rnnjobs models gate` gates it again")
+              f"against {_against(last)}; `rnnjobs models gate` gates it again")
         return
     histories = r.histories or cfg.data.path or str(sample_stocks_dir())
     res = gate(reg, r.model, version, histories, r.gate, alias=r.alias, endpoint_url=cfg.endpoint_url)

@@ -11,7 +11,8 @@ Runs are filed by date: ``<output>/as_of=YYYY-MM-DD/run=<run_id>/``. After a com
 tell readers which run is current: ``<output>/as_of=<date>/LATEST`` (the newest published run of
 that date) and ``<output>/LATEST`` (the run of the latest date; a backfill of an earlier date does
 not move it). A pointer is a small JSON written in one piece, only after ``_SUCCESS``, so it
-never names an unpublished run; ``resolve`` follows one (verify, report and scorecard accept one).
+never names an unpublished run; ``resolve`` follows one (verify and report accept a pointer;
+the scorecard reads every date's).
 
 Reading back trusts nothing: an empty ``_SUCCESS`` (what Spark and Hadoop write), a folder in its
 place, JSON that does not parse, a manifest without the fields it needs, a part that is not
