@@ -73,8 +73,10 @@ def search_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int, 
     stopped = int((df["stopped"] == "asha").sum())
     rep.text(f"## Search: `{uri}`\n\n{len(df)} trials, {stopped} stopped early by ASHA, "
              f"{int(df['epochs'].sum())} trial-epochs. Top {min(top, len(df))}:\n\n" + top_trials_table(df, top))
-    x, color = plot_keys(searched_keys(df))
-    rep.image("search.png", search_png(df, x, color, Path(uri).name), f"best validation loss per trial by {x}"
+    keys = searched_keys(df)
+    x, color = plot_keys(keys)
+    rep.image("search.png", search_png(df, x, color, Path(uri).name, lines=len(keys) <= 2),
+              f"best validation loss per trial by {x}"
               + (f" and {color}" if color else "") + "; hollow: stopped early by ASHA")
 
 

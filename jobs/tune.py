@@ -283,7 +283,8 @@ def search_job(search: Search) -> tuple[int, str]:
                         base.endpoint_url)
     x, color = plot_keys([d.key for d in search.dims])
     ylabel = "best val loss (pinball, scaled)" if base.task == "forecast" else "best val loss (nats/char)"
-    storage.write_bytes(storage.join(exp_uri, "search.png"), search_png(df, x, color, name, ylabel),
+    storage.write_bytes(storage.join(exp_uri, "search.png"),
+                        search_png(df, x, color, name, ylabel, lines=len(search.dims) <= 2),
                         base.endpoint_url)
     _write_df(df, storage.join(exp_uri, "results"), base.endpoint_url)
     epochs = int(df["epochs"].sum())

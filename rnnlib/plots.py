@@ -36,41 +36,51 @@ def loss_curve_png(history: list[dict], title: str, ylabel: str = "loss") -> byt
     return _png(fig)
 
 
-def search_png(results, x: str, color: str | None, title: str, ylabel: str = "best validation loss") -> bytes:
+def search_png(results, x: str, color: str | None, title: str, ylabel: str = "best validation loss",
+               lines: bool = False) -> bytes:
+    return _png(search_figure(results, x, color, title, ylabel, lines))
+
+
+def search_figure(results, x: str, color: str | None, title: str, ylabel: str = "best validation loss",
+                  lines: bool = False):
     """Each trial's best validation loss against one searched key (``x``), coloured by another.
 
     ``results`` is the search's results table (a DataFrame with ``best_val_loss``, ``stopped`` and
     the searched keys as columns). Trials stopped early are hollow: their loss is from fewer epochs.
+    Every searched value of ``x`` has its tick (also one whose trials all failed), and points sit
+    on their value's tick. ``lines``: join each colour's best trial per value; only where the trials
+    of a colour differ in ``x`` alone (nothing else was searched), or the line would read as a
+    trend between trials that differ in everything else.
     """
     import numpy as np
 
     ok = results[results["status"] == "done"]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     groups = ok.groupby(color, sort=True) if color else [(None, ok)]
-    xs = sorted(ok[x].unique().tolist(), key=str if ok[x].dtype == object else None)
-    # few distinct values (cells, windows): evenly spaced categories, groups side by side
+    xs = sorted(results[x].dropna().unique().tolist(), key=str if results[x].dtype == object else None)
+    # few distinct values (cells, windows): evenly spaced categories
     categorical = len(xs) <= 12 or not all(isinstance(v, (int, float)) for v in xs)
     pos = {v: i for i, v in enumerate(xs)} if categorical else {v: v for v in xs}
-    n = max(1, len(groups) if color else 1)
-    width = 0.6 / n if categorical else 0.0
-    for i, (label, g) in enumerate(groups):
-        offset = (i - (n - 1) / 2) * width
-        px = np.array([pos[v] for v in g[x]], dtype=float) + offset
+    for label, g in groups:
+        px = np.array([pos[v] for v in g[x]], dtype=float)
         full = (g["stopped"] != "asha").to_numpy()
-        line = ax.scatter(px[full], g["best_val_loss"][full], label=f"{color}={label}" if color else None, zorder=3)
+        line = ax.scatter(px[full], g["best_val_loss"][full], label=f"{color}={label}" if color else None, zorder=3,
+                          alpha=0.8)
         ax.scatter(px[~full], g["best_val_loss"][~full], facecolors="none", edgecolors=line.get_facecolor(),
                    zorder=3)
-        best = g.groupby(x)["best_val_loss"].min()
-        ax.plot([pos[v] + offset for v in best.index], best.to_numpy(), color=line.get_facecolor()[0], alpha=0.5)
+        if lines:
+            best = g.groupby(x)["best_val_loss"].min()
+            ax.plot([pos[v] for v in best.index], best.to_numpy(), color=line.get_facecolor()[0], alpha=0.5)
     if categorical:
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        ax.set_xlim(-0.5, len(xs) - 0.5)
     elif min(xs) > 0 and max(xs) / min(xs) > 50:  # e.g. a learning rate
         ax.set_xscale("log")
     ax.set(xlabel=x, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.scatter([], [], facecolors="none", edgecolors="gray", label="stopped early by ASHA")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return fig
 
 
 def forecast_bands_png(history: dict, forecasts, band: tuple[str, str] | None, days: int = 120,

@@ -71,3 +71,26 @@ def test_cli_bad_space_exits_2_before_ray(tmp_path):
                         f"storage={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "search.train.lr: loguniform needs low > 0" in r.stderr
     assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())  # nothing started or written
+
+
+def test_search_plot_labels_every_searched_value_and_draws_lines_only_where_they_mean_something():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from rnnlib.plots import search_figure
+
+    # window 10's trials all failed; 60's ran for both cells; trials of a cell differ in lr too
+    df = pd.DataFrame({"data.window": [10, 10, 60, 60, 60, 60], "model.cell": ["lstm", "gru"] * 3,
+                       "train.lr": [1e-3, 1e-2] * 3, "status": ["error", "error", "done", "done", "done", "done"],
+                       "stopped": ["error", "error", "max_t", "asha", "max_t", "max_t"],
+                       "best_val_loss": [float("nan")] * 2 + [0.5, 0.7, 0.4, 0.6]})
+    fig = search_figure(df, "data.window", "model.cell", "t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "60"] and list(ax.get_xticks()) == [0, 1]
+    xs = {float(x) for c in ax.collections for x, _ in c.get_offsets()}
+    assert xs == {1.0}  # every trial on its value's tick, none beside it
+    assert not ax.lines  # lstm's trials differ in lr as well: no line joins them
+    plt.close(fig)
+    fig = search_figure(df, "data.window", "model.cell", "t", lines=True)
+    assert len(fig.axes[0].lines) == 2  # one per cell when nothing else was searched
+    plt.close(fig)
