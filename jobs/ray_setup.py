@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -30,10 +31,15 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     for key, value in {**RAY_ENV, "RAY_DEDUP_LOGS": "1"}.items():
         os.environ.setdefault(key, value)
-    # env_vars: a cluster joined through RAY_ADDRESS started its workers without this process's
-    # environment (a local Ray inherits it; a submitted job gets them from submit's runtime_env)
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True,
-              "runtime_env": {"worker_process_setup_hook": "jobs.ray_setup.setup_worker", "env_vars": RAY_ENV}}
+              "runtime_env": {"worker_process_setup_hook": "jobs.ray_setup.setup_worker"}}
+    # A cluster joined through RAY_ADDRESS started its workers without this process's environment
+    # (a local Ray inherits it): pass RAY_ENV on, except the keys a submitted job's own runtime_env
+    # sets already (submit passes RAY_ENV; Ray refuses a driver's env var the job also sets).
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+    if env_vars := {k: v for k, v in RAY_ENV.items() if k not in taken}:
+        kwargs["runtime_env"]["env_vars"] = env_vars
     if not os.environ.get("RAY_ADDRESS"):
         # "local": a fresh Ray for this job, even if `ray start` left a cluster running on this machine
         kwargs.update(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
