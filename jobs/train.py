@@ -31,17 +31,24 @@ from rnnlib.tasks import make_task
 
 # Keys that do not change what is trained, so they do not change the run name: a crashed run
 # can be resumed with more workers, another storage endpoint or more tolerated failures.
-_NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling", "release")
+_NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling", "release", "tracking")
 _NOT_TRAINED_IN_TRAIN = ("max_failures", "keep_checkpoints")
 # Keys added after run names existed, with the value every earlier run had: at that value they
 # are left out of the name, so an earlier run still resumes and a finished one is still found.
 _ADDED_LATER = {"train": {"precision": "fp32"}, "data": {"delimiter": None, "date_format": None, "end": None}}
 
 
-def trained_part(config: dict) -> dict:
-    """The part of a config (as plain data) that determines the trained model."""
+def trained_config(config: dict) -> dict:
+    """The keys of a config (as plain data) that determine the trained model, with their values."""
     d = {k: v for k, v in config.items() if k not in _NOT_TRAINED}
     d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in _NOT_TRAINED_IN_TRAIN}
+    return d
+
+
+def trained_part(config: dict) -> dict:
+    """What a run's name covers of a config: ``trained_config`` less the keys added later at the
+    value every earlier run had."""
+    d = trained_config(config)
     for section, added in _ADDED_LATER.items():
         if isinstance(d.get(section), dict):
             d[section] = {k: v for k, v in d[section].items() if k not in added or v != added[k]}
