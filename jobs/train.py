@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from jobs import tracking
 from rnnlib import storage
 from rnnlib.checkpoint import load_bundle, save_bundle
 from rnnlib.config import JobConfig, job_from_dict, load_job, to_dict
@@ -160,6 +161,7 @@ def train(cfg: JobConfig) -> tuple[int, str]:
         from rnnlib.registry import registry_uri
 
         registry_uri(cfg.release.registry, "release.registry")
+    tracker = tracking.connect(cfg.tracking)  # None unless tracking.mlflow_uri is set
     task = make_task(cfg)  # data errors surface here, before Ray starts
     data = task.fingerprint()
     name = run_name(cfg, data)
@@ -169,10 +171,13 @@ def train(cfg: JobConfig) -> tuple[int, str]:
     print(f"run {name}: {cfg.task}, {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
           f"{cfg.scaling.workers} worker(s){' on GPU' if cfg.scaling.gpu else ''}, storage {out_uri}\n"
           f"data: {_describe(data)}")
-    if _finished(out_uri, cfg, data) is not None:
+    finished = _finished(out_uri, cfg, data)
+    tracked = tracking.train_run(tracker, cfg, name, trained_config(to_dict(cfg)), data, work=finished is None)
+    if finished is not None:
         print(f"already finished: {storage.join(out_uri, 'model')} (same config and data; delete {out_uri} "
               "to train again)")
-        _release(cfg, out_uri, name, data)
+        tracking.log_train(tracked, out_uri, cfg.endpoint_url)  # unless its MLflow run was logged before
+        _release(cfg, out_uri, name, data, tracked)
         return 0, out_uri
 
     import ray.train
@@ -188,6 +193,7 @@ def train(cfg: JobConfig) -> tuple[int, str]:
         print(f"training failed after {cfg.train.max_failures} allowed worker failure(s): "
               f"{cause[0] if cause else e}\n(raise train.max_failures to tolerate more; the run resumes "
               f"from its last checkpoint when you run the same command again)")
+        tracking.failed(tracked)
         return 1, out_uri
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     if best is None:
@@ -198,15 +204,16 @@ def train(cfg: JobConfig) -> tuple[int, str]:
                            resumed_from_epoch=max(final_state.resumed_at, default=0),
                            resumed_at=final_state.resumed_at, data=data)
     _print_summary(cfg, metrics, out_uri)
-    _release(cfg, out_uri, name, data)
+    tracking.log_train(tracked, out_uri, cfg.endpoint_url)
+    _release(cfg, out_uri, name, data, tracked)
     return 0, out_uri
 
 
-def _release(cfg: JobConfig, out_uri: str, name: str, data: dict) -> None:
+def _release(cfg: JobConfig, out_uri: str, name: str, data: dict, tracked: tracking.Run | None) -> None:
     if cfg.release.model:
         from jobs.models import release
 
-        release(cfg, storage.join(out_uri, "model"), name, data)
+        tracking.log_release(tracked, release(cfg, storage.join(out_uri, "model"), name, data))
 
 
 def _describe(data: dict) -> str:
