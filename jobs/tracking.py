@@ -309,8 +309,10 @@ def _log_gate(run: Run, res, name: str, alias: str) -> None:
     run.tracker.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     figures = {"candidate": d.candidate, "champion": d.champion or {}, "persistence": d.persistence}
     _log_metrics(run, numbers(figures, "gate."))
-    record = {"name": name, "candidate": res.candidate, "alias": alias, "champion": res.champion,
-              "decision": decision, **d.to_json(), "record": storage.redact(res.record)}
+    record = {"name": name, "version": res.candidate, "alias": alias, "champion_version": res.champion,
+              "decision": decision, "promote": d.promote, "reasons": d.reasons, "figures": figures,
+              "settings": d.settings, "record": storage.redact(res.record)}
+    record = json.loads(json.dumps(record), parse_constant=lambda _: None)  # NaN (no band) as null
     run.tracker.client.log_dict(run.run_id, record, "gate.json")
 
 
