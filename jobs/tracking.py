@@ -280,22 +280,18 @@ def log_train(run: Run, out_uri: str, endpoint_url: str | None) -> None:
     _finish(run)
 
 
+@after_work
 def log_release(run: Run | None, released: dict | None) -> None:
-    """Train's release step (into the train run, logged before or not): the version and the gate;
-    nothing when the step did nothing new (registered and gated before)."""
+    """Train's release step, into the train run (logged to the end before or not): the version and
+    the gate; nothing when the step did nothing new (registered and gated before)."""
     if run is None or not released or not (released["registered"] or released["gate"] is not None):
         return
-    _release(Run(run.tracker, run.run_id, False), released)
-
-
-@best_effort
-def _release(run: Run, released: dict) -> None:
     from mlflow.entities import RunTag
 
     tags = {"release.model": released["model"], "release.version": released["version"],
             "release.registered": "new" if released["registered"] else "already"}
     run.tracker.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    if released.get("gate") is not None:
+    if released["gate"] is not None:
         _log_gate(run, released["gate"], released["model"], released["alias"])
 
 
@@ -389,11 +385,8 @@ def log_score(tracker: Tracker | None, run_uri: str, endpoint_url: str | None, *
     day = run_uri.rstrip("/").split("/as_of=")[-1].split("/")[0]
     run = open_run(tracker, "score", f"score-{day}-{manifest['run_id']}", params=score_params(manifest),
                    tags={"as_of": day, "run_uri": storage.redact(run_uri)}, work=published)
-    _log_score(run, manifest, run_uri, endpoint_url)
-
-
-@best_effort
-def _log_score(run: Run, manifest: dict, run_uri: str, endpoint_url: str | None) -> None:
+    if run.done:
+        return
     values = numbers(manifest["counts"], "counts.")
     if manifest["mode"] == "backtest":
         values.update(backtest_means(run_uri, endpoint_url))
@@ -421,17 +414,12 @@ def connect_flags(args) -> Tracker | None:
 
 @after_work
 def log_promotion(tracker: Tracker | None, move: dict, version_info: dict) -> None:
-    """An alias move by ``rnnjobs models promote``: its own run, named for the move."""
+    """An alias move by ``rnnjobs models promote``: its own run, named for the move (never logged before)."""
     if tracker is None:
         return
     name = f"promote {move['name']}@{move['alias']} -> {move['version']} (move {move['seq']})"
     params = {k: move[k] for k in ("name", "alias", "version", "previous", "reason", "when")}
     run = open_run(tracker, "promotion", name, params=params, tags={"train_run": version_info.get("run") or "-"})
-    _log_move(run, move)
-
-
-@best_effort
-def _log_move(run: Run, move: dict) -> None:
     _log_metrics(run, numbers(move.get("figures") or {}, "figures."))
     run.tracker.client.log_dict(run.run_id, move, "move.json")
     _finish(run)
@@ -447,10 +435,5 @@ def log_gate(tracker: Tracker | None, name: str, alias: str, histories: str, res
               "histories": storage.redact(histories), **{f"settings.{k}": v for k, v in d.settings.items()}}
     run = open_run(tracker, "gate", f"gate {name} {res.candidate} vs {alias} ({Path(res.record).stem})",
                    params=params)
-    _gate_run(run, res, name, alias)
-
-
-@best_effort
-def _gate_run(run: Run, res, name: str, alias: str) -> None:
     _log_gate(run, res, name, alias)
     _finish(run)
