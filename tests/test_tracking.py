@@ -16,6 +16,7 @@ from conftest import ROOT, optional
 from jobhelpers import cli, run
 
 from rnnlib import publish, storage
+from rnnlib.datasets import sample_stocks_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -156,7 +157,7 @@ def test_reruns_log_nothing_twice_and_untracked_runs_never_import_mlflow(store, 
     assert r.data.tags["release.registered"] == "new"
 
 
-def test_promote_with_mlflow_uri_logs_the_move(store, trained):
+def test_promote_and_gate_with_mlflow_uri_log_the_move_and_the_decision(store, trained):
     uri, client = store
     d, registry, _, _ = trained
     code, out = cli("models", "register", "fc", d / "model", "--registry", registry)
@@ -172,6 +173,17 @@ def test_promote_with_mlflow_uri_logs_the_move(store, trained):
         ("fc", "champion", "2", json.dumps(move["previous"]), "test move")
     assert r.data.metrics == {"figures.rmae": 0.91} and r.data.tags["train_run"] == d.name
     assert json.loads(artifact(client, r.info.run_id, "move.json")) == move
+    # version 1 gated against the champion (now version 2, the same weights), nothing moved
+    code, out = cli("models", "gate", "fc", "1", "--registry", registry, "--histories", sample_stocks_dir(),
+                    "--days", "20", "--dry-run", "--mlflow-uri", uri)
+    assert code in (0, 1), out
+    (g,) = runs_of(client, "gate")
+    record = json.loads(max((registry / "fc" / "1" / "gates").iterdir()).read_text())
+    assert (record["champion"], record["settings"]["days"]) == (2, 20)
+    assert (g.data.params["version"], g.data.params["champion"], g.data.params["settings.days"]) == ("1", "2", "20")
+    assert g.data.tags["gate.decision"] == ("passed" if code == 0 else "refused") and g.info.status == "FINISHED"
+    for side in ("candidate", "champion", "persistence"):
+        assert g.data.metrics[f"gate.{side}.rmae"] == record["figures"][side]["rmae"]
 
 
 def test_tune_parent_run_and_a_child_run_per_trial(store, shared_ray, tmp_path):
