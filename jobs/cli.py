@@ -12,6 +12,7 @@ import textwrap
 
 from jobs.submit import COMMANDS as SUBMITTABLE
 from jobs.submit import UNREACHABLE, Unreachable
+from rnnlib.config import MLFLOW_CREDENTIALS
 from rnnlib.errors import UserError
 from rnnlib.storage import AWS_CHAIN, redact, refuse_credentials
 
@@ -162,6 +163,7 @@ def _models_parser(sub) -> None:
     p.add_argument("--figure", action="append", metavar="KEY=VALUE",
                    help="a number that justified the move, recorded with it; repeatable")
     p.add_argument("--figures-json", dest="figures_json", metavar="FILE", help="the figures as a JSON object")
+    _mlflow_flags(p, "the move")
 
     g = action("gate", "backtest a version against the champion and persistence; promote it if not worse",
                "Backtest VERSION, NAME@ALIAS (if set) and persistence on the same points: every origin in the "
@@ -179,6 +181,15 @@ def _models_parser(sub) -> None:
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_positive if f.type == "int" else float,
                        default=f.default, help=f"{f.metadata['help'].replace('%', '%%')} (default: %(default)s)")
     g.add_argument("--dry-run", dest="promote", action="store_false", help="decide and record, but move nothing")
+    _mlflow_flags(g, "the decision and its figures")
+
+
+def _mlflow_flags(a: argparse.ArgumentParser, what: str) -> None:
+    a.add_argument("--mlflow-uri", dest="mlflow_uri", metavar="URI",
+                   help=f"also log {what} as a run to this MLflow tracking store (e.g. sqlite:///path/mlflow.db or "
+                        f"http://HOST:5000; needs the mlflow extra: pip install 'rnnjobs[mlflow]')")
+    a.add_argument("--mlflow-experiment", dest="mlflow_experiment", metavar="NAME",
+                   help="the MLflow experiment (default: rnnjobs, as tracking.experiment of the jobs)")
 
 
 def _scorecard(args) -> int:
@@ -401,8 +412,9 @@ def refuse_credential_flags(args: argparse.Namespace) -> None:
         if name == "overrides":
             continue
         key = name if name in POSITIONAL else "--" + name.replace("_", "-")
+        fix = {"address": RAY_AUTH, "mlflow_uri": MLFLOW_CREDENTIALS}.get(name, AWS_CHAIN)
         for v in value if isinstance(value, list) else [value]:
-            refuse_credentials(v, key, RAY_AUTH if name == "address" else AWS_CHAIN)
+            refuse_credentials(v, key, fix)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from jobs import tracking
 from rnnlib import storage
 from rnnlib.errors import UserError
 from rnnlib.registry import ANY, DEFAULT_ALIAS, Registry, key_metrics, parse_ref, registry_uri
@@ -118,9 +119,12 @@ def _history(moves: list[dict]) -> str:
 
 def promote(args) -> int:
     reg = open_registry(args)
+    tracker = tracking.connect_flags(args)  # before anything moves
     expect = getattr(args, "expect", ANY)  # the flag absent: move the alias wherever it points now
     move, moved = reg.promote(args.name, args.version, args.alias, expect=expect, reason=args.reason,
                               figures=_figures(args))
+    if moved:
+        tracking.log_promotion(tracker, move, reg.version(args.name, args.version))
     if not moved:
         print(f"{args.name}@{args.alias} already points at version {args.version} (since {move.get('when')}); "
               "nothing to do")
@@ -138,9 +142,11 @@ def gate(args) -> int:
 
     settings = GateConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GateConfig)})
     reg = open_registry(args)
+    tracker = tracking.connect_flags(args)  # before the backtests
     res = gate(reg, args.name, args.version, args.histories, settings, alias=args.alias, promote=args.promote,
                endpoint_url=args.endpoint_url)
     print(gate_report(args.name, args.alias, res))
+    tracking.log_gate(tracker, args.name, args.alias, args.histories, res)
     return 0 if res.decision.promote else 1
 
 
@@ -169,10 +175,11 @@ def gate_report(name: str, alias: str, res) -> str:
     return "\n".join(lines)
 
 
-def release(cfg, model_uri: str, run: str, data: dict) -> None:
+def release(cfg, model_uri: str, run: str, data: dict) -> dict:
     """Train's last step with ``release.model`` set: register the exported model (once: a rerun
     finds the version holding the same weights), gate it against ``<model>@<alias>`` and
-    persistence on the histories (once per version), print the decision."""
+    persistence on the histories (once per version), print the decision. Returns what happened:
+    model, alias, version, registered (now), gate (the ``GateResult``; None if gated before)."""
     from rnnlib.datasets import sample_stocks_dir
     from rnnlib.gate import gate
 
@@ -180,8 +187,9 @@ def release(cfg, model_uri: str, run: str, data: dict) -> None:
     reg = Registry(registry_uri(r.registry, "release.registry"), cfg.endpoint_url)
     meta = json.loads(storage.read_bytes(storage.join(model_uri, "bundle.json"), cfg.endpoint_url))
     version = reg.find(r.model, meta["weights_sha256"])
+    done = {"model": r.model, "alias": r.alias, "version": version, "registered": version is None, "gate": None}
     if version is None:
-        version = reg.register(r.model, model_uri, data={**data, "run": run})["version"]
+        done["version"] = version = reg.register(r.model, model_uri, data={**data, "run": run})["version"]
         print(f"registered {r.model} version {version} (models://{r.model}/{version})")
     else:
         print(f"already registered: {r.model} version {version} holds these weights")
@@ -190,10 +198,11 @@ def release(cfg, model_uri: str, run: str, data: dict) -> None:
         last = earlier[-1]
         print(f"already gated: {r.model} version {version} was {'promoted' if last['promote'] else 'refused'} "
               f"against {_against(last)}; `rnnjobs models gate` gates it again")
-        return
+        return done
     histories = r.histories or cfg.data.path or str(sample_stocks_dir())
-    res = gate(reg, r.model, version, histories, r.gate, alias=r.alias, endpoint_url=cfg.endpoint_url)
+    done["gate"] = res = gate(reg, r.model, version, histories, r.gate, alias=r.alias, endpoint_url=cfg.endpoint_url)
     print(gate_report(r.model, r.alias, res))
+    return done
 
 
 ACTIONS = {"register": register, "list": list_models, "show": show, "promote": promote, "gate": gate}

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs import tracking
 from rnnlib import publish, storage
 from rnnlib.checkpoint import open_bundle, versions
 from rnnlib.config import ScoreConfig, apply_overrides, read_yaml, section_from_dict, to_dict
@@ -142,6 +143,7 @@ def run(config: str, overrides: list[str]) -> int:
     cfg = load_score_config(config, overrides)
     if not cfg.model:
         raise ConfigError(["model: required; point it at a forecast bundle (<storage>/<run>/model)"], config)
+    tracker = tracking.connect(cfg.tracking)  # None unless tracking.mlflow_uri is set
     bundle = open_bundle(cfg.model, task="forecast", endpoint_url=cfg.endpoint_url)  # fails before Ray
     # A models:// reference is resolved here, once: the actors load that version even if the alias
     # moves during the run.
@@ -159,6 +161,7 @@ def run(config: str, overrides: list[str]) -> int:
     if publish.is_published(run_uri, cfg.endpoint_url):
         print(f"already published: {run_uri} (nothing to do)")
         _point_if_unpointed(cfg, day, rid)
+        tracking.log_score(tracker, run_uri, cfg.endpoint_url, published=False)  # unless it was logged before
         return 0
 
     import ray
@@ -205,6 +208,7 @@ def run(config: str, overrides: list[str]) -> int:
     if not publish.commit(run_uri, attempt, manifest, cfg.endpoint_url):
         print(f"another attempt published {run_uri} first; this attempt's files were removed")
         _point_if_unpointed(cfg, day, rid)
+        tracking.log_score(tracker, run_uri, cfg.endpoint_url, published=False)
         return 0
     removed = publish.clean_unlisted(run_uri, cfg.endpoint_url)
     pointers = publish.point_latest(cfg.output, day, rid, cfg.endpoint_url)
@@ -216,6 +220,7 @@ def run(config: str, overrides: list[str]) -> int:
         for r in rejects[rejects.action == REJECT_SERIES].itertuples():
             print("  " + rejected_line(r.ticker, os.path.basename(str(r.file)), r.reason))
     print(f"latest: {', '.join(pointers)}\nverify: rnnjobs verify {run_uri}")
+    tracking.log_score(tracker, run_uri, cfg.endpoint_url, published=True)
     return 0
 
 

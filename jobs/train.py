@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from jobs import tracking
 from rnnlib import storage
 from rnnlib.checkpoint import load_bundle, save_bundle
 from rnnlib.config import JobConfig, job_from_dict, load_job, to_dict
@@ -31,17 +32,24 @@ from rnnlib.tasks import make_task
 
 # Keys that do not change what is trained, so they do not change the run name: a crashed run
 # can be resumed with more workers, another storage endpoint or more tolerated failures.
-_NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling", "release")
+_NOT_TRAINED = ("name", "storage", "endpoint_url", "scaling", "release", "tracking")
 _NOT_TRAINED_IN_TRAIN = ("max_failures", "keep_checkpoints")
 # Keys added after run names existed, with the value every earlier run had: at that value they
 # are left out of the name, so an earlier run still resumes and a finished one is still found.
 _ADDED_LATER = {"train": {"precision": "fp32"}, "data": {"delimiter": None, "date_format": None, "end": None}}
 
 
-def trained_part(config: dict) -> dict:
-    """The part of a config (as plain data) that determines the trained model."""
+def trained_config(config: dict) -> dict:
+    """The keys of a config (as plain data) that determine the trained model, with their values."""
     d = {k: v for k, v in config.items() if k not in _NOT_TRAINED}
     d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in _NOT_TRAINED_IN_TRAIN}
+    return d
+
+
+def trained_part(config: dict) -> dict:
+    """What a run's name covers of a config: ``trained_config`` less the keys added later at the
+    value every earlier run had."""
+    d = trained_config(config)
     for section, added in _ADDED_LATER.items():
         if isinstance(d.get(section), dict):
             d[section] = {k: v for k, v in d[section].items() if k not in added or v != added[k]}
@@ -153,6 +161,7 @@ def train(cfg: JobConfig) -> tuple[int, str]:
         from rnnlib.registry import registry_uri
 
         registry_uri(cfg.release.registry, "release.registry")
+    tracker = tracking.connect(cfg.tracking)  # None unless tracking.mlflow_uri is set
     task = make_task(cfg)  # data errors surface here, before Ray starts
     data = task.fingerprint()
     name = run_name(cfg, data)
@@ -162,10 +171,13 @@ def train(cfg: JobConfig) -> tuple[int, str]:
     print(f"run {name}: {cfg.task}, {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
           f"{cfg.scaling.workers} worker(s){' on GPU' if cfg.scaling.gpu else ''}, storage {out_uri}\n"
           f"data: {_describe(data)}")
-    if _finished(out_uri, cfg, data) is not None:
+    finished = _finished(out_uri, cfg, data)
+    tracked = tracking.train_run(tracker, cfg, name, trained_config(to_dict(cfg)), data, work=finished is None)
+    if finished is not None:
         print(f"already finished: {storage.join(out_uri, 'model')} (same config and data; delete {out_uri} "
               "to train again)")
-        _release(cfg, out_uri, name, data)
+        tracking.log_train(tracked, out_uri, cfg.endpoint_url)  # unless its MLflow run was logged before
+        _release(cfg, out_uri, name, data, tracked)
         return 0, out_uri
 
     import ray.train
@@ -181,6 +193,7 @@ def train(cfg: JobConfig) -> tuple[int, str]:
         print(f"training failed after {cfg.train.max_failures} allowed worker failure(s): "
               f"{cause[0] if cause else e}\n(raise train.max_failures to tolerate more; the run resumes "
               f"from its last checkpoint when you run the same command again)")
+        tracking.failed(tracked)
         return 1, out_uri
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     if best is None:
@@ -191,15 +204,16 @@ def train(cfg: JobConfig) -> tuple[int, str]:
                            resumed_from_epoch=max(final_state.resumed_at, default=0),
                            resumed_at=final_state.resumed_at, data=data)
     _print_summary(cfg, metrics, out_uri)
-    _release(cfg, out_uri, name, data)
+    tracking.log_train(tracked, out_uri, cfg.endpoint_url)
+    _release(cfg, out_uri, name, data, tracked)
     return 0, out_uri
 
 
-def _release(cfg: JobConfig, out_uri: str, name: str, data: dict) -> None:
+def _release(cfg: JobConfig, out_uri: str, name: str, data: dict, tracked: tracking.Run | None) -> None:
     if cfg.release.model:
         from jobs.models import release
 
-        release(cfg, storage.join(out_uri, "model"), name, data)
+        tracking.log_release(tracked, release(cfg, storage.join(out_uri, "model"), name, data))
 
 
 def _describe(data: dict) -> str:

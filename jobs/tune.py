@@ -24,6 +24,7 @@ import os
 import pandas as pd
 import yaml
 
+from jobs import tracking
 from jobs.train import export_model, train_loop, trained_part
 from rnnlib import storage
 from rnnlib.config import JobConfig, to_dict
@@ -131,7 +132,7 @@ def _trial_dir(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _tuner(search: Search, name: str, base: JobConfig):
+def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -149,6 +150,8 @@ def _tuner(search: Search, name: str, base: JobConfig):
     exp_path = f"{root.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         print(f"resuming {exp_uri}: finished trials are kept, the others continue from their checkpoints")
+        # the RunConfig, its callbacks included (MLflow's, with the search's run as parent), comes back
+        # from the experiment's tuner.pkl: the search goes on as it started
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     if s.searcher == "optuna":
         try:
@@ -169,7 +172,7 @@ def _tuner(search: Search, name: str, base: JobConfig):
                                     max_concurrent_trials=s.max_concurrent_trials or None,
                                     search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir),
         run_config=tune.RunConfig(
-            name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[_progress(search)],
+            name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[_progress(search), *callbacks],
             failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
             # the best epoch's checkpoint (the one exported) and the latest (for resuming)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
@@ -240,6 +243,7 @@ def search_job(search: Search) -> tuple[int, str]:
     base = search.base_job
     s = search.settings
     check_precision(base.train.precision, s.gpus_per_trial > 0 if s.trial == "process" else base.scaling.gpu)
+    tracker = tracking.connect(base.tracking)  # None unless tracking.mlflow_uri is set
     data = make_task(base).fingerprint()  # data errors surface here, before Ray starts
     name = experiment_name(search, data)
     exp_uri = storage.join(base.storage, name)
@@ -249,9 +253,12 @@ def search_job(search: Search) -> tuple[int, str]:
     for d in search.dims:
         print(f"  {d.describe()}")
     results_uri = storage.join(exp_uri, RESULTS)
-    if storage.exists(results_uri, base.endpoint_url):
+    finished = storage.exists(results_uri, base.endpoint_url)
+    tracked = tracking.search_run(tracker, search, name, data, work=not finished)
+    if finished:
         df = pd.read_parquet(io.BytesIO(storage.read_bytes(results_uri, base.endpoint_url)))
         print(f"already finished (delete {exp_uri} to search again):\n{top_trials_table(df, search.settings.top)}")
+        tracking.log_search(tracked, exp_uri, base.endpoint_url)  # unless its MLflow run was logged before
         return 0, exp_uri
 
     from jobs.ray_setup import init_ray
@@ -261,12 +268,13 @@ def search_job(search: Search) -> tuple[int, str]:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its banner and tables; Progress prints a line per trial
     init_ray()
-    tuner = _tuner(search, name, base)
+    tuner = _tuner(search, name, base, tracking.tune_callbacks(tracked, name))
     result_grid = tuner.fit()
     df = _rows(result_grid, search)
     ok = df[df["status"] == "done"]
     if ok.empty:
         print(f"every trial failed; the first error:\n{df['error'].iloc[0]}")
+        tracking.failed(tracked)
         return 1, exp_uri
     best_row = ok.iloc[0].to_dict()
     params = {d.key: best_row[d.key] for d in search.dims}
@@ -287,6 +295,7 @@ def search_job(search: Search) -> tuple[int, str]:
                         search_png(df, x, color, name, ylabel, lines=len(search.dims) <= 2),
                         base.endpoint_url)
     _write_df(df, storage.join(exp_uri, "results"), base.endpoint_url)
+    tracking.log_search(tracked, exp_uri, base.endpoint_url)
     epochs = int(df["epochs"].sum())
     print(f"\n{len(df)} trials, {len(df) - len(ok)} failed, {(df['stopped'] == 'asha').sum()} stopped early by "
           f"ASHA; {epochs} trial-epochs of {len(df) * search.max_t} without early stopping")

@@ -21,16 +21,18 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
-from .storage import credentials_problem
+from .storage import AWS_CHAIN, credentials_problem
 
 
 def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-        lo_open: bool = False, factory: bool = False, check: Callable[[str], str | None] | None = None) -> Any:
+        lo_open: bool = False, factory: bool = False, check: Callable[[str], str | None] | None = None,
+        credentials: str = AWS_CHAIN) -> Any:
     """A config field with its help text and numeric limits (``lo < x`` when ``lo_open``).
 
     ``check(value)`` vets a string value: it returns why the value is wrong, as a phrase that
-    follows the value ("is not a date; use YYYY-MM-DD"), or None."""
-    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "check": check}
+    follows the value ("is not a date; use YYYY-MM-DD"), or None. ``credentials``: where the
+    credentials of a URI-valued key come from instead, for the message refusing a URI with them."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "check": check, "credentials": credentials}
     if factory:
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -189,6 +191,24 @@ class ReleaseConfig:
     gate: GateConfig = opt(GateConfig, "the gate's settings", factory=True)
 
 
+def _not_empty(value: str) -> str | None:
+    return "is empty; leave the key out (null) or give a value" if not value.strip() else None
+
+
+MLFLOW_CREDENTIALS = ("MLflow takes them from MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+                      "MLFLOW_TRACKING_TOKEN in the environment")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking with MLflow (the ``rnnjobs[mlflow]`` extra): off unless ``mlflow_uri`` is set."""
+
+    mlflow_uri: str | None = opt(None, "MLflow tracking URI: sqlite:///path/mlflow.db (a local store; artifacts "
+                                 "in mlartifacts/ beside it), http(s)://HOST:PORT (a tracking server) or "
+                                 "databricks; null = no tracking", check=_not_empty, credentials=MLFLOW_CREDENTIALS)
+    experiment: str | None = opt(None, "MLflow experiment the runs are logged to; null = rnnjobs", check=_not_empty)
+
+
 @dataclass(frozen=True)
 class JobConfig:
     task: Literal["forecast", "text"] = opt("forecast", "what the model does")
@@ -201,6 +221,7 @@ class JobConfig:
     train: TrainConfig = opt(TrainConfig, "training section", factory=True)
     scaling: ScalingConfig = opt(ScalingConfig, "Ray Train scaling section", factory=True)
     release: ReleaseConfig = opt(ReleaseConfig, "register, gate and promote the trained model", factory=True)
+    tracking: TrackingConfig = opt(TrackingConfig, "log the run to MLflow", factory=True)
 
 
 DATA_CONFIGS = {"forecast": ForecastDataConfig, "text": TextDataConfig}
@@ -355,7 +376,8 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[str], hints: 
             typed = False
             continue
         _check_range(f, value, key, problems)
-        if problem := credentials_problem(key, value):  # any URI-valued key, in every config
+        # any URI-valued key, in every config
+        if problem := credentials_problem(key, value, f.metadata.get("credentials", AWS_CHAIN)):
             problems.append(problem)
             continue
         check = f.metadata.get("check")
@@ -438,6 +460,7 @@ class ScoreConfig:
     cpus_per_actor: float = opt(1.0, "CPUs per scoring actor", lo=0.0, lo_open=True)
     gpu: bool = opt(False, "one GPU per scoring actor")
     endpoint_url: str | None = opt(None, "S3-compatible endpoint; null = AWS_ENDPOINT_URL_S3 or AWS")
+    tracking: TrackingConfig = opt(TrackingConfig, "log each published run to MLflow", factory=True)
 
 
 def section_from_dict(cls: type, raw: Any, source: str = "config") -> Any:

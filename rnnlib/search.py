@@ -144,8 +144,8 @@ def _numeric(tp: Any) -> type | None:
 
 def _parse_dim(task: str, key: str, spec: Any, problems: list[str]) -> Dim | None:
     where = f"search.{key}"
-    if key in NOT_SEARCHABLE or key.split(".")[0] == "scaling":
-        problems.append(f"{where}: not searchable (it names, places or scales the run); set it outside search")
+    if key in NOT_SEARCHABLE or key.split(".")[0] in ("scaling", "tracking"):
+        problems.append(f"{where}: not searchable (it names, places, scales or tracks the run); set it outside search")
         return None
     tp, why = _field_type(task, key)
     if tp is None:
