@@ -86,12 +86,19 @@ def test_text_two_workers_val_loss_down_and_bundle_generates(tmp_path, shared_ra
 def test_worker_crash(tmp_path, max_failures):
     marker = tmp_path / "crashed"
     r = run("train", *FORECAST, "train.epochs=3", f"train.max_failures={max_failures}",
-            f"storage={tmp_path / 'runs'}", env=faults(RNNJOBS_FAULT_EPOCH="1", RNNJOBS_FAULT_MARKER=str(marker)))
+            f"storage={tmp_path / 'runs'}", env=faults(RNNJOBS_FAULT_EPOCH="2", RNNJOBS_FAULT_MARKER=str(marker)))
     assert marker.exists(), "the fault hook did not fire"
     if max_failures:
         assert r.returncode == 0, r.stderr[-3000:]
         m = json.loads((run_dir(tmp_path / "runs") / "metrics.json").read_text())
         assert [h["epoch"] for h in m["history"]] == [0, 1, 2]  # right epoch count, none doubled
+        # and resumed from a checkpoint (a restart from scratch also ends with epochs [0, 1, 2], with
+        # nothing resumed). The worker dies as epoch 2 starts, right after epoch 1's report: Ray
+        # Train registers a report when its controller next polls the workers, so that last one is
+        # lost with the worker and the run resumes from epoch 0's checkpoint (at 1); had the
+        # controller polled first, from epoch 1's (at 2). Measured here: at 1; and a crash as epoch 1
+        # starts restarted from scratch in three runs of three (epoch 0's report lost).
+        assert m["resumed_at"] in ([1], [2]) and m["resumed_from_epoch"] == m["resumed_at"][0]
     else:
         assert r.returncode == 1
         assert "training failed after 0 allowed worker failure(s)" in r.stdout
