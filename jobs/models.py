@@ -77,7 +77,7 @@ def _list_versions(reg: Registry, name: str) -> int:
     for alias, move in reg.aliases(name, listing).items():
         pointing.setdefault(move["version"], []).append(alias)
     rows = []
-    for v in reg.versions(name):
+    for v in reg.versions(name, listing):
         if v.get("incomplete"):
             rows.append([v["version"], v.get("claimed") or "-", "-", "-", "incomplete (no version.json): skipped",
                          ", ".join(pointing.get(v["version"], [])) or "-"])
@@ -123,12 +123,12 @@ def promote(args) -> int:
     expect = getattr(args, "expect", ANY)  # the flag absent: move the alias wherever it points now
     move, moved = reg.promote(args.name, args.version, args.alias, expect=expect, reason=args.reason,
                               figures=_figures(args))
-    if moved:
-        tracking.log_promotion(tracker, move, reg.version(args.name, args.version))
     if not moved:
         print(f"{args.name}@{args.alias} already points at version {args.version} (since {move.get('when')}); "
               "nothing to do")
         return 0
+    if tracker is not None:
+        tracking.log_promotion(tracker, move, reg.version(args.name, args.version))
     was = "was not set" if move["previous"] is None else f"was version {move['previous']}"
     print(f"{args.name}@{args.alias} -> version {move['version']} ({was}; move {move['seq']})\n"
           f"  models://{args.name}@{args.alias} now resolves to "

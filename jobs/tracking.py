@@ -389,17 +389,17 @@ def log_score(tracker: Tracker | None, run_uri: str, endpoint_url: str | None, *
         return
     values = numbers(manifest["counts"], "counts.")
     if manifest["mode"] == "backtest":
-        values.update(backtest_means(run_uri, endpoint_url))
+        values.update(backtest_means(run_uri, endpoint_url, manifest))
     _log_metrics(run, values)
     run.tracker.client.log_dict(run.run_id, manifest, "manifest.json")
     _finish(run)
 
 
-def backtest_means(run_uri: str, endpoint_url: str | None) -> dict[str, float]:
+def backtest_means(run_uri: str, endpoint_url: str | None, manifest: dict) -> dict[str, float]:
     """The mean over tickers of a backtest's per-ticker rmae, coverage and pinball (those it has)."""
     from rnnlib import publish
 
-    per_ticker = publish.read_kind(run_uri, "metrics", endpoint_url)
+    per_ticker = publish.read_kind(run_uri, "metrics", endpoint_url, manifest=manifest)
     return {f"backtest.{k}": float(per_ticker[k].mean()) for k in ("rmae", "coverage", "pinball")
             if k in per_ticker and per_ticker[k].notna().any()}
 

@@ -70,17 +70,18 @@ def point_latest(output: str, as_of: str, run_id: str, endpoint_url: str | None 
     if not is_published(run, endpoint_url):
         raise UserError(f"{run}: not published; a pointer may only name a published run")
     created = read_manifest(run, endpoint_url)[1].get("created")
-    day = storage.join(output, f"as_of={as_of}")
-    storage.write_bytes(storage.join(day, LATEST),
-                        json.dumps({"run": f"run={run_id}", "as_of": as_of, "published": created}).encode(),
-                        endpoint_url)
-    written = [storage.join(day, LATEST)]
+
+    def point(folder: str, run_path: str) -> str:
+        uri = storage.join(folder, LATEST)
+        storage.write_bytes(uri, json.dumps({"run": run_path, "as_of": as_of, "published": created}).encode(),
+                            endpoint_url)
+        return uri
+
+    written = [point(storage.join(output, f"as_of={as_of}"), f"run={run_id}")]
     top = storage.join(output, LATEST)
     current = _pointer(top, endpoint_url) if storage.exists(top, endpoint_url) else None
     if current is None or str(current.get("as_of", "")) <= as_of:
-        storage.write_bytes(top, json.dumps({"run": f"as_of={as_of}/run={run_id}", "as_of": as_of,
-                                             "published": created}).encode(), endpoint_url)
-        written.append(top)
+        written.append(point(output, f"as_of={as_of}/run={run_id}"))
     return written
 
 
@@ -110,20 +111,22 @@ def resolve(uri: str, endpoint_url: str | None = None) -> str:
 
 
 def dated_runs(output: str, endpoint_url: str | None = None) -> dict[str, str]:
-    """``{as_of: run folder}`` of every date under ``output`` that has a LATEST pointer."""
-    found = storage.list_files(output, recursive=True, endpoint_url=endpoint_url)
-    base = len(str(output).rstrip("/")) + 1
+    """``{as_of: run folder}`` of every date under ``output`` that has a LATEST pointer: one listing
+    of the date folders and one read per pointer (not a listing of every run's parts)."""
     out = {}
-    for uri, _, _ in found:
-        parts = uri[base:].split("/")
-        if len(parts) == 2 and parts[0].startswith("as_of=") and parts[1] == LATEST:
-            out[parts[0][len("as_of="):]] = resolve(uri, endpoint_url)
-    return dict(sorted(out.items()))
+    for folder in storage.list_folders(output, endpoint_url):
+        pointer = storage.join(output, folder, LATEST)
+        if folder.startswith("as_of=") and storage.kind(pointer, endpoint_url) == "file":
+            out[folder[len("as_of="):]] = storage.join(output, folder, _pointer(pointer, endpoint_url)["run"])
+    return out
 
 
-def read_kind(run_uri: str, kind: str = "forecasts", endpoint_url: str | None = None) -> pd.DataFrame:
-    """Every part of one kind that a published run's manifest lists, as one frame."""
-    _, manifest = read_manifest(run_uri, endpoint_url)
+def read_kind(run_uri: str, kind: str = "forecasts", endpoint_url: str | None = None,
+              manifest: dict | None = None) -> pd.DataFrame:
+    """Every part of one kind that a published run's manifest lists, as one frame (``manifest``:
+    the run's, if the caller has read it already)."""
+    if manifest is None:
+        _, manifest = read_manifest(run_uri, endpoint_url)
     parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(run_uri, f["path"]), endpoint_url)))
              for f in manifest["files"] if f["kind"] == kind]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

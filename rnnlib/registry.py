@@ -288,10 +288,10 @@ class Registry:
                    else "it holds no models (is the registry URI right?)")
                 + f" (register one with `rnnjobs models register {name} BUNDLE`)")
 
-    def versions(self, name: str) -> list[dict]:
+    def versions(self, name: str, listing: Listing | None = None) -> list[dict]:
         """Every version number taken, ascending: version.json for a complete version; for an
         incomplete one ``{"version": n, "incomplete": True, "claimed": when}``."""
-        listing = self.scan(name)
+        listing = listing or self.scan(name)
         out = []
         for n in sorted(listing.taken):
             if n in listing.complete:
@@ -455,7 +455,7 @@ class Registry:
         listing = self.require(name)
         self.version(name, version, listing)  # exists and is complete
         seqs = listing.aliases.get(alias, [])
-        current = self._json(self._move_uri(name, alias, seqs[-1])) if seqs else None
+        current = self.alias_target(name, alias, listing)
         previous = current.get("version") if current else None
         if expect is not ANY and expect != previous:
             raise PromoteConflict(

@@ -269,7 +269,7 @@ def build(output: str, histories: str, endpoint_url: str | None = None) -> Score
     frames = []
     for as_of, m in manifests.items():
         run = runs[as_of]
-        forecasts = publish.read_kind(run, "forecasts", endpoint_url)
+        forecasts = publish.read_kind(run, "forecasts", endpoint_url, manifest=m)
         lacking = [c for c in NEEDED if c not in forecasts.columns]
         if len(forecasts) and lacking:
             card.skipped.append((as_of, run, f"its forecasts lack column(s) {', '.join(lacking)}"))

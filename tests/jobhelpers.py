@@ -101,17 +101,18 @@ def free_port() -> int:
 
 
 def ray_node(log: Path, *, head: str | None = None, num_cpus: int = 1, env: dict | None = None,
-             extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+             dashboard_port: int | None = None, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """``ray start --block`` on 127.0.0.1 in its own session, every port free (another Ray on the
-    machine holds the defaults): a head (``head=None``) or a worker node joining the head at GCS
-    address ``head``. Returns (process, the cluster's GCS address). Kill the group to lose the node."""
+    machine holds the defaults): a head (``head=None``; its dashboard on ``dashboard_port`` or a free
+    one) or a worker node joining the head at GCS address ``head``. Returns (process, the cluster's
+    GCS address). Kill the group to lose the node."""
     ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                      "metrics-export-port", "runtime-env-agent-port",
                                                      "node-manager-port", "object-manager-port")]
     if head is None:
         gcs = f"127.0.0.1:{free_port()}"
         role = ["--head", f"--port={gcs.split(':')[1]}", f"--ray-client-server-port={free_port()}",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port or free_port()}"]
     else:
         gcs, role = head, [f"--address={head}"]
     full = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -4,26 +4,17 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from jobhelpers import run, wait_for
+from jobhelpers import free_port, ray_node, run, wait_for
 
 from jobs.score import exchange_today
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # this head's own token
@@ -32,19 +23,9 @@ TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # t
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A Ray head with token auth and its dashboard (the Job API) on 127.0.0.1 and free ports."""
-    gcs, dash = free_port(), free_port()
-    # every port the head opens, free: another Ray on this machine (a local job) holds the defaults
-    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                     "metrics-export-port", "runtime-env-agent-port",
-                                                     "node-manager-port", "object-manager-port",
-                                                     "ray-client-server-port")]
-    env = {**os.environ, **TOKEN, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # python = venv
-    env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")  # noqa: SIM115
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             "--num-cpus=2", "--disable-usage-stats", *ports],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    dash = free_port()
+    head, _ = ray_node(tmp_path_factory.mktemp("head") / "head.log", num_cpus=2, env=TOKEN, dashboard_port=dash,
+                       extra=("--include-dashboard=true",))
     address = f"http://127.0.0.1:{dash}"
 
     def up():  # Ray reads RAY_AUTH_MODE once, at import: ask the Job API over plain HTTP instead
@@ -65,7 +46,6 @@ def ray_head(tmp_path_factory):
             head.wait(5)  # it drains for up to 30 s; a test head has nothing worth draining
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-        log.close()
 
 
 def submit(address, *args, timeout=300, env=None):
