@@ -28,12 +28,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from common import write  # noqa: E402
 
-from rnnlib.checkpoint import load_bundle  # noqa: E402
+from rnnlib.bundle import load_bundle  # noqa: E402
 from rnnlib.config import load_job, to_dict  # noqa: E402
 from rnnlib.fit import fit  # noqa: E402
-from rnnlib.report import table  # noqa: E402
 from rnnlib.scoring import band_names, score_histories  # noqa: E402
 from rnnlib.stocks import load_histories  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 
 TEST_DAYS, VAL_DAYS = 250, 250
 

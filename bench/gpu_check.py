@@ -38,11 +38,11 @@ import torch  # noqa: E402
 from common import machine, write  # noqa: E402
 
 from rnnlib import publish, storage  # noqa: E402
-from rnnlib.checkpoint import load_bundle  # noqa: E402
+from rnnlib.bundle import load_bundle  # noqa: E402
 from rnnlib.config import job_from_dict  # noqa: E402
 from rnnlib.datasets import sample_stocks_dir  # noqa: E402
 from rnnlib.device import place  # noqa: E402
-from rnnlib.report import table  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 
 SERIES = 5050
 FORECAST = {"task": "forecast", "model": {"cell": "lstm", "hidden": 64, "layers": 2},

@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from common import machine, write  # noqa: E402
 
 from rnnlib.datasets import sample_stocks_dir  # noqa: E402
-from rnnlib.report import table  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 
 SP500 = ROOT.parent / "shared" / "data" / "stocks" / "sp500_5yr"
 

@@ -44,13 +44,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from layouts import write_layout  # noqa: E402
 
 from rnnlib import publish, storage  # noqa: E402
-from rnnlib.checkpoint import load_bundle  # noqa: E402
+from rnnlib.bundle import load_bundle  # noqa: E402
 from rnnlib.config import job_from_dict  # noqa: E402
 from rnnlib.datasets import sample_stocks_dir  # noqa: E402
 from rnnlib.features import Windows, series_windows  # noqa: E402
 from rnnlib.fit import fit  # noqa: E402
-from rnnlib.report import table  # noqa: E402
 from rnnlib.stocks import load_histories  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 
 SP500 = ROOT.parent / "shared" / "data" / "stocks" / "sp500_5yr"
 WINDOW, HORIZON, HIDDEN, LAYERS = 60, 5, 64, 2

@@ -24,8 +24,8 @@ from common import machine, write  # noqa: E402
 from rnnlib import loop  # noqa: E402
 from rnnlib.config import load_job  # noqa: E402
 from rnnlib.fit import make_optimizer  # noqa: E402
-from rnnlib.report import table  # noqa: E402
 from rnnlib.sampling import generate, sample_next  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 from rnnlib.tasks import TextTask  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "text-train.yaml"

@@ -35,7 +35,7 @@ from common import machine, write  # noqa: E402
 from rnnlib.config import job_from_dict, to_dict  # noqa: E402
 from rnnlib.fit import TrainState, make_optimizer, run_epoch  # noqa: E402
 from rnnlib.loop import seed_everything  # noqa: E402
-from rnnlib.report import table  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 from rnnlib.tasks import make_task  # noqa: E402
 
 CORES = os.cpu_count() or 2

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 from common import write  # noqa: E402
 
-from rnnlib.report import table  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 
 
 def search(storage: str, scheduler: str, a, extra: list[str]) -> dict:

@@ -25,7 +25,7 @@ from text_quality import train_for  # noqa: E402
 
 from rnnlib.config import load_job  # noqa: E402
 from rnnlib.fit import fit  # noqa: E402
-from rnnlib.report import table  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
 
 CONFIGS = ROOT / "jobs" / "configs"
 

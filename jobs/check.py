@@ -16,12 +16,5 @@ def run(config: str, overrides: list[str]) -> int:
 
         require_mlflow("tracking.mlflow_uri")
         print(f"tracking: MLflow {redact(cfg.tracking.mlflow_uri)}, experiment {cfg.tracking.experiment or 'rnnjobs'}")
-    if cfg.task == "forecast":
-        print(task.hist.summary())
-        d = task.data
-        print(f"windows: train {len(d.train)}, val {len(d.val)}, test {len(d.test)} "
-              f"(window {cfg.data.window}, horizon {cfg.data.horizon}, inputs {list(d.columns)})")
-    else:
-        print(f"text: {len(task.train_ids) + len(task.val_ids)} characters, vocabulary {len(task.vocab)}; "
-              f"train {len(task.train_ids)}, val {len(task.val_ids)}")
+    print(task.summary())
     return 0

@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="report.md with plots for a search, a training run and/or a score run",
                         description="Write report.md and PNG plots: the search's trials by cell and window, loss "
                                     "curves, test metrics and a backtest against persistence, forecasts with "
-                                    "their 80%% band over the recent history.")
+                                    "their band (the outer quantiles) over the recent history.")
     rp.add_argument("runs", nargs="+", metavar="RUN",
                     help="<storage>/<name> of a tune or train run, or a score run: <output>/as_of=<date>/run=<id>, "
                          "or <output> (its LATEST run)")

@@ -22,9 +22,9 @@ import pandas as pd
 from rnnlib import publish
 from rnnlib.config import load_job
 from rnnlib.fit import fit
-from rnnlib.report import forecast_table, table
 from rnnlib.sampling import generate
 from rnnlib.search import load_search
+from rnnlib.tables import forecast_table, table
 
 CONFIGS = Path(__file__).parent / "configs"
 GRID = "search={model.cell: {grid: [rnn, lstm, gru]}, data.window: {grid: [20, 30]}}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from rnnlib import storage
-from rnnlib.checkpoint import open_bundle
+from rnnlib.bundle import open_bundle
 from rnnlib.config import GenerateConfig, apply_overrides, read_yaml, section_from_dict
 from rnnlib.datasets import tinyshakespeare_path
 from rnnlib.device import choose, place

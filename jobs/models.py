@@ -10,7 +10,7 @@ from jobs import tracking
 from rnnlib import storage
 from rnnlib.errors import UserError
 from rnnlib.registry import ANY, DEFAULT_ALIAS, Registry, key_metrics, parse_ref, registry_uri
-from rnnlib.report import table
+from rnnlib.tables import table
 
 
 def open_registry(args) -> Registry:

@@ -4,7 +4,7 @@ Each RUN is recognised by what it holds (local folder or s3:// prefix):
   a search   (<storage>/<tune name>, results.parquet): top trials; val loss by cell and window
   a training (<storage>/<run name>, metrics.json + model/): test metrics; loss curves; for a
              forecaster, a backtest over the last days of each series: model vs persistence per
-             ticker, and forecasts with their 80% band after the last day for a few tickers
+             ticker, and forecasts with their band after the last day for a few tickers
   a score run (<output>/run=<id>, _SUCCESS): counts; its forecasts with the band over the history
   a model    (models://NAME@ALIAS or models://NAME/VERSION, from the registry): the version, its
              recorded metrics, the alias's history; for a forecaster the backtest as for a training
@@ -19,17 +19,17 @@ from pathlib import Path
 import pandas as pd
 
 from rnnlib import publish, storage
-from rnnlib.checkpoint import open_bundle
+from rnnlib.bundle import open_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.errors import UserError
 from rnnlib.plots import forecast_bands_png, loss_curve_png, search_png, vs_persistence_png
-from rnnlib.report import forecast_table, table
-from rnnlib.scoring import band_names, score_histories
+from rnnlib.scoring import band_level, score_histories
 from rnnlib.search import plot_keys, searched_keys, top_trials_table
 from rnnlib.sources import Listing, list_source
 from rnnlib.stocks import load_histories, ticker_from_filename
-from rnnlib.tasks import load_stock_data
+from rnnlib.tables import table
+from rnnlib.tasks import load_stock_data, task_class
 
 BACKTEST_DAYS = 250
 
@@ -87,6 +87,11 @@ def _per_ticker(backtest: pd.DataFrame) -> pd.DataFrame:
             [["mae_model", "mae_persistence"]].mean())
 
 
+def _with_band(quantiles: list[float]) -> str:
+    level = band_level(quantiles)
+    return f", with the {level}% band" if level else ""
+
+
 def _history(hist, tickers) -> dict:
     return {t: hist.series[t][["date", "close"]] for t in tickers}
 
@@ -94,19 +99,15 @@ def _history(hist, tickers) -> dict:
 def train_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -> None:
     metrics = json.loads(storage.read_bytes(storage.join(uri, "metrics.json"), endpoint))
     cfg = job_from_dict(metrics["config"])
+    task = task_class(cfg.task)
     rep.text(f"## Training: `{uri}`\n\n{cfg.task}: {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
              f"{len(metrics['history'])} epochs, best at epoch {metrics['best_epoch'] + 1}.")
-    ylabel = "pinball loss (scaled)" if cfg.task == "forecast" else "nats per character"
-    rep.image("loss.png", loss_curve_png(metrics["history"], Path(uri).name, ylabel),
+    rep.image("loss.png", loss_curve_png(metrics["history"], Path(uri).name, task.loss_label),
               "train and validation loss by epoch")
-    if cfg.task != "forecast":
-        v = metrics["final"]["val"]
-        rep.text(f"Validation: {v['nats_per_char']:.4f} nats/char, {v['bits_per_char']:.4f} bits/char, "
-                 f"perplexity {v['perplexity']:.2f}.")
-        return
-    rep.text("Test split (the last part of each series, unseen in training):\n\n" + forecast_table(metrics["final"]))
-    bundle = open_bundle(storage.join(uri, "model"), task="forecast", endpoint_url=endpoint)
-    backtest_section(rep, bundle, cfg, endpoint, n_tickers)
+    rep.text("Final metrics (held out in training):\n\n" + task.metrics_text(metrics["final"]))
+    if task.backtests:
+        bundle = open_bundle(storage.join(uri, "model"), task=cfg.task, endpoint_url=endpoint)
+        backtest_section(rep, bundle, cfg, endpoint, n_tickers)
 
 
 def backtest_section(rep: Report, bundle, cfg, endpoint: str | None, n_tickers: int) -> None:
@@ -124,8 +125,9 @@ def backtest_section(rep: Report, bundle, cfg, endpoint: str | None, n_tickers: 
               "MAE of the model divided by MAE of the last close, per ticker, over the backtest")
     tickers = sorted(hist.series)[:n_tickers]
     fc = score_histories(bundle, hist, mode="forecast").forecasts
-    rep.image("forecasts.png", forecast_bands_png(_history(hist, tickers), fc, band_names(list(cfg.data.quantiles))),
-              f"the next {cfg.data.horizon} trading days after the last row, with the 80% band, for "
+    quantiles = list(cfg.data.quantiles)
+    rep.image("forecasts.png", forecast_bands_png(_history(hist, tickers), fc, quantiles),
+              f"the next {cfg.data.horizon} trading days after the last row{_with_band(quantiles)}, for "
               f"{', '.join(tickers)}")
 
 
@@ -141,12 +143,11 @@ def model_section(rep: Report, ref: str, endpoint: str | None, n_tickers: int) -
              f"from `{info['source']}`: {bundle.task}, {args.get('cell')} {args.get('layers')}x{args.get('hidden')}, "
              f"weights sha256 `{info['weights_sha256'][:12]}`" + (f", run `{info['run']}`" if info.get("run") else "")
              + ".")
-    if isinstance(m.get("model"), dict) and isinstance(m.get("persistence"), dict):
-        rep.text("Test metrics recorded at registration:\n\n" + forecast_table(m))
-    elif isinstance(m.get("val"), dict) and "bits_per_char" in m["val"]:
-        v = m["val"]
-        rep.text(f"Validation: {v['nats_per_char']:.4f} nats/char, {v['bits_per_char']:.4f} bits/char, "
-                 f"perplexity {v['perplexity']:.2f}.")
+    task = task_class(bundle.task)
+    try:
+        rep.text("Metrics recorded at registration:\n\n" + task.metrics_text(m))
+    except (KeyError, TypeError, ValueError):  # registered by hand, without a run's final metrics
+        rep.text("No metrics were recorded at registration.")
     alias = parse_ref(ref).alias
     if alias:
         moves = Registry(registry_uri(), endpoint).alias_history(info["name"], alias)
@@ -154,7 +155,7 @@ def model_section(rep: Report, ref: str, endpoint: str | None, n_tickers: int) -
                  mv.get("reason") or "-", json.dumps(mv.get("figures") or {})] for mv in moves]
         rep.text(f"History of `{info['name']}@{alias}`:\n\n" + table(rows, ["when", "version", "previous", "reason",
                                                                            "figures"]))
-    if bundle.task == "forecast":
+    if task.backtests:
         try:
             cfg = job_from_dict(bundle.meta.get("config") or {})
         except UserError as e:
@@ -181,8 +182,8 @@ def score_section(rep: Report, uri: str, endpoint: str | None, n_tickers: int) -
     hist = load_histories(listing, endpoint_url=endpoint)
     tickers = [t for t in tickers if t in hist.series]
     quantiles = m["model"].get("quantiles", [])
-    rep.image("score_forecasts.png", forecast_bands_png(_history(hist, tickers), fc, band_names(quantiles)),
-              f"published forecasts with the 80% band over the recent closes: {', '.join(tickers)}")
+    rep.image("score_forecasts.png", forecast_bands_png(_history(hist, tickers), fc, quantiles),
+              f"published forecasts{_with_band(quantiles)} over the recent closes: {', '.join(tickers)}")
 
 
 def run(runs: list[str], out: str | None, tickers: int, endpoint_url: str | None) -> int:

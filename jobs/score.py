@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from jobs import tracking
 from rnnlib import publish, storage
-from rnnlib.checkpoint import open_bundle, versions
+from rnnlib.bundle import open_bundle, versions
 from rnnlib.config import ScoreConfig, apply_overrides, read_yaml, section_from_dict, to_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.device import choose, place
@@ -247,7 +247,9 @@ def _scored_twice(summaries: pd.DataFrame) -> list[str]:
     return sorted(seen[seen.duplicated()].unique())
 
 
-def _manifest(cfg, rid, attempt, bundle, model_uri, source, listing, summaries, run_uri) -> dict:
+def _manifest(cfg, rid, attempt, bundle, model_uri, source, listing, summaries,
+              run_uri) -> tuple[dict, pd.DataFrame]:
+    """The run's manifest and its rejects table (written as a part first)."""
     files = [p for s in summaries["parts"] for p in json.loads(s)]
     rows = [r for s in summaries["rejects"] for r in json.loads(s)]
     rows += [dict(file=uri, rows=0, action=SKIP_FILE, reason=why) for uri, why in listing.skipped]

@@ -287,7 +287,7 @@ def submit(address: str | None, command: str, config: str, overrides: list[str],
 
 
 def jobs(address: str | None, action: str, job_id: str | None, follow_logs: bool = False) -> int:
-    from rnnlib.report import table
+    from rnnlib.tables import table
 
     c = client(address)
     if action == "list":

@@ -21,14 +21,14 @@ import torch
 
 from jobs import tracking
 from rnnlib import storage
-from rnnlib.checkpoint import load_bundle, save_bundle
+from rnnlib.bundle import load_bundle, save_bundle
 from rnnlib.config import JobConfig, job_from_dict, load_job, to_dict
 from rnnlib.device import Precision, check_precision, device_of, place
 from rnnlib.errors import UserError
 from rnnlib.fit import TrainState, make_optimizer, run_epoch, save_checkpoint
 from rnnlib.loop import seed_everything
 from rnnlib.plots import loss_curve_png
-from rnnlib.tasks import make_task
+from rnnlib.tasks import make_task, task_class
 
 # Keys that do not change what is trained, so they do not change the run name: a crashed run
 # can be resumed with more workers, another storage endpoint or more tolerated failures.
@@ -131,7 +131,6 @@ def build_trainer(cfg: JobConfig, name: str, callbacks: list | None = None, verb
     """The TorchTrainer for a config: scaling, storage, failures and checkpoints all from it."""
     import ray.train
     from ray.train.torch import TorchTrainer
-    from ray.train.v2.api.config import LoggingConfig
 
     fs, path = storage.filesystem(cfg.storage, cfg.endpoint_url)
     return TorchTrainer(
@@ -143,7 +142,7 @@ def build_trainer(cfg: JobConfig, name: str, callbacks: list | None = None, verb
         run_config=ray.train.RunConfig(
             name=name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            logging_config=LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min")),
@@ -166,11 +165,10 @@ def train(cfg: JobConfig) -> tuple[int, str]:
     data = task.fingerprint()
     name = run_name(cfg, data)
     out_uri = storage.join(cfg.storage, name)
-    if cfg.task == "forecast":
-        print(task.hist.summary())
+    print(task.summary())
     print(f"run {name}: {cfg.task}, {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
           f"{cfg.scaling.workers} worker(s){' on GPU' if cfg.scaling.gpu else ''}, storage {out_uri}\n"
-          f"data: {_describe(data)}")
+          f"data: {task.describe_data(data)}")
     finished = _finished(out_uri, cfg, data)
     tracked = tracking.train_run(tracker, cfg, name, trained_config(to_dict(cfg)), data, work=finished is None)
     if finished is not None:
@@ -216,13 +214,6 @@ def _release(cfg: JobConfig, out_uri: str, name: str, data: dict, tracked: track
         tracking.log_release(tracked, release(cfg, storage.join(out_uri, "model"), name, data))
 
 
-def _describe(data: dict) -> str:
-    if "series" in data:
-        return (f"{data['series']} series, {data['rows']} rows, {data['first']} to {data['last']}"
-                + (f" (data.end {data['end']})" if data.get("end") else "") + f", sha256 {data['sha256'][:12]}")
-    return f"{data['chars']} characters, sha256 {data['sha256'][:12]}"
-
-
 def export_model(cfg: JobConfig, task, checkpoint, history: list[dict], out_uri: str, name: str,
                  **extra) -> dict:
     """Write ``<out_uri>/model`` (the bundle in a Ray ``checkpoint``, with its final metrics),
@@ -238,8 +229,8 @@ def export_model(cfg: JobConfig, task, checkpoint, history: list[dict], out_uri:
         save_bundle(export, bundle.model, task=cfg.task, model_args=bundle.meta["model"]["args"],
                     metrics=metrics, config=to_dict(cfg), **task.bundle_kwargs())
         storage.upload_dir(export, storage.join(out_uri, "model"), cfg.endpoint_url)
-    ylabel = "pinball loss (scaled)" if cfg.task == "forecast" else "nats per character"
-    storage.write_bytes(storage.join(out_uri, "loss.png"), loss_curve_png(history, name, ylabel), cfg.endpoint_url)
+    storage.write_bytes(storage.join(out_uri, "loss.png"), loss_curve_png(history, name, task.loss_label),
+                        cfg.endpoint_url)
     storage.write_bytes(storage.join(out_uri, "metrics.json"),
                         json.dumps(metrics, indent=1, allow_nan=True).encode(), cfg.endpoint_url)
     return metrics
@@ -256,26 +247,19 @@ def _finished(out_uri: str, cfg: JobConfig, data: dict) -> dict | None:
         raise UserError(f"{out_uri} holds a finished run with a different config; choose another name= "
                         "or storage=")
     if metrics.get("data", {}).get("sha256") != data["sha256"]:
-        there = _describe(metrics["data"]) if "data" in metrics else "not recorded: an older run"
+        describe = task_class(cfg.task).describe_data
+        there = describe(metrics["data"]) if "data" in metrics else "not recorded: an older run"
         raise UserError(f"{out_uri} holds a finished run trained on other data (that run: {there}; now: "
-                        f"{_describe(data)}); choose another name=, or leave name unset so that new data "
+                        f"{describe(data)}); choose another name=, or leave name unset so that new data "
                         "makes a new run")
     return metrics
 
 
 def _print_summary(cfg: JobConfig, metrics: dict, out_uri: str) -> None:
-    from rnnlib.report import forecast_table
-
     h = metrics["history"]
     resumed = f" (resumed at epoch {', '.join(map(str, metrics['resumed_at']))})" if metrics["resumed_at"] else ""
     best = min(e["val_loss"] for e in h)
     print(f"trained {len(h)} epoch(s){resumed}; best val loss {best:.4f} at epoch {metrics['best_epoch'] + 1}")
-    final = metrics["final"]
-    if cfg.task == "forecast":
-        print(forecast_table(final))
-    else:
-        v = final["val"]
-        print(f"val: {v['nats_per_char']:.4f} nats/char, {v['bits_per_char']:.4f} bits/char, "
-              f"perplexity {v['perplexity']:.2f}")
+    print(task_class(cfg.task).metrics_text(metrics["final"]))
     print(f"model: {storage.join(out_uri, 'model')}\nmetrics: {storage.join(out_uri, 'metrics.json')}\n"
           f"loss curve: {storage.join(out_uri, 'loss.png')}")

@@ -285,14 +285,15 @@ def search_job(search: Search) -> tuple[int, str]:
     by_epoch = {int(h["epoch"]) - 1: h for h in r.metrics_dataframe.to_dict("records")}  # a replayed epoch: last
     history = [{"epoch": e, **{k: by_epoch[e][k] for k in ("train_loss", "val_loss", "seconds", "train_seconds")}}
                for e in sorted(by_epoch)]
-    metrics = export_model(best_cfg, make_task(best_cfg), ckpt, history, exp_uri, f"{name} best trial "
+    best_task = make_task(best_cfg)
+    metrics = export_model(best_cfg, best_task, ckpt, history, exp_uri, f"{name} best trial "
                            f"{best_row['trial_id']}", trial=best_row["trial_id"], data=data)
     storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(best_cfg, best_row).encode(),
                         base.endpoint_url)
     x, color = plot_keys([d.key for d in search.dims])
-    ylabel = "best val loss (pinball, scaled)" if base.task == "forecast" else "best val loss (nats/char)"
     storage.write_bytes(storage.join(exp_uri, "search.png"),
-                        search_png(df, x, color, name, ylabel, lines=len(search.dims) <= 2),
+                        search_png(df, x, color, name, f"best val loss: {best_task.loss_label}",
+                                   lines=len(search.dims) <= 2),
                         base.endpoint_url)
     _write_df(df, storage.join(exp_uri, "results"), base.endpoint_url)
     tracking.log_search(tracked, exp_uri, base.endpoint_url)
@@ -300,10 +301,7 @@ def search_job(search: Search) -> tuple[int, str]:
     print(f"\n{len(df)} trials, {len(df) - len(ok)} failed, {(df['stopped'] == 'asha').sum()} stopped early by "
           f"ASHA; {epochs} trial-epochs of {len(df) * search.max_t} without early stopping")
     print(top_trials_table(df, search.settings.top))
-    if base.task == "forecast":
-        from rnnlib.report import forecast_table
-
-        print(f"best trial on the test split:\n{forecast_table(metrics['final'])}")
+    print(f"best trial:\n{best_task.metrics_text(metrics['final'])}")
     print(f"results: {results_uri} (and results.csv)\nbest config: {storage.join(exp_uri, 'best.yaml')}  "
           f"(rnnjobs train it as is)\nbest model: {storage.join(exp_uri, 'model')}\n"
           f"plot: {storage.join(exp_uri, 'search.png')}")

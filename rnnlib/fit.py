@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from . import loop
-from .checkpoint import load_bundle, save_bundle
+from .bundle import load_bundle, save_bundle
 from .config import JobConfig, to_dict
 from .device import Precision, choose, place
 from .errors import UserError
-from .tasks import ForecastTask, TextTask, make_task
+from .tasks import Task, make_task
 
 STATE_FILE = "train_state.pt"
 
@@ -70,9 +70,9 @@ class TrainState:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    task: ForecastTask | TextTask, cfg: JobConfig, state: TrainState) -> Path:
+                    task: Task, cfg: JobConfig, state: TrainState) -> Path:
     """A checkpoint is a bundle (usable as a model as is) plus the train state."""
-    save_bundle(folder, model, task=task.task, model_args=task.model_args(), config=to_dict(cfg),
+    save_bundle(folder, model, task=task.name, model_args=task.model_args(), config=to_dict(cfg),
                 metrics={"history": state.history}, **task.bundle_kwargs())
     state.save(folder, optimizer)
     return folder
@@ -82,7 +82,7 @@ def make_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: ForecastTask | TextTask,
+def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Task,
               cfg: JobConfig, state: TrainState, *, rank: int = 0, world: int = 1,
               precision: Precision | None = None,
               eval_model: torch.nn.Module | None = None) -> tuple[float, float, float, float]:
@@ -104,13 +104,13 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Fo
 @dataclass
 class FitResult:
     model: torch.nn.Module
-    task: ForecastTask | TextTask
+    task: Task
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     bundle: Path | None = None
 
 
-def fit(cfg: JobConfig, *, task: ForecastTask | TextTask | None = None, out: str | Path | None = None,
+def fit(cfg: JobConfig, *, task: Task | None = None, out: str | Path | None = None,
         log: Callable[[str], None] = print, device: bool | str = "cpu") -> FitResult:
     """Train in this process with early stopping on val loss; keep the best epoch's weights.
 
@@ -136,7 +136,7 @@ def fit(cfg: JobConfig, *, task: ForecastTask | TextTask | None = None, out: str
     task.calibrate(model.cpu())
     res = FitResult(model, task, state.history, task.final_metrics(model))
     if out is not None:
-        res.bundle = save_bundle(out, model, task=task.task, model_args=task.model_args(),
+        res.bundle = save_bundle(out, model, task=task.name, model_args=task.model_args(),
                                  metrics={"history": res.history, **res.metrics}, config=to_dict(cfg),
                                  **task.bundle_kwargs())
     return res

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from .checkpoint import Bundle
+from .bundle import Bundle
 from .config import GateConfig
 from .scorecard import aggregate, point_figures
 from .scoring import min_rows_for, score_histories
@@ -42,7 +42,7 @@ class Decision:
         return asdict(self)
 
     def table(self) -> str:
-        from .report import table
+        from .tables import table
 
         sides = [("candidate", self.candidate), ("champion", self.champion), ("persistence", self.persistence)]
         return table([[name, f["rmae"], f["pinball"], f["coverage"], f["points"]] for name, f in sides if f],
@@ -116,7 +116,7 @@ def gate(reg, name: str, version: int, histories: str, settings: GateConfig, *, 
     persistence on the last ``settings.days`` of ``histories``; write the decision beside the
     version; if it passes and ``promote``, move the alias, on condition that it still points at the
     champion compared against (``Registry.promote(expect=...)``)."""
-    from .checkpoint import open_bundle
+    from .bundle import open_bundle
     from .stocks import load_histories
 
     current = reg.alias_target(name, alias)

@@ -92,9 +92,6 @@ class Forecaster(nn.Module):
         self.drop = nn.Dropout(dropout)  # before the head; the backbone drops between layers
         self.head = nn.Linear(hidden, horizon * n_outputs)
 
-    def init_hidden(self, batch: int) -> Hidden:
-        return self.backbone.init_hidden(batch)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, W, F) -> (B, horizon, n_outputs)
         out, _ = self.backbone(x)

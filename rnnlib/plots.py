@@ -83,13 +83,17 @@ def search_figure(results, x: str, color: str | None, title: str, ylabel: str = 
     return fig
 
 
-def forecast_bands_png(history: dict, forecasts, band: tuple[str, str] | None, days: int = 120,
-                       title: str = "forecasts with their 80% band") -> bytes:
+def forecast_bands_png(history: dict, forecasts, quantiles: list[float], days: int = 120,
+                       title: str | None = None) -> bytes:
     """Small multiples, one per ticker: the last ``days`` closes, then the forecast and its band.
 
     ``history``: ticker -> DataFrame(date, close); ``forecasts``: rows of (ticker, date, forecast
-    [, lo, hi]) from a score run or a model. If the history runs past the forecast's start (a
-    backtest or an as_of in the past), the actual prices are drawn over the forecast too."""
+    [, lo_N, hi_N]) from a score run or a model that predicts ``quantiles``. If the history runs
+    past the forecast's start (a backtest or an as_of in the past), the actual prices are drawn
+    over the forecast too."""
+    from .scoring import band_level, band_names
+
+    band, level = band_names(quantiles), band_level(quantiles)
     tickers = list(history)
     cols = 2 if len(tickers) > 1 else 1
     rows = (len(tickers) + cols - 1) // cols
@@ -107,14 +111,14 @@ def forecast_bands_png(history: dict, forecasts, band: tuple[str, str] | None, d
             dates = [past["date"].iloc[-1], *f["date"]]
             ax.plot(dates, [past["close"].iloc[-1], *f["forecast"]], color="tab:blue", lw=1.5, label="forecast")
         if band:
-            ax.fill_between(f["date"], f[band[0]], f[band[1]], color="tab:blue", alpha=0.25, label="80% band")
+            ax.fill_between(f["date"], f[band[0]], f[band[1]], color="tab:blue", alpha=0.25, label=f"{level}% band")
         ax.set_title(t, fontsize=10)
         ax.grid(alpha=0.3)
         ax.tick_params(axis="x", labelsize=7, rotation=30)
     for ax in list(axes.flat)[len(tickers):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(title)
+    fig.suptitle(title or (f"forecasts with their {level}% band" if band else "forecasts"))
     return _png(fig)
 
 

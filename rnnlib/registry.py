@@ -406,7 +406,7 @@ class Registry:
     def _stage(self, bundle_uri: str, stage: Path) -> dict:
         """Copy the bundle's two files into ``stage`` and load them; its bundle.json, or a ``BundleError``
         naming ``bundle_uri`` and what is wrong."""
-        from .checkpoint import META, WEIGHTS, load_bundle
+        from .bundle import META, WEIGHTS, load_bundle
 
         src = str(bundle_uri)
         if is_ref(src):

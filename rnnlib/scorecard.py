@@ -31,9 +31,9 @@ import pandas as pd
 from . import publish, storage
 from .errors import UserError
 from .metrics import pinball_each
-from .report import table
 from .sources import list_source
 from .stocks import load_histories
+from .tables import table
 
 QUANTILE = re.compile(r"^q(\d+(?:\.\d+)?)$")  # q05, q50, q97.5
 BAND = re.compile(r"^lo_(\d+(?:\.\d+)?)$")  # lo_80 (with hi_80): the band's width in percent

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .checkpoint import Bundle
+from .bundle import Bundle
 from .features import (
     Windows,
     fit_transform,
@@ -69,11 +69,16 @@ def quantile_column(q: float) -> str:
     return f"q{whole:0>2}" + (f".{frac}" if frac else "")
 
 
+def band_level(quantiles: list[float]) -> int | None:
+    """The coverage in percent of the band between the outer quantiles (80 for 0.1 to 0.9); None
+    under three quantiles (no band beside the median)."""
+    return round((quantiles[-1] - quantiles[0]) * 100) if len(quantiles) >= 3 else None
+
+
 def band_names(quantiles: list[float]) -> tuple[str, str] | None:
-    if len(quantiles) < 3:
-        return None
-    width = round((quantiles[-1] - quantiles[0]) * 100)
-    return f"lo_{width}", f"hi_{width}"
+    """The published columns of the band, e.g. (lo_80, hi_80)."""
+    level = band_level(quantiles)
+    return None if level is None else (f"lo_{level}", f"hi_{level}")
 
 
 def min_rows_for(bundle: Bundle, mode: str) -> int:

@@ -251,7 +251,7 @@ def short(value: Any) -> str:
 
 def top_trials_table(results, top: int) -> str:
     """The best ``top`` trials of a results table (sorted best first) as a Markdown table."""
-    from .report import table
+    from .tables import table
 
     keys = searched_keys(results)
     rows = [[i + 1, r["trial_id"], *[short(r[k]) for k in keys], r["epochs"], r["stopped"], r["best_val_loss"]]

@@ -1,5 +1,9 @@
 """Tasks turn a ``JobConfig`` into data, a model, batches, a loss and final metrics.
 
+``Task`` is the interface every task implements; ``TASKS`` maps ``cfg.task`` to the class
+(``@register``), and the jobs reach a task only through ``make_task`` / ``task_class``, so a new
+task is a class here and a data config in ``rnnlib.config``, with nothing to change in ``jobs/``.
+
 The same task object serves the in-process ``fit`` and each Ray Train worker: batches are
 sharded by ``(rank, world)`` so that every worker gets the same number of steps (DDP and
 ``ray.train.report`` both need that), and the effective batch size stays ``train.batch_size``.
@@ -8,7 +12,8 @@ sharded by ``(rank, world)`` so that every worker gets the same number of steps 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -31,6 +36,7 @@ from .features import (
 from .metrics import compare_to_persistence, pinball, text_metrics
 from .models import CharLM, Forecaster
 from .stocks import Histories, load_histories
+from .tables import forecast_table
 from .text import Vocab, random_windows, read_text, split_text, stream_batches
 
 EVAL_BATCH = 32  # text validation streams: fixed so val loss is comparable across configs
@@ -55,14 +61,64 @@ def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None) -> t
     return hist, data
 
 
+class Task(Protocol):
+    """What ``fit``, the Ray Train / Tune epoch loop, export and the jobs' output need of a task.
+
+    Class-level parts (``name``, ``loss_label``, ``backtests``, ``describe_data``,
+    ``metrics_text``) work without data, for runs read back from storage."""
+
+    name: ClassVar[str]  # cfg.task and the bundle's ``task``
+    loss_label: ClassVar[str]  # what the train/val loss measures, for plots
+    backtests: ClassVar[bool]  # forecasts prices that reports backtest against persistence
+    cfg: JobConfig
+
+    def model_args(self) -> dict: ...
+    def build_model(self) -> torch.nn.Module: ...
+    def loss_fn(self) -> Callable: ...
+    def eval_loss_fn(self) -> Callable: ...
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[tuple]: ...
+    def val_batches(self) -> Iterable[tuple]: ...
+    def calibrate(self, model: torch.nn.Module) -> float: ...
+    def final_metrics(self, model: torch.nn.Module) -> dict: ...
+    def fingerprint(self) -> dict: ...
+    def bundle_kwargs(self) -> dict: ...
+    def summary(self) -> str: ...  # the data as loaded, for ``check`` and ``train``
+
+    @staticmethod
+    def describe_data(fingerprint: dict) -> str: ...  # one line for a ``fingerprint()``
+
+    @staticmethod
+    def metrics_text(final: dict) -> str: ...  # ``final_metrics`` for a person
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_class(name: str) -> type[Task]:
+    return TASKS[name]
+
+
+def make_task(cfg: JobConfig) -> Task:
+    """Load the data ``cfg`` names (errors surface here) and build its task."""
+    return TASKS[cfg.task](cfg)
+
+
 def _shard(n: int, rank: int, world: int, gen: torch.Generator) -> torch.Tensor:
     """A shuffled, equal-sized share of n items for this rank (the remainder is left out)."""
     per = n // world
     return torch.randperm(n, generator=gen)[: per * world][rank::world]
 
 
+@register
 class ForecastTask:
-    task = "forecast"
+    name = "forecast"
+    loss_label = "pinball loss (scaled)"
+    backtests = True
 
     def __init__(self, cfg: JobConfig):
         assert isinstance(cfg.data, ForecastDataConfig)
@@ -121,9 +177,9 @@ class ForecastTask:
             self.point_weight = fit_shrink(prices[..., self.point_index()], actual, w.last)
         return self.point_weight
 
-    def final_metrics(self, model, part: str = "test") -> dict:
-        """Metrics in price units on the test (or val) windows, next to persistence."""
-        w = getattr(self.data, part)
+    def final_metrics(self, model) -> dict:
+        """Metrics in price units on the test windows, next to persistence."""
+        w = self.data.test
         if len(w) == 0:
             return {}
         prices, actual = self._prices(model, w, self.point_weight)
@@ -152,17 +208,34 @@ class ForecastTask:
                 "first": str(min(d[0] for d in dates).date()), "last": str(max(d[1] for d in dates).date()),
                 "end": self.d.end}
 
+    def summary(self) -> str:
+        d = self.data
+        return (f"{self.hist.summary()}\nwindows: train {len(d.train)}, val {len(d.val)}, test {len(d.test)} "
+                f"(window {self.d.window}, horizon {self.d.horizon}, inputs {list(d.columns)})")
+
+    @staticmethod
+    def describe_data(fp: dict) -> str:
+        return (f"{fp['series']} series, {fp['rows']} rows, {fp['first']} to {fp['last']}"
+                + (f" (data.end {fp['end']})" if fp.get("end") else "") + f", sha256 {fp['sha256'][:12]}")
+
+    @staticmethod
+    def metrics_text(final: dict) -> str:
+        return forecast_table(final)
+
     def bundle_kwargs(self) -> dict:
         d = self.d
         return dict(
             data={"target": d.target, "columns": list(self.data.columns), "transform": d.transform,
                   "window": d.window, "horizon": d.horizon, "quantiles": list(self.quantiles),
                   "max_jump": d.max_jump, "point_weight": self.point_weight},
-            scalers=dict(zip(self.data.tickers, self.data.transforms)))
+            transforms=dict(zip(self.data.tickers, self.data.transforms)))
 
 
+@register
 class TextTask:
-    task = "text"
+    name = "text"
+    loss_label = "nats per character"
+    backtests = False
 
     def __init__(self, cfg: JobConfig):
         assert isinstance(cfg.data, TextDataConfig)
@@ -206,12 +279,26 @@ class TextTask:
         """Nothing to calibrate for a char model (the forecaster's blend with persistence)."""
         return 1.0
 
-    def final_metrics(self, model, part: str = "val") -> dict:
+    def final_metrics(self, model) -> dict:
         return {"val": evaluate_text(model, self.val_ids, self.d.seq_len), "vocab_size": len(self.vocab)}
 
     def fingerprint(self) -> dict:
         """The corpus by content (every file a prefix names, in order)."""
         return {"sha256": self.text_sha256, "chars": self.chars}
+
+    def summary(self) -> str:
+        return (f"text: {len(self.train_ids) + len(self.val_ids)} characters, vocabulary {len(self.vocab)}; "
+                f"train {len(self.train_ids)}, val {len(self.val_ids)}")
+
+    @staticmethod
+    def describe_data(fp: dict) -> str:
+        return f"{fp['chars']} characters, sha256 {fp['sha256'][:12]}"
+
+    @staticmethod
+    def metrics_text(final: dict) -> str:
+        v = final["val"]
+        return (f"val: {v['nats_per_char']:.4f} nats/char, {v['bits_per_char']:.4f} bits/char, "
+                f"perplexity {v['perplexity']:.2f}")
 
     def bundle_kwargs(self) -> dict:
         return dict(data={"seq_len": self.d.seq_len, "val_frac": self.d.val_frac}, vocab=self.vocab)
@@ -222,7 +309,3 @@ def evaluate_text(model: CharLM, ids: np.ndarray, seq_len: int = 128) -> dict:
     carried across the whole text in EVAL_BATCH parallel streams."""
     nats = loop.evaluate(model, stream_batches(ids, EVAL_BATCH, seq_len), loop.text_loss(stateful=True))
     return {**text_metrics(nats), "characters": int(len(ids))}
-
-
-def make_task(cfg: JobConfig) -> ForecastTask | TextTask:
-    return ForecastTask(cfg) if cfg.task == "forecast" else TextTask(cfg)

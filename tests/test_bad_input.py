@@ -246,7 +246,7 @@ def test_a_failure_in_one_file_or_series_is_its_reject(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from rnnlib.checkpoint import load_bundle
+    from rnnlib.bundle import load_bundle
     from rnnlib.config import job_from_dict
     from rnnlib.fit import fit
 

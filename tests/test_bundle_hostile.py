@@ -24,7 +24,7 @@ from jobhelpers import cli
 import jobs.cli  # noqa: F401 - imported before any cap, which then measures the load alone
 import jobs.generate  # noqa: F401
 import jobs.score  # noqa: F401
-from rnnlib.checkpoint import ARG_RULES, MODELS, meta_digest, save_bundle
+from rnnlib.bundle import ARG_RULES, MODELS, meta_digest, save_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.fit import fit
 from rnnlib.tasks import TextTask

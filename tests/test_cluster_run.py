@@ -16,7 +16,7 @@ from layouts import write_layout
 from test_cluster import IMAGE_ROOT, by_kind, commands, walk
 
 from rnnlib import publish, storage
-from rnnlib.checkpoint import open_bundle
+from rnnlib.bundle import open_bundle
 from rnnlib.datasets import sample_stocks_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

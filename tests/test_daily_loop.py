@@ -28,7 +28,7 @@ from test_cluster import job_env
 from test_cluster_run import chain
 
 from rnnlib import publish, storage
-from rnnlib.checkpoint import open_bundle, save_bundle
+from rnnlib.bundle import open_bundle, save_bundle
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.registry import Registry
 
@@ -130,7 +130,7 @@ def worse_than(champion_uri: str, tmp) -> str:
             p.add_(torch.randn_like(p))
     data = {k: v for k, v in b.data.items()}
     return str(save_bundle(tmp / "worse", b.model, task="forecast", model_args=b.meta["model"]["args"], data=data,
-                           scalers=b.transforms))
+                           transforms=b.transforms))
 
 
 def gate_lines(stdout: str) -> str:

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rnnlib.checkpoint import load_bundle, save_bundle
+from rnnlib.bundle import load_bundle, save_bundle
 from rnnlib.config import GateConfig, job_from_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.fit import fit

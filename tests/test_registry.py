@@ -13,7 +13,7 @@ from conftest import ROOT
 from jobhelpers import FAKE_SECRET, cli
 
 from rnnlib import storage
-from rnnlib.checkpoint import load_bundle, open_bundle, save_bundle
+from rnnlib.bundle import load_bundle, open_bundle, save_bundle
 from rnnlib.errors import BundleError, ConfigError, UserError
 from rnnlib.models import CharLM
 from rnnlib.registry import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rnnlib import publish
-from rnnlib.checkpoint import load_bundle, save_bundle
+from rnnlib.bundle import load_bundle, save_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.features import series_windows, shrink_to_persistence, to_price, windows_to_price

@@ -19,7 +19,7 @@ from pyarrow.fs import FileSelector
 
 from jobs.train import run_name
 from rnnlib import storage
-from rnnlib.checkpoint import load_bundle
+from rnnlib.bundle import load_bundle
 from rnnlib.config import load_job
 from rnnlib.loop import predict
 from rnnlib.sampling import generate

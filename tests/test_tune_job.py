@@ -11,7 +11,7 @@ import pytest
 from jobhelpers import FAKE_SECRET, kill_group, run, start, wait_for
 
 from rnnlib import storage
-from rnnlib.checkpoint import load_bundle
+from rnnlib.bundle import load_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlib.checkpoint import load_bundle, meta_digest, save_bundle
+from rnnlib.bundle import load_bundle, meta_digest, save_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.errors import BundleError
 from rnnlib.fit import fit

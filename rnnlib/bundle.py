@@ -2,7 +2,8 @@
 
 A bundle is a folder with ``weights.pt`` (a state dict, loaded with ``weights_only=True``)
 and ``bundle.json``: task, model class and constructor args, data args, the vocabulary or
-the per-series scaler parameters, metrics, versions, the sha256 of ``weights.pt``, and
+the per-series transforms (``rnnlib.features.SeriesTransform``; stored under the key ``scalers``,
+the name bundles have always used), metrics, versions, the sha256 of ``weights.pt``, and
 ``meta_sha256``, a checksum of bundle.json's own content (see ``meta_digest``).
 
 Loading trusts nothing it reads: bundle.json must match its checksum, then its keys, types and
@@ -103,7 +104,7 @@ class Bundle:
 
 
 def save_bundle(path: str | Path, model: nn.Module, *, task: str, model_args: dict, data: dict,
-                vocab: Vocab | None = None, scalers: dict[str, SeriesTransform] | None = None,
+                vocab: Vocab | None = None, transforms: dict[str, SeriesTransform] | None = None,
                 metrics: dict | None = None, config: dict | None = None) -> Path:
     """Write a bundle folder. The JSON is written last, so a half-written bundle does not load."""
     path = Path(path)
@@ -115,7 +116,7 @@ def save_bundle(path: str | Path, model: nn.Module, *, task: str, model_args: di
         "model": {"class": MODELS[task].__name__, "args": model_args},
         "data": data,
         "vocab": vocab.to_dict() if vocab is not None else None,
-        "scalers": {t: s.to_dict() for t, s in (scalers or {}).items()},
+        "scalers": {t: s.to_dict() for t, s in (transforms or {}).items()},
         "metrics": metrics or {}, "config": config or {},
         "versions": versions(),
         "weights_sha256": sha256_file(path / WEIGHTS),
