@@ -50,7 +50,14 @@ class TrainState:
         return self.epoch >= cfg.train.epochs or bool(cfg.train.patience and self.stale >= cfg.train.patience)
 
     def save(self, folder: Path, optimizer: torch.optim.Optimizer) -> None:
-        torch.save({"optimizer": optimizer.state_dict(), "state": json.dumps(asdict(self))}, folder / STATE_FILE)
+        """With the random number generators' state, so that dropout after a resume draws what the
+        uninterrupted run would have drawn (every DDP rank is seeded alike and draws alike, so rank
+        0's state is every rank's)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save({"optimizer": optimizer.state_dict(), "state": json.dumps(asdict(self)), "rng": rng},
+                   folder / STATE_FILE)
 
     @staticmethod
     def _load(folder: Path) -> dict:
@@ -62,10 +69,16 @@ class TrainState:
 
     @classmethod
     def restore(cls, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-        """Load weights, optimizer and state from a checkpoint folder written by ``save_checkpoint``."""
+        """Load weights, optimizer, random number generators and state from a checkpoint folder
+        written by ``save_checkpoint``."""
         model.load_state_dict(load_bundle(folder).model.state_dict())
         saved = cls._load(folder)
         optimizer.load_state_dict(saved["optimizer"])
+        rng = saved.get("rng", {})  # absent in checkpoints written before it was saved
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
         return cls(**json.loads(saved["state"]))
 
 
