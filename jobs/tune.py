@@ -132,6 +132,27 @@ def _trial_dir(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _max_concurrent(s, trial: dict[str, float], base: JobConfig) -> int:
+    """tune.max_concurrent_trials, or for Optuna when it is 0 the trials the cluster holds now.
+
+    A model-based searcher learns only from finished trials: left unlimited, Tune asks it for every
+    trial at once and TPE degrades to random sampling. On a cluster that scales up from zero the
+    count is what is there at the start (at least 1); set tune.max_concurrent_trials for the size
+    it will reach."""
+    if s.max_concurrent_trials or s.searcher != "optuna":
+        return s.max_concurrent_trials
+    import ray
+
+    have = ray.cluster_resources()
+    need = dict(trial) if s.trial == "process" else {
+        "CPU": TRAINER_DRIVER_CPUS + base.scaling.workers * base.scaling.cpus_per_worker,
+        "GPU": base.scaling.workers if base.scaling.gpu else 0}
+    n = max(1, int(min(have.get(k, 0) // v for k, v in need.items() if v > 0)))
+    print(f"optuna: at most {n} trial(s) at once, what the cluster's {have.get('CPU', 0):g} CPUs and "
+          f"{have.get('GPU', 0):g} GPUs hold now (tune.max_concurrent_trials sets it)")
+    return n
+
+
 def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -169,13 +190,14 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     return tune.Tuner(
         trainable, param_space=_param_space(search),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=s.num_samples,
-                                    max_concurrent_trials=s.max_concurrent_trials or None,
+                                    max_concurrent_trials=_max_concurrent(s, resources, base) or None,
                                     search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir),
         run_config=tune.RunConfig(
             name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[_progress(search), *callbacks],
             failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
-            # the best epoch's checkpoint (the one exported) and the latest (for resuming)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+            # the best epochs' checkpoints (the best is exported) and the latest (for resuming)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=base.train.keep_checkpoints,
+                                                    checkpoint_score_attribute="val_loss",
                                                     checkpoint_score_order="min")))
 
 
@@ -252,6 +274,8 @@ def search_job(search: Search) -> tuple[int, str]:
           f"(max {search.max_t} epochs), {s.trial} trials; storage {exp_uri}")
     for d in search.dims:
         print(f"  {d.describe()}")
+    for w in search.warnings():
+        print(f"warning: {w}")
     results_uri = storage.join(exp_uri, RESULTS)
     finished = storage.exists(results_uri, base.endpoint_url)
     tracked = tracking.search_run(tracker, search, name, data, work=not finished)
@@ -263,8 +287,11 @@ def search_job(search: Search) -> tuple[int, str]:
 
     from jobs.ray_setup import init_ray
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often: cheap, resumable
-    # Tune warns when it snapshots often; for small searches that is by design
+    # The experiment state is snapshotted on Tune's adaptive period (TUNE_GLOBAL_CHECKPOINT_S=auto), and
+    # Tune forces one whenever a trial has written train.keep_checkpoints checkpoints since the last,
+    # so that the state never names a deleted checkpoint: what a resume needs, no more often (each
+    # snapshot is an upload of the whole experiment state; bench/tune_requests.py counts them).
+    # Tune warns when those forced snapshots come seconds apart, as they do for trials with short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its banner and tables; Progress prints a line per trial
     init_ray()

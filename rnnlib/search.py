@@ -41,6 +41,7 @@ from .config import (
 from .errors import ConfigError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
+GRID_WARN_TRIALS = 100  # a search mostly made of grid points warns from this many trials
 NOT_SEARCHABLE = ("task", "name", "storage", "endpoint_url")  # they name or place the run
 
 
@@ -74,6 +75,17 @@ class Search:
     @property
     def num_trials(self) -> int:
         return self.settings.num_samples * self.grid_size
+
+    def warnings(self) -> list[str]:
+        """What a user should hear before a large search starts."""
+        s, out = self.settings, []
+        if self.grid_size > s.num_samples and self.num_trials >= GRID_WARN_TRIALS:
+            grid = ", ".join(d.key for d in self.dims if d.kind == "grid")
+            out.append(f"the grid over {grid} multiplies tune.num_samples={s.num_samples} into {self.num_trials} "
+                       f"trials ({self.grid_size} grid points, each run {s.num_samples} time(s)); a grid key "
+                       "costs its number of values in trials: make the keys you want explored, not "
+                       "enumerated, {choice: [...]} and raise num_samples instead")
+        return out
 
     @property
     def max_t(self) -> int:

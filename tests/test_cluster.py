@@ -399,3 +399,73 @@ def test_make_image_tags_by_the_head_commit_and_renders_with_that_tag():
     assert f"render.py --registry {REGISTRY} --commit {sha} " in dry.stdout
     assert f"docker push {tag}" in dry.stdout
     assert "git status --porcelain" in dry.stdout  # uncommitted changes stop the build
+
+
+def _quantity(v) -> float:
+    """A Kubernetes CPU quantity ("8", "500m") as a number of CPUs."""
+    v = str(v)
+    return float(v[:-1]) / 1000 if v.endswith("m") else float(v)
+
+
+def worker_groups(doc: dict) -> dict[str, dict[str, float]]:
+    """Each worker group's Ray resources per node: CPUs (rayStartParams num-cpus, else the container's
+    CPU limit, as Ray counts them in a pod) and GPUs (the nvidia.com/gpu limit)."""
+    out = {}
+    for groups in walk(doc, "workerGroupSpecs"):
+        for g in groups:
+            (c,) = [c for c in g["template"]["spec"]["containers"] if c["name"] == "ray-worker"]
+            limits = c["resources"]["limits"]
+            cpus = g.get("rayStartParams", {}).get("num-cpus", limits["cpu"])
+            out[g["groupName"]] = {"CPU": _quantity(cpus), "GPU": float(limits.get("nvidia.com/gpu", 0))}
+    return out
+
+
+def trial_bundles(args: list[str]) -> tuple[list[dict[str, float]], int]:
+    """The resource bundles one trial of ``rnnjobs tune ARGS`` asks Ray for, each of which must fit on
+    one node (a process trial's CPUs and GPUs, or a trainer trial's driver and each Train worker),
+    and the search's max_concurrent_trials."""
+    from jobs.tune import TRAINER_DRIVER_CPUS
+    from rnnlib.search import load_search
+
+    search = load_search(str(_local(args[2])), args[3:])
+    s, job = search.settings, search.base_job
+    if s.trial == "process":
+        return [{"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}], s.max_concurrent_trials
+    worker = {"CPU": job.scaling.cpus_per_worker, "GPU": 1.0 if job.scaling.gpu else 0.0}
+    return [{"CPU": TRAINER_DRIVER_CPUS, "GPU": 0.0}] + [worker] * job.scaling.workers, s.max_concurrent_trials
+
+
+def misfits(bundles: list[dict], groups: dict[str, dict]) -> list[dict]:
+    """The bundles that fit no worker group's node."""
+    return [b for b in bundles if not any(b["CPU"] <= r["CPU"] and b["GPU"] <= r["GPU"] for r in groups.values())]
+
+
+def max_cpus(doc: dict) -> float:
+    """The CPUs of a cluster's worker groups at their maximum size."""
+    return sum(g.get("maxReplicas", g["replicas"]) * worker_groups({"workerGroupSpecs": [g]})[g["groupName"]]["CPU"]
+               for groups in walk(doc, "workerGroupSpecs") for g in groups)
+
+
+TUNE_COMMANDS = [(n, _rnnjobs(a)) for n, a in manifest_commands() if _rnnjobs(a)[1] == "tune"]
+
+
+@pytest.mark.parametrize("name, args", TUNE_COMMANDS, ids=[n for n, _ in TUNE_COMMANDS])
+def test_tune_trials_fit_the_worker_groups(name, args):
+    """A trial whose bundles fit no worker group stays PENDING for ever on an autoscaling cluster (the
+    autoscaler finds no node type to add): every shipped search must fit its own cluster's groups and
+    raycluster.yaml's, and its concurrency must not ask for more CPUs than its own cluster has."""
+    bundles, concurrent = trial_bundles(args)
+    for doc in (_doc(name), _doc("raycluster.yaml")):
+        assert not misfits(bundles, worker_groups(doc)), (name, doc["metadata"]["name"], worker_groups(doc))
+    assert concurrent and concurrent * sum(b["CPU"] for b in bundles) <= max_cpus(_doc(name)), (name, concurrent)
+
+
+def test_a_trial_too_big_for_every_group_is_caught():
+    groups = worker_groups(_doc("raycluster.yaml"))
+    assert groups == {"cpu": {"CPU": 8.0, "GPU": 0.0}, "gpu": {"CPU": 8.0, "GPU": 1.0}}
+    config = IMAGE_ROOT + "jobs/configs/forecast-tune.yaml"
+    for too_big in (["tune.cpus_per_trial=9"], ["tune.gpus_per_trial=2"],
+                    ["tune.trial=trainer", "scaling.workers=2", "scaling.cpus_per_worker=12"]):
+        bundles, _ = trial_bundles(["rnnjobs", "tune", config, *too_big])
+        assert misfits(bundles, groups), too_big
+    assert not misfits(trial_bundles(["rnnjobs", "tune", config, "tune.gpus_per_trial=0.25"])[0], groups)

@@ -53,6 +53,38 @@ def test_bad_space_names_the_key(override, expect):
     assert any(expect in p for p in problems(override)), problems(override)
 
 
+def test_a_search_made_mostly_of_grid_points_warns():
+    grid = ["search.data.window={grid: [10, 20, 30, 60]}", "search.model.cell={grid: [rnn, lstm, gru]}",
+            "search.model.layers={grid: [1, 2, 3]}", "search.model.hidden={grid: [16, 32, 64]}"]
+    (w,) = load_search(CONFIG, ["tune.num_samples=2", *grid]).warnings()
+    assert "multiplies tune.num_samples=2 into 216 trials (108 grid points" in w
+    assert "the grid over model.cell, data.window, model.hidden, model.layers multiplies" in w
+    assert not load_search(CONFIG, ["tune.num_samples=2", *grid[:2]]).warnings()  # 24 trials: no warning
+    assert not load_search(CONFIG, ["tune.num_samples=200", *grid[:2]]).warnings()  # samples, not the grid
+    assert not load_search(CONFIG, ["tune.num_samples=300"]).warnings()
+
+
+@pytest.mark.parametrize("settings, cluster, expect", [
+    (["tune.searcher=optuna"], {"CPU": 8.0}, 8),  # 1 CPU per trial
+    (["tune.searcher=optuna", "tune.cpus_per_trial=3"], {"CPU": 8.0}, 2),
+    (["tune.searcher=optuna", "tune.gpus_per_trial=0.25"], {"CPU": 16.0, "GPU": 1.0}, 4),  # the GPU bounds it
+    (["tune.searcher=optuna"], {"CPU": 0.0}, 1),  # a cluster scaled to zero: one at a time until set
+    (["tune.searcher=optuna", "tune.trial=trainer", "scaling.workers=2", "scaling.cpus_per_worker=2"],
+     {"CPU": 9.0}, 2),  # 2 x (0.1 + 2 x 2)
+    (["tune.searcher=optuna", "tune.max_concurrent_trials=3"], {"CPU": 8.0}, 3),  # as set
+    (["tune.searcher=random"], {"CPU": 8.0}, 0),  # random search: as many as fit (Tune's default)
+])
+def test_optuna_runs_as_many_trials_at_once_as_the_cluster_holds(monkeypatch, settings, cluster, expect):
+    import ray
+
+    from jobs.tune import _max_concurrent
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
+    s = load_search(CONFIG, settings)
+    trial = {"CPU": s.settings.cpus_per_trial, "GPU": s.settings.gpus_per_trial}
+    assert _max_concurrent(s.settings, trial, s.base_job) == expect
+
+
 def test_optuna_refuses_grid(tmp_path):
     assert any("grid is not supported with tune.searcher=optuna" in p
                for p in problems("tune.searcher=optuna", "search.data.window={grid: [10, 20]}"))
