@@ -15,11 +15,13 @@ continue from their last checkpoint, and the searcher keeps its state.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
 import json
 import os
+import time
 
 import pandas as pd
 import yaml
@@ -38,6 +40,7 @@ from rnnlib.tasks import make_task
 _SEARCH_SETTINGS = ("num_samples", "searcher", "scheduler", "max_t", "grace_period", "reduction_factor", "seed",
                     "trial")
 RESULTS = "results.parquet"
+STATUS_EVERY_S = 60  # a line while trials wait for resources
 TRAINER_DRIVER_CPUS = 0.1  # a trainer trial only drives its Train workers, which reserve their own CPUs
 
 
@@ -107,7 +110,18 @@ def _progress(search: Search):
 
     class Progress(tune.Callback):
         def __init__(self):
-            self.done = 0
+            self.done, self.last_status = 0, time.monotonic()
+
+        def on_step_end(self, iteration, trials, **info):
+            """Every STATUS_EVERY_S while trials wait for resources (an autoscaling cluster adding nodes,
+            or a trial that fits no node): how many run and wait, so a quiet search is not a hung one."""
+            if time.monotonic() - self.last_status < STATUS_EVERY_S:
+                return
+            self.last_status = time.monotonic()
+            count = collections.Counter(t.status for t in trials)
+            if count["PENDING"]:
+                print(f"[{self.done}/{search.num_trials}] {count['RUNNING']} running, {count['PENDING']} waiting "
+                      "for resources (on an autoscaling cluster: until its nodes start)", flush=True)
 
         def _line(self, trial, what: str) -> None:
             self.done += 1

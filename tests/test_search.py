@@ -126,3 +126,20 @@ def test_search_plot_labels_every_searched_value_and_draws_lines_only_where_they
     fig = search_figure(df, "data.window", "model.cell", "t", lines=True)
     assert len(fig.axes[0].lines) == 2  # one per cell when nothing else was searched
     plt.close(fig)
+
+
+def test_trials_waiting_for_resources_are_reported_once_a_minute(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import jobs.tune
+
+    progress = jobs.tune._progress(load_search(CONFIG, ["tune.num_samples=32"]))
+    trials = [SimpleNamespace(status=s) for s in ["RUNNING"] * 3 + ["PENDING"] * 29]
+    progress.on_step_end(0, trials)
+    assert capsys.readouterr().out == ""  # not before a minute has passed
+    monkeypatch.setattr(jobs.tune, "STATUS_EVERY_S", 0)
+    progress.on_step_end(1, trials)
+    assert capsys.readouterr().out == ("[0/32] 3 running, 29 waiting for resources (on an autoscaling cluster: "
+                                       "until its nodes start)\n")
+    progress.on_step_end(2, [SimpleNamespace(status="RUNNING")] * 4)
+    assert capsys.readouterr().out == ""  # nothing waits: nothing to say
