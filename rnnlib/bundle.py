@@ -200,8 +200,12 @@ def open_bundle(uri: str, task: str | None = None, endpoint_url: str | None = No
         return bundle
     if not storage.is_s3(uri):
         return load_bundle(uri, task)
-    local = storage.download_dir(uri, tempfile.mkdtemp(prefix="rnnjobs-bundle-"), endpoint_url)
-    return load_bundle(local, task)
+    with tempfile.TemporaryDirectory(prefix="rnnjobs-bundle-") as tmp:  # the model and meta are read into memory
+        local = storage.download_dir(uri, tmp, endpoint_url)
+        try:
+            return load_bundle(local, task)
+        except BundleError as e:  # name the object, not the temporary folder
+            raise BundleError(str(e).replace(str(local), storage.redact(str(uri)).rstrip("/"))) from None
 
 
 def load_bundle(path: str | Path, task: str | None = None) -> Bundle:

@@ -68,3 +68,29 @@ def test_wrong_task_tampered_and_mismatched_bundles(forecast_bundle, tmp_path):
         load_bundle(mism)
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path)
+
+
+def test_a_bundle_on_s3_loads_leaves_no_download_behind_and_errors_name_the_uri(forecast_bundle, moto_s3):
+    import tempfile
+    from pathlib import Path
+
+    from rnnlib import storage
+    from rnnlib.bundle import open_bundle
+
+    _, _, s3 = moto_s3
+    s3.create_bucket(Bucket="bundles")
+    res, out = forecast_bundle
+    storage.upload_dir(out, "s3://bundles/good")
+    downloads = lambda: set(Path(tempfile.gettempdir()).glob("rnnjobs-bundle-*"))  # noqa: E731
+    before = downloads()
+    b = open_bundle("s3://bundles/good", task="forecast")
+    x = res.task.data.test.x[:50]
+    np.testing.assert_array_equal(predict(res.model, x), predict(b.model, x))
+    meta = json.loads((out / "bundle.json").read_text())
+    meta["data"]["window"] = "ten"
+    s3.put_object(Bucket="bundles", Key="bad/weights.pt", Body=(out / "weights.pt").read_bytes())
+    s3.put_object(Bucket="bundles", Key="bad/bundle.json", Body=json.dumps(meta).encode())
+    with pytest.raises(BundleError, match=r"^s3://bundles/bad/bundle\.json: ") as e:
+        open_bundle("s3://bundles/bad", task="forecast")
+    assert "rnnjobs-bundle-" not in str(e.value)
+    assert downloads() == before  # neither load left its download in the temporary folder
