@@ -1,5 +1,6 @@
 """The Ray Data scoring job end to end: on the session's shared Ray (``shared_ray``), or on a
-local Ray of its own where a fault is injected into Ray's workers or two runs race."""
+local Ray of its own where a fault is injected into Ray's workers (a hook in the drivers only,
+as the commit rendezvous, is fine on the shared Ray: its workers never see the job's env)."""
 
 import json
 import shutil
@@ -38,6 +39,19 @@ def only_run(out) -> str:
     runs = [p for p in storage.list_files(str(out), recursive=True) if p[0].endswith("/_SUCCESS")]
     assert len(runs) == 1, runs
     return runs[0][0].rsplit("/", 1)[0]
+
+
+def assert_folder_is_the_manifest(run_uri: str) -> dict:
+    """The run folder holds exactly what its manifest lists (plus the manifest and _SUCCESS), and
+    each listed Parquet file has the rows the manifest gives it. Returns the manifest."""
+    name, manifest = publish.read_manifest(run_uri)
+    listed = {f["path"]: f["rows"] for f in manifest["files"]}
+    base = len(run_uri.rstrip("/")) + 1
+    on_disk = {uri[base:] for uri, _, _ in storage.list_files(run_uri, recursive=True)}
+    assert on_disk == set(listed) | {name, "_SUCCESS"}, on_disk ^ (set(listed) | {name, "_SUCCESS"})
+    for path, rows in listed.items():
+        assert pq.read_metadata(storage.filesystem(storage.join(run_uri, path))[1]).num_rows == rows, path
+    return manifest
 
 
 def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir, shared_ray):
@@ -93,18 +107,26 @@ def test_crash_before_commit_then_rerun_publishes_exactly_once(tmp_path, model_d
     assert on_disk == listed
 
 
-def test_two_attempts_commit_at_once(tmp_path, model_dir):
-    out = tmp_path / "out"
-    args = ["score", CONFIG, f"model={model_dir}", f"output={out}"]
-    procs = [start(*args, log=tmp_path / f"attempt{i}.log") for i in range(2)]
+def test_two_attempts_commit_at_once(tmp_path, model_dir, shared_ray):
+    """Two attempts of one run score side by side, then meet before creating _SUCCESS (a
+    rendezvous in tests/faults) so that their commits race: one publishes, the other removes
+    what it wrote, and the folder holds exactly the winner's manifest."""
+    out, barrier = tmp_path / "out", tmp_path / "barrier"
+    args = ["score", CONFIG, f"model={model_dir}", f"output={out}", "actors=1"]  # two jobs on 2 CPUs
+    env = {**shared_ray, **faults(RNNJOBS_SCORE_COMMIT_BARRIER=str(barrier))}
+    procs = [start(*args, env=env, log=tmp_path / f"attempt{i}.log") for i in range(2)]
     for p in procs:
-        assert p.wait(timeout=400) == 0
+        assert p.wait(timeout=400) == 0, [(tmp_path / f"attempt{i}.log").read_text()[-3000:] for i in range(2)]
     logs = [(tmp_path / f"attempt{i}.log").read_text() for i in range(2)]
     won = [any(line.startswith("published ") for line in log.splitlines()) for log in logs]
-    lost = [("another attempt published" in log or "already published" in log) for log in logs]
-    assert sorted(won) == [False, True] and sorted(lost) == [False, True], logs
+    lost = ["another attempt published" in log for log in logs]
+    assert sorted(won) == [False, True] and sorted(lost) == [False, True] and won != lost, logs
+    went = [float((barrier / f).read_text()) for f in sorted(barrier.iterdir()) if f.suffix == ".went"]
+    assert len(went) == 2 and abs(went[0] - went[1]) < 0.5  # both went on to create _SUCCESS at once
     run_uri = only_run(out)
     assert publish.verify(run_uri).ok
+    manifest = assert_folder_is_the_manifest(run_uri)  # the loser's parts and manifest are gone
+    assert sum(f["rows"] for f in manifest["files"] if f["kind"] == "forecasts") == 26 * HORIZON
     assert len(read_published(run_uri)) == 26 * HORIZON
 
 
