@@ -54,6 +54,21 @@ def assert_folder_is_the_manifest(run_uri: str) -> dict:
     return manifest
 
 
+def assert_published_equals_rnnlib(run_uri: str, model_dir, files) -> pd.DataFrame:
+    """The published forecasts equal rnnlib's own scoring of the same files with the same bundle
+    (in this process, no Ray): same tickers, same rows, values to float32 tolerance."""
+    from rnnlib.checkpoint import open_bundle
+    from rnnlib.scoring import score_files
+
+    key = ["ticker", "step"]
+    expected = score_files(open_bundle(str(model_dir), task="forecast"), [str(f) for f in files]).forecasts
+    got = read_published(run_uri).sort_values(key, ignore_index=True)
+    expected = expected.sort_values(key, ignore_index=True)
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-5)
+    return got
+
+
 def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir, shared_ray):
     endpoint, env, s3 = moto_s3
     env = {**env, **shared_ray}
@@ -80,7 +95,7 @@ def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir, shared_ray):
     assert c["series_in"] == c["series_scored"] + c["series_rejected"] == 26
     assert c["series_rejected"] == 0  # window 20: even APTV (44 rows) can be scored
     assert c["rows_in"] == c["rows_kept"] + c["rows_rejected"] == 31519
-    f = read_published(run_uri)
+    f = assert_published_equals_rnnlib(run_uri, model_dir, sorted(sample_stocks_dir().glob("*.csv")))
     assert len(f) == c["series_scored"] * HORIZON == c["forecast_rows"]
     assert not f.duplicated(["ticker", "step"]).any()
     assert {"ticker", "as_of", "step", "date", "forecast", "lo_80", "hi_80"} <= set(f.columns)
@@ -170,16 +185,30 @@ def test_bad_histories_mixed_in_are_rejected_with_reasons(tmp_path, model_dir, s
 
 
 def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
-    marker = tmp_path / "died"
+    """Two scoring actors die: one as its first batch starts, one just after writing a batch's
+    parts (a retry could publish those rows twice). Ray Data retries both batches; every ticker is
+    published once with its HORIZON rows, the values rnnlib's own scoring gives, and no part is
+    left that the manifest does not list."""
+    before, after = tmp_path / "died-before", tmp_path / "died-after-part"
     out = tmp_path / "out"
     r = run("score", CONFIG, f"model={model_dir}", f"output={out}", "files_per_batch=4",
-            env=faults(RNNJOBS_SCORE_FAULT_MARKER=str(marker)))
-    assert marker.exists(), "the fault hook did not fire"
+            env=faults(RNNJOBS_SCORE_FAULT_MARKER=str(before), RNNJOBS_SCORE_FAULT_AFTER_PART=str(after)))
+    assert before.exists(), "the fault hook did not fire"
+    assert after.exists() and after.read_text(), "the after-part fault hook did not fire"
     assert r.returncode == 0, r.stderr[-3000:]
     run_uri = only_run(out)
-    f = read_published(run_uri)
-    assert len(f) == 26 * HORIZON and not f.duplicated(["ticker", "step"]).any()  # no duplicates, no gaps
     assert publish.verify(run_uri).ok
+    manifest = assert_folder_is_the_manifest(run_uri)
+    listed = [f["path"] for f in manifest["files"]]
+    dead = json.loads(after.read_text())  # the parts the dead actor wrote: rewritten by the retry, listed once
+    assert dead and all(listed.count(part["path"]) == 1 for part in dead), (dead, listed)
+    rows = {f["path"]: f["rows"] for f in manifest["files"]}
+    assert all(rows[part["path"]] == part["rows"] for part in dead)
+    files = sorted(sample_stocks_dir().glob("*.csv"))
+    f = assert_published_equals_rnnlib(run_uri, model_dir, files)
+    assert set(f.ticker) == {p.name.split("_")[0] for p in files} and len(files) == 26
+    assert (f.groupby("ticker").size() == HORIZON).all()
+    assert not f.duplicated(["ticker", "step"]).any()
 
 
 def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, shared_ray):

@@ -7,6 +7,8 @@ imported, and the patch dies (``os._exit``, like a killed process) at the chosen
 
 RNNJOBS_FAULT_EPOCH=N, RNNJOBS_FAULT_MARKER=path   the last Train rank, before epoch N
 RNNJOBS_SCORE_FAULT_MARKER=path                    the first scoring actor call
+RNNJOBS_SCORE_FAULT_AFTER_PART=path                a scoring actor, after it wrote its batch's
+                                                   parts (their manifest entries go in the marker)
 RNNJOBS_SCORE_CRASH_BEFORE_COMMIT=1                the score driver, after its parts, before _SUCCESS
 
 A marker file makes a fault fire once per test, so the retry that follows succeeds.
@@ -56,6 +58,19 @@ def _score(module) -> None:
                 return call(self, batch)
 
             cls.__call__ = dying_call
+    after = os.environ.get("RNNJOBS_SCORE_FAULT_AFTER_PART")
+    if after:
+        publish = module.ScoreBatch.publish  # ScoreBlock inherits it
+
+        def dying_publish(self, res, key, files):
+            summary = publish(self, res, key, files)  # the parts are written
+            if _once(after):
+                with open(after, "w") as f:
+                    f.write(summary["parts"].iloc[0])
+                os._exit(1)
+            return summary
+
+        module.ScoreBatch.publish = dying_publish
     if os.environ.get("RNNJOBS_SCORE_CRASH_BEFORE_COMMIT"):
         module.publish.commit = lambda *args, **kwargs: os._exit(1)  # only the driver commits
     if os.environ.get("RNNJOBS_SCORE_COMMIT_BARRIER"):
@@ -98,8 +113,8 @@ def _commit_barrier(storage) -> None:
 PATCHES = {}
 if os.environ.get("RNNJOBS_FAULT_EPOCH"):
     PATCHES["jobs.train"] = _train
-if any(os.environ.get(k) for k in ("RNNJOBS_SCORE_FAULT_MARKER", "RNNJOBS_SCORE_CRASH_BEFORE_COMMIT",
-                                   "RNNJOBS_SCORE_COMMIT_BARRIER")):
+if any(os.environ.get(k) for k in ("RNNJOBS_SCORE_FAULT_MARKER", "RNNJOBS_SCORE_FAULT_AFTER_PART",
+                                   "RNNJOBS_SCORE_CRASH_BEFORE_COMMIT", "RNNJOBS_SCORE_COMMIT_BARRIER")):
     PATCHES["jobs.score"] = _score
 
 
