@@ -1,5 +1,6 @@
 """The Ray Data scoring job end to end: on the session's shared Ray (``shared_ray``), or on a
-local Ray of its own where a fault is injected into Ray's workers or two runs race."""
+local Ray of its own where a fault is injected into Ray's workers (a hook in the drivers only,
+as the commit rendezvous, is fine on the shared Ray: its workers never see the job's env)."""
 
 import json
 import shutil
@@ -40,6 +41,34 @@ def only_run(out) -> str:
     return runs[0][0].rsplit("/", 1)[0]
 
 
+def assert_folder_is_the_manifest(run_uri: str) -> dict:
+    """The run folder holds exactly what its manifest lists (plus the manifest and _SUCCESS), and
+    each listed Parquet file has the rows the manifest gives it. Returns the manifest."""
+    name, manifest = publish.read_manifest(run_uri)
+    listed = {f["path"]: f["rows"] for f in manifest["files"]}
+    base = len(run_uri.rstrip("/")) + 1
+    on_disk = {uri[base:] for uri, _, _ in storage.list_files(run_uri, recursive=True)}
+    assert on_disk == set(listed) | {name, "_SUCCESS"}, on_disk ^ (set(listed) | {name, "_SUCCESS"})
+    for path, rows in listed.items():
+        assert pq.read_metadata(storage.filesystem(storage.join(run_uri, path))[1]).num_rows == rows, path
+    return manifest
+
+
+def assert_published_equals_rnnlib(run_uri: str, model_dir, files) -> pd.DataFrame:
+    """The published forecasts equal rnnlib's own scoring of the same files with the same bundle
+    (in this process, no Ray): same tickers, same rows, values to float32 tolerance."""
+    from rnnlib.checkpoint import open_bundle
+    from rnnlib.scoring import score_files
+
+    key = ["ticker", "step"]
+    expected = score_files(open_bundle(str(model_dir), task="forecast"), [str(f) for f in files]).forecasts
+    got = read_published(run_uri).sort_values(key, ignore_index=True)
+    expected = expected.sort_values(key, ignore_index=True)
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-5)
+    return got
+
+
 def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir, shared_ray):
     endpoint, env, s3 = moto_s3
     env = {**env, **shared_ray}
@@ -66,7 +95,7 @@ def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir, shared_ray):
     assert c["series_in"] == c["series_scored"] + c["series_rejected"] == 26
     assert c["series_rejected"] == 0  # window 20: even APTV (44 rows) can be scored
     assert c["rows_in"] == c["rows_kept"] + c["rows_rejected"] == 31519
-    f = read_published(run_uri)
+    f = assert_published_equals_rnnlib(run_uri, model_dir, sorted(sample_stocks_dir().glob("*.csv")))
     assert len(f) == c["series_scored"] * HORIZON == c["forecast_rows"]
     assert not f.duplicated(["ticker", "step"]).any()
     assert {"ticker", "as_of", "step", "date", "forecast", "lo_80", "hi_80"} <= set(f.columns)
@@ -93,18 +122,26 @@ def test_crash_before_commit_then_rerun_publishes_exactly_once(tmp_path, model_d
     assert on_disk == listed
 
 
-def test_two_attempts_commit_at_once(tmp_path, model_dir):
-    out = tmp_path / "out"
-    args = ["score", CONFIG, f"model={model_dir}", f"output={out}"]
-    procs = [start(*args, log=tmp_path / f"attempt{i}.log") for i in range(2)]
+def test_two_attempts_commit_at_once(tmp_path, model_dir, shared_ray):
+    """Two attempts of one run score side by side, then meet before creating _SUCCESS (a
+    rendezvous in tests/faults) so that their commits race: one publishes, the other removes
+    what it wrote, and the folder holds exactly the winner's manifest."""
+    out, barrier = tmp_path / "out", tmp_path / "barrier"
+    args = ["score", CONFIG, f"model={model_dir}", f"output={out}", "actors=1"]  # two jobs on 2 CPUs
+    env = {**shared_ray, **faults(RNNJOBS_SCORE_COMMIT_BARRIER=str(barrier))}
+    procs = [start(*args, env=env, log=tmp_path / f"attempt{i}.log") for i in range(2)]
     for p in procs:
-        assert p.wait(timeout=400) == 0
+        assert p.wait(timeout=400) == 0, [(tmp_path / f"attempt{i}.log").read_text()[-3000:] for i in range(2)]
     logs = [(tmp_path / f"attempt{i}.log").read_text() for i in range(2)]
     won = [any(line.startswith("published ") for line in log.splitlines()) for log in logs]
-    lost = [("another attempt published" in log or "already published" in log) for log in logs]
-    assert sorted(won) == [False, True] and sorted(lost) == [False, True], logs
+    lost = ["another attempt published" in log for log in logs]
+    assert sorted(won) == [False, True] and sorted(lost) == [False, True] and won != lost, logs
+    went = [float((barrier / f).read_text()) for f in sorted(barrier.iterdir()) if f.suffix == ".went"]
+    assert len(went) == 2 and abs(went[0] - went[1]) < 0.5  # both went on to create _SUCCESS at once
     run_uri = only_run(out)
     assert publish.verify(run_uri).ok
+    manifest = assert_folder_is_the_manifest(run_uri)  # the loser's parts and manifest are gone
+    assert sum(f["rows"] for f in manifest["files"] if f["kind"] == "forecasts") == 26 * HORIZON
     assert len(read_published(run_uri)) == 26 * HORIZON
 
 
@@ -148,16 +185,30 @@ def test_bad_histories_mixed_in_are_rejected_with_reasons(tmp_path, model_dir, s
 
 
 def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
-    marker = tmp_path / "died"
+    """Two scoring actors die: one as its first batch starts, one just after writing a batch's
+    parts (a retry could publish those rows twice). Ray Data retries both batches; every ticker is
+    published once with its HORIZON rows, the values rnnlib's own scoring gives, and no part is
+    left that the manifest does not list."""
+    before, after = tmp_path / "died-before", tmp_path / "died-after-part"
     out = tmp_path / "out"
     r = run("score", CONFIG, f"model={model_dir}", f"output={out}", "files_per_batch=4",
-            env=faults(RNNJOBS_SCORE_FAULT_MARKER=str(marker)))
-    assert marker.exists(), "the fault hook did not fire"
+            env=faults(RNNJOBS_SCORE_FAULT_MARKER=str(before), RNNJOBS_SCORE_FAULT_AFTER_PART=str(after)))
+    assert before.exists(), "the fault hook did not fire"
+    assert after.exists() and after.read_text(), "the after-part fault hook did not fire"
     assert r.returncode == 0, r.stderr[-3000:]
     run_uri = only_run(out)
-    f = read_published(run_uri)
-    assert len(f) == 26 * HORIZON and not f.duplicated(["ticker", "step"]).any()  # no duplicates, no gaps
     assert publish.verify(run_uri).ok
+    manifest = assert_folder_is_the_manifest(run_uri)
+    listed = [f["path"] for f in manifest["files"]]
+    dead = json.loads(after.read_text())  # the parts the dead actor wrote: rewritten by the retry, listed once
+    assert dead and all(listed.count(part["path"]) == 1 for part in dead), (dead, listed)
+    rows = {f["path"]: f["rows"] for f in manifest["files"]}
+    assert all(rows[part["path"]] == part["rows"] for part in dead)
+    files = sorted(sample_stocks_dir().glob("*.csv"))
+    f = assert_published_equals_rnnlib(run_uri, model_dir, files)
+    assert set(f.ticker) == {p.name.split("_")[0] for p in files} and len(files) == 26
+    assert (f.groupby("ticker").size() == HORIZON).all()
+    assert not f.duplicated(["ticker", "step"]).any()
 
 
 def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, shared_ray):

@@ -12,19 +12,19 @@ import pandas as pd
 import pytest
 from jobhelpers import cli
 
-from rnnlib import publish
+from rnnlib import publish, storage
 
 MANIFEST = "manifest-att1.json"
 PART = "forecasts/part-att1-0.parquet"
+DF = pd.DataFrame({"ticker": ["AAA", "AAA", "BBB"], "step": [1, 2, 1], "forecast": [1.0, 1.5, 2.0]})
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Path:
     """A run as rnnjobs publishes it: parts, then the manifest, then _SUCCESS."""
     run = tmp_path_factory.mktemp("out") / "run=abc"
-    df = pd.DataFrame({"ticker": ["AAA", "AAA", "BBB"], "step": [1, 2, 1], "forecast": [1.0, 1.5, 2.0]})
-    files = [publish.write_part(str(run), PART, df, "forecasts"),
-             publish.write_part(str(run), "rejects.parquet", df.head(0), "rejects")]
+    files = [publish.write_part(str(run), PART, DF, "forecasts"),
+             publish.write_part(str(run), "rejects.parquet", DF.head(0), "rejects")]
     counts = {"series_scored": 2, "forecast_rows": 3}
     assert publish.commit(str(run), "att1", {"run_id": "abc", "attempt": "att1", "counts": counts, "files": files})
     return run
@@ -78,6 +78,18 @@ def unlisted(run):
     shutil.copy(run / PART, run / "forecasts" / "part-att0-stale.parquet")
 
 
+def tampered_manifest(run):
+    """The manifest edited after the commit (a row count raised), _SUCCESS left as it was."""
+    m = manifest(run)
+    m["files"][0]["rows"] += 1
+    (run / MANIFEST).write_text(json.dumps(m))
+
+
+def manifest_folder(run):
+    (run / MANIFEST).unlink()
+    (run / MANIFEST).mkdir()
+
+
 def listed_twice(run):
     m = manifest(run)
     m["files"].append(dict(m["files"][0]))
@@ -108,6 +120,13 @@ CASES = {
     "part_not_parquet": (not_parquet, [f"{PART}: not a Parquet file"]),
     "part_a_folder": (part_folder, [f"{PART}: a folder, not the file the manifest lists"]),
     "part_unlisted": (unlisted, ["forecasts/part-att0-stale.parquet: in the run folder but not in the manifest"]),
+    "manifest_tampered": (tampered_manifest, [f"{MANIFEST}: sha256 differs from the one _SUCCESS committed"]),
+    "manifest_a_folder": (manifest_folder, [f"{MANIFEST}: named by _SUCCESS but a folder"]),
+    "part_missing": (lambda r: (r / PART).unlink(), [f"{PART}: missing"]),
+    "part_rows_differ": (edit_entry(lambda f: f.update(rows=len(DF) + 1)),
+                         [f"{PART}: {len(DF)} rows, manifest says {len(DF) + 1}"]),
+    "part_bytes_differ": (edit_entry(lambda f: f.update(bytes=1)),
+                          [f"{PART}: {len(publish.parquet_bytes(DF))} bytes, manifest says 1"]),
 }
 
 
@@ -124,6 +143,32 @@ def test_hostile_run_fails_verify_naming_each_problem(case, published, tmp_path)
     for text in expected:  # each problem on a line of its own
         assert any(text in line for line in lines), (text, out)
     assert f"{len([x for x in lines if x.startswith('  - ')])} problem(s)" in out, out
+
+
+STORE_ERRORS = {  # what the store refuses (a permission, a network error), and the line verify gives for it
+    "part_unreadable": ("read_bytes", PART, [f"{PART}: cannot be read"]),
+    "manifest_unreadable": ("read_bytes", MANIFEST, [f"{MANIFEST}: cannot be read"]),
+    "folder_unlistable": ("list_files", "run=abc", ["the run folder cannot be listed"]),
+}
+
+
+@pytest.mark.parametrize("case", STORE_ERRORS)
+def test_store_errors_fail_verify_naming_what_failed(case, published, monkeypatch):
+    """Root reads any local file, so the store's refusal is made by hand: one storage call fails
+    with PermissionError for one name, everything else reads as usual."""
+    call, name, expected = STORE_ERRORS[case]
+    real = getattr(storage, call)
+
+    def refusing(uri, *args, **kwargs):
+        if str(uri).rstrip("/").endswith(name):
+            raise PermissionError(13, "Permission denied", str(uri))
+        return real(uri, *args, **kwargs)
+
+    monkeypatch.setattr(storage, call, refusing)
+    code, out = cli("verify", published)
+    assert code == 1 and "Traceback" not in out, out
+    for text in expected:
+        assert any(text in line for line in out.splitlines()), (text, out)
 
 
 def test_published_run_verifies(published):

@@ -7,14 +7,23 @@ imported, and the patch dies (``os._exit``, like a killed process) at the chosen
 
 RNNJOBS_FAULT_EPOCH=N, RNNJOBS_FAULT_MARKER=path   the last Train rank, before epoch N
 RNNJOBS_SCORE_FAULT_MARKER=path                    the first scoring actor call
+RNNJOBS_SCORE_FAULT_AFTER_PART=path                a scoring actor, after it wrote its batch's
+                                                   parts (their manifest entries go in the marker)
 RNNJOBS_SCORE_CRASH_BEFORE_COMMIT=1                the score driver, after its parts, before _SUCCESS
 
 A marker file makes a fault fire once per test, so the retry that follows succeeds.
+
+Not a fault but a rendezvous: RNNJOBS_SCORE_COMMIT_BARRIER=folder makes a score driver that is
+about to create _SUCCESS wait there until RNNJOBS_SCORE_COMMIT_PARTIES drivers (default 2) have
+come, then until a start time 0.2 s on (spinning its last ms), so that their commits race for real
+(exit 3 if the others do not come within 120 s); each writes the time it went on to PID.went.
 """
 
 import importlib.util
+import json
 import os
 import sys
+import time
 from importlib.abc import MetaPathFinder
 
 
@@ -49,14 +58,63 @@ def _score(module) -> None:
                 return call(self, batch)
 
             cls.__call__ = dying_call
+    after = os.environ.get("RNNJOBS_SCORE_FAULT_AFTER_PART")
+    if after:
+        publish = module.ScoreBatch.publish  # ScoreBlock inherits it
+
+        def dying_publish(self, res, key, files):
+            summary = publish(self, res, key, files)  # the parts are written
+            if _once(after):
+                with open(after, "w") as f:
+                    f.write(summary["parts"].iloc[0])
+                os._exit(1)
+            return summary
+
+        module.ScoreBatch.publish = dying_publish
     if os.environ.get("RNNJOBS_SCORE_CRASH_BEFORE_COMMIT"):
         module.publish.commit = lambda *args, **kwargs: os._exit(1)  # only the driver commits
+    if os.environ.get("RNNJOBS_SCORE_COMMIT_BARRIER"):
+        _commit_barrier(module.publish.storage)
+
+
+def _commit_barrier(storage) -> None:
+    folder = os.environ["RNNJOBS_SCORE_COMMIT_BARRIER"]
+    parties = int(os.environ.get("RNNJOBS_SCORE_COMMIT_PARTIES", "2"))
+    create_if_absent = storage.create_if_absent
+
+    def create_together(uri, data, endpoint_url=None):
+        if str(uri).endswith("/_SUCCESS"):  # only the driver creates _SUCCESS
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+            go, end = os.path.join(folder, "go.time"), time.monotonic() + 120
+            if sum("." not in name for name in os.listdir(folder)) >= parties:  # the last to come sets the time
+                with open(go + f".{os.getpid()}", "w") as f:
+                    f.write(json.dumps(time.time() + 0.2))
+                try:
+                    os.link(go + f".{os.getpid()}", go)  # the first of the last to come
+                except FileExistsError:
+                    pass
+            while not os.path.exists(go):
+                if time.monotonic() > end:
+                    os._exit(3)
+                time.sleep(0.001)
+            with open(go) as f:
+                at = float(f.read())
+            time.sleep(max(0.0, at - time.time() - 0.005))
+            while time.time() < at:  # the last few ms spinning: sleep wakes up late on a busy machine
+                pass
+            with open(os.path.join(folder, f"{os.getpid()}.went"), "w") as f:  # when it went on
+                f.write(json.dumps(time.time()))
+        return create_if_absent(uri, data, endpoint_url)
+
+    storage.create_if_absent = create_together
 
 
 PATCHES = {}
 if os.environ.get("RNNJOBS_FAULT_EPOCH"):
     PATCHES["jobs.train"] = _train
-if os.environ.get("RNNJOBS_SCORE_FAULT_MARKER") or os.environ.get("RNNJOBS_SCORE_CRASH_BEFORE_COMMIT"):
+if any(os.environ.get(k) for k in ("RNNJOBS_SCORE_FAULT_MARKER", "RNNJOBS_SCORE_FAULT_AFTER_PART",
+                                   "RNNJOBS_SCORE_CRASH_BEFORE_COMMIT", "RNNJOBS_SCORE_COMMIT_BARRIER")):
     PATCHES["jobs.score"] = _score
 
 
