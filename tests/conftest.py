@@ -4,6 +4,12 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread in the test processes and in every process they start (jobs, Ray workers, the
+# notebook's kernel inherit it): the RNNs here are tiny, and on a 2-core machine also running Ray
+# and a second test worker, OpenMP threads spin for cores other processes hold (a GRU step measured
+# 0.54 s on two threads, 0.009 s on one). The arithmetic a test compares is the same either way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = ROOT.parent / "shared" / "data"

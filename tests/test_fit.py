@@ -58,23 +58,18 @@ def test_early_stopping_returns_the_best_epochs_weights_not_the_last(tmp_path):
     job = {"task": "text", "model": {"cell": "gru", "hidden": 64, "embed": 16, "layers": 1},
            "data": {"path": str(text), "seq_len": 32, "val_frac": 0.4},
            "train": {"epochs": 15, "batch_size": 8, "lr": 0.05, "patience": 2, "seed": 0}}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small steps: far faster on a busy machine, the same arithmetic for both fits
-    try:
-        res = fit(job_from_dict(job), log=lambda s: None)
-        vals = [h["val_loss"] for h in res.history]
-        best = int(np.argmin(vals))
-        # the case holds: worse after the best epoch, for exactly patience epochs, then stopped early
-        assert len(vals) == best + 1 + 2 < 15 and min(vals[best + 1:]) > vals[best], vals
-        # the returned model scores the best epoch's val loss (recomputed here), not the last one's
-        val = evaluate_text(res.model, res.task.val_ids, 32)["nats_per_char"]
-        assert val == pytest.approx(vals[best], rel=1e-6) and val != pytest.approx(vals[-1], rel=1e-3)
-        # and holds the best epoch's weights: those of the same run stopped right after it
-        upto = fit(job_from_dict({**job, "train": {**job["train"], "epochs": best + 1, "patience": 0}}),
-                   log=lambda s: None)
-        assert [h["val_loss"] for h in upto.history] == vals[:best + 1]
-        got, want = res.model.state_dict(), upto.model.state_dict()
-        for k in want:
-            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
-    finally:
-        torch.set_num_threads(threads)
+    res = fit(job_from_dict(job), log=lambda s: None)
+    vals = [h["val_loss"] for h in res.history]
+    best = int(np.argmin(vals))
+    # the case holds: worse after the best epoch, for exactly patience epochs, then stopped early
+    assert len(vals) == best + 1 + 2 < 15 and min(vals[best + 1:]) > vals[best], vals
+    # the returned model scores the best epoch's val loss (recomputed here), not the last one's
+    val = evaluate_text(res.model, res.task.val_ids, 32)["nats_per_char"]
+    assert val == pytest.approx(vals[best], rel=1e-6) and val != pytest.approx(vals[-1], rel=1e-3)
+    # and holds the best epoch's weights: those of the same run stopped right after it
+    upto = fit(job_from_dict({**job, "train": {**job["train"], "epochs": best + 1, "patience": 0}}),
+               log=lambda s: None)
+    assert [h["val_loss"] for h in upto.history] == vals[:best + 1]
+    got, want = res.model.state_dict(), upto.model.state_dict()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)

@@ -13,9 +13,6 @@ from conftest import ROOT, optional
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-# One intra-op thread in the kernel: the same arithmetic, and on a busy 2-core machine far faster for
-# small RNN steps (two threads spin against other processes).
-FIRST = "import torch\ntorch.set_num_threads(1)"
 LAST = """import json as _json
 print("RESULTS " + _json.dumps({
     "nats_per_char": text.metrics["val"]["nats_per_char"], "vocab": len(text.task.vocab),
@@ -30,7 +27,6 @@ def test_quickstart_notebook_runs_and_computes_sane_results():
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(FIRST))
     nb.cells.append(nbformat.v4.new_code_cell(LAST))
     t0 = time.monotonic()
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}

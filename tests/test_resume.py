@@ -14,20 +14,10 @@ import pytest
 import torch
 
 from jobs.train import train_loop
-from rnnlib.checkpoint import load_bundle
+from rnnlib.bundle import load_bundle
 from rnnlib.config import job_from_dict
 from rnnlib.datasets import tinyshakespeare_path
 from rnnlib.fit import TrainState
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small RNN steps: one intra-op thread is as fast alone and far faster on a busy machine (two
-    threads spin against other processes: a GRU step measured 0.54 s against 0.009 s)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 class Crash(Exception):
@@ -77,14 +67,9 @@ CASES = {
              "data": {"seq_len": 32, "batching": "random"},
              "train": {"epochs": 3, "batch_size": 16, "max_batches": 10, "lr": 0.01, "patience": 0, "seed": 7}},
 }
-# dropout draws from the global torch RNG, which no checkpoint holds: a resumed worker reseeds it
-# (seed_everything) and builds a model, so its masks differ from the uninterrupted run's
+# dropout draws from the global torch RNG: the checkpoint holds its state, so a resumed worker, which
+# reseeds (seed_everything) and builds a model first, still draws the uninterrupted run's masks
 CASES["forecast-dropout"] = {**CASES["forecast"], "model": {**CASES["forecast"]["model"], "dropout": 0.3}}
-DROPOUT_BUG = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug: a checkpoint does not hold the torch RNG state, so with model.dropout > 0 a resumed run draws "
-           "other dropout masks than the run it resumes (rnnlib/fit.py promises it 'continues exactly where the "
-           "checkpoint left off')")
 
 
 def config(case: str, tmp_path: Path):
@@ -96,7 +81,7 @@ def config(case: str, tmp_path: Path):
     return job_from_dict(d)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=DROPOUT_BUG) if "dropout" in c else c for c in CASES])
+@pytest.mark.parametrize("case", CASES)
 def test_resumed_run_equals_uninterrupted(tmp_path, case):
     cfg = config(case, tmp_path)
     (tmp_path / "straight").mkdir()

@@ -57,7 +57,7 @@ def assert_folder_is_the_manifest(run_uri: str) -> dict:
 def assert_published_equals_rnnlib(run_uri: str, model_dir, files) -> pd.DataFrame:
     """The published forecasts equal rnnlib's own scoring of the same files with the same bundle
     (in this process, no Ray): same tickers, same rows, values to float32 tolerance."""
-    from rnnlib.checkpoint import open_bundle
+    from rnnlib.bundle import open_bundle
     from rnnlib.scoring import score_files
 
     key = ["ticker", "step"]
