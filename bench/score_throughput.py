@@ -10,9 +10,11 @@ day over each series' last 250 days:
 (c) `rnnjobs score` end to end (Ray Data, Parquet parts, manifest, _SUCCESS), timed inside one
     running Ray (ray.init excluded): the per-ticker CSVs from a local folder; the same rows as one
     Parquet file per trading day (Hive `date=` folders: the long layout, grouped by ticker with a
-    Ray Data hash shuffle); the per-ticker CSVs read from and published to moto S3 on 127.0.0.1.
-    Windows are counted from each run's manifest.
-Then forecast mode at 505 and 5,050 series (the histories repeated under new tickers): wall
+    Ray Data hash shuffle); the per-ticker CSVs read from and published to moto S3 on 127.0.0.1
+    (uploaded there first). Each job's windows are its own count: the metrics parts its manifest
+    lists, checked against the manifest's forecast rows; the manifest's input is the source given.
+Then, with that Ray stopped (no process of it left), forecast mode at 505 and 5,050 series (the
+histories repeated under new tickers), each `rnnjobs score` a process with its own Ray: wall
 time and peak memory (RSS summed over the job's process and every process it started).
 
     python bench/score_throughput.py [--quick]
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +44,10 @@ import torch  # noqa: E402
 from common import machine, write  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
+from jobhelpers import s3_env  # noqa: E402
 from layouts import write_layout  # noqa: E402
 
-from rnnlib import publish, storage  # noqa: E402
+from rnnlib import publish  # noqa: E402
 from rnnlib.bundle import load_bundle  # noqa: E402
 from rnnlib.config import job_from_dict  # noqa: E402
 from rnnlib.datasets import sample_stocks_dir  # noqa: E402
@@ -53,6 +57,7 @@ from rnnlib.stocks import load_histories  # noqa: E402
 from rnnlib.tables import table  # noqa: E402
 
 SP500 = ROOT.parent / "shared" / "data" / "stocks" / "sp500_5yr"
+SCORE_CONFIG = str(ROOT / "jobs" / "configs" / "forecast-score.yaml")
 WINDOW, HORIZON, HIDDEN, LAYERS = 60, 5, 64, 2
 
 
@@ -136,16 +141,22 @@ def score_job(args: list[str]) -> tuple[float, int]:
     return time.perf_counter() - start, mem.peak
 
 
-def published_windows(out: str) -> int:
-    """Backtest windows a published run scored, from its manifest (forecast rows / horizon)."""
-    runs = [u for u, _, _ in storage.list_files(out, recursive=True) if u.endswith("/_SUCCESS")]
-    assert len(runs) == 1, runs
-    _, manifest = publish.read_manifest(runs[0].rsplit("/", 1)[0])
-    return manifest["counts"]["forecast_rows"] // HORIZON
+def scored_windows(output: str) -> tuple[int, dict]:
+    """(backtest windows, manifest) of the run published under ``output``: the windows are the job's
+    own per-ticker count (the `windows` column of the metrics parts its manifest lists), checked
+    against the manifest's forecast rows over the model's horizon."""
+    run = publish.resolve(output)
+    _, manifest = publish.read_manifest(run)
+    windows = int(publish.read_kind(run, "metrics", manifest=manifest)["windows"].sum())
+    rows, horizon = manifest["counts"]["forecast_rows"], manifest["model"]["horizon"]
+    assert rows == windows * horizon, f"{output}: {rows} forecast rows for {windows} windows of {horizon} steps"
+    return windows, manifest
 
 
-def start_moto():
-    """A moto S3 server on 127.0.0.1; fake credentials set before Ray starts its workers."""
+@contextmanager
+def moto_s3():
+    """A moto S3 server on 127.0.0.1 with the tests' fake credentials (tests/conftest.py moto_s3),
+    set in this process before Ray starts its workers and restored afterwards; yields a client."""
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -154,10 +165,57 @@ def start_moto():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}"})
-    boto3.client("s3").create_bucket(Bucket="bench")
-    return server
+    env = s3_env(f"http://{host}:{port}")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield boto3.client("s3")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def backtest_jobs(src: Path, work: Path, batch: int) -> tuple[dict, dict]:
+    """(c): `rnnjobs score` in backtest mode on three layouts of the same rows, inside one Ray
+    started here (its start not timed) and stopped at the end, so that none of its processes is
+    alive during the memory measurements. Returns ({label: windows/s}, {label: windows})."""
+    import ray
+
+    from jobs.ray_setup import init_ray
+    from jobs.score import run as score_run
+
+    raw = {f.name.removesuffix("_data.csv"): pd.read_csv(f, dtype=str).drop(columns="Name")
+           for f in sorted(src.glob("*.csv"))}
+    daily = write_layout(raw, work / "daily", "hive_daily")
+    common = [f"model={work / 'model'}", "mode=backtest", "backtest_days=250", "step=1",
+              f"batch_size={batch}", "files_per_batch=32"]
+    jobs = {"per-ticker CSV, local folder": (str(src), str(work / "out-local")),
+            f"one Parquet file per day ({len(list(daily.glob('date=*')))} files), local": (
+                str(daily), str(work / "out-daily")),
+            "per-ticker CSV, moto S3 in and out": ("s3://bench/histories/", "s3://bench/out")}
+    rates, windows = {}, {}
+    with moto_s3() as s3:  # the credentials are in the environment before Ray starts its workers
+        s3.create_bucket(Bucket="bench")
+        for f in sorted(src.glob("*.csv")):
+            s3.upload_file(str(f), "bench", f"histories/{f.name}")
+        init_ray()
+        try:
+            for label, (source, output) in jobs.items():
+                start = time.perf_counter()
+                score_run(SCORE_CONFIG, [*common, f"input={source}", f"output={output}"])
+                secs = time.perf_counter() - start
+                windows[label], manifest = scored_windows(output)
+                assert manifest["input"]["uri"] == source, (manifest["input"], source)  # what it read
+                rates[label] = windows[label] / secs
+        finally:
+            ray.shutdown()
+    _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=30)
+    assert not left, f"processes of this benchmark's Ray still running: {[p.name() for p in left]}"
+    return rates, windows
 
 
 def main() -> None:
@@ -192,32 +250,7 @@ def main() -> None:
     best_batch = max(ceilings, key=ceilings.get)
     ceiling = ceilings[best_batch]
 
-    from jobs.ray_setup import init_ray
-    from jobs.score import run as score_run
-
-    raw = {f.name.removesuffix("_data.csv"): pd.read_csv(f, dtype=str).drop(columns="Name")
-           for f in sorted(src.glob("*.csv"))}
-    daily = write_layout(raw, work / "daily", "hive_daily")
-    moto = start_moto()
-    s3 = boto3.client("s3")
-    for f in sorted(src.glob("*.csv")):
-        s3.upload_file(str(f), "bench", f"histories/{f.name}")
-    init_ray()
-    config = str(ROOT / "jobs" / "configs" / "forecast-score.yaml")
-    common = [f"model={work / 'model'}", "mode=backtest", "backtest_days=250", "step=1",
-              f"batch_size={best_batch}", "files_per_batch=32"]
-    jobs = {"per-ticker CSV, local folder": [f"input={src}", f"output={work / 'out-local'}"],
-            f"one Parquet file per day ({len(list(daily.glob('date=*')))} files), local": [
-                f"input={daily}", f"output={work / 'out-daily'}"],
-            "per-ticker CSV, moto S3 in and out": ["input=s3://bench/histories/", "output=s3://bench/out"]}
-    job_rate, job_windows = {}, {}
-    for label, extra in jobs.items():
-        start = time.perf_counter()
-        score_run(config, common + extra)
-        secs = time.perf_counter() - start
-        job_windows[label] = published_windows(extra[1].removeprefix("output="))
-        job_rate[label] = job_windows[label] / secs
-    moto.stop()
+    job_rate, job_windows = backtest_jobs(src, work, best_batch)
     assert len(set(job_windows.values())) == 1, f"the layouts scored different windows: {job_windows}"
 
     rows = [("(a) one forward call per window", round(per_window), per_window / ceiling, "-"),
@@ -230,13 +263,14 @@ def main() -> None:
           f"{gflops:.1f} GFLOP/s (2048x2048); {flops / 1e6:.2f} MFLOP per window (LSTM 2x64 over 60 steps)")
     print(f"{len(hist.series)} series from {src}, {n} backtest windows\n")
     print(table(rows, ["mode", "windows/s", "x (b)", "(b) / matmul rate"]))
-    print(f"windows counted from each run's manifest: {next(iter(job_windows.values()))} (the ceiling's: {n}); "
+    print(f"windows each job scored (its metrics parts, as its manifest lists them): "
+          f"{next(iter(job_windows.values()))} (the ceiling's: {n}); "
           f"daily Parquet / per-ticker CSV: {by_day / per_ticker:.2f}x")
 
     scale = {}
     copies = 2 if args.quick else 10
     for label, folder in (("1x", src), (f"{copies}x", replicate(src, work / "many", copies))):
-        secs, peak = score_job([config, f"input={folder}", f"model={work / 'model'}",
+        secs, peak = score_job([SCORE_CONFIG, f"input={folder}", f"model={work / 'model'}",
                                 f"output={work / ('fc-' + label)}", "files_per_batch=32"])
         scale[label] = {"files": len(list(folder.glob("*.csv"))), "seconds": secs, "peak_rss_mb": peak / 2**20}
     base, big = scale["1x"], scale[f"{copies}x"]
