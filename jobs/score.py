@@ -78,7 +78,7 @@ class ScoreBatch:
             "tickers": json.dumps(sorted(res.forecasts["ticker"].unique().tolist())),
             "rows_in": h.rows_in, "rows_kept": h.rows_kept, "rows_rejected": h.rows_rejected,
             "rows_after_as_of": res.rows_after_as_of, "series_in": len(h.series) + len(h.rejected_series()),
-            "series_scored": res.series_scored}])
+            "series_scored": res.series_scored, "windows": res.windows}])
 
 
 # Long layout: files -> rows (stage 1) -> hash shuffle by ticker -> blocks of whole tickers (stage 2).
@@ -257,7 +257,7 @@ def _manifest(cfg, rid, attempt, bundle, model_uri, source, listing, summaries,
                                                                        ignore_index=True)  # same bytes every attempt
     files.append(publish.write_part(run_uri, "rejects.parquet", rejects, "rejects", cfg.endpoint_url))
     tot = {k: int(summaries[k].sum()) for k in ("rows_in", "rows_kept", "rows_rejected", "rows_after_as_of",
-                                                 "series_in", "series_scored", "files")}
+                                                 "series_in", "series_scored", "windows", "files")}
     counts = {**tot, "series_rejected": tot["series_in"] - tot["series_scored"],
               "forecast_rows": sum(f["rows"] for f in files if f["kind"] == "forecasts")}
     listing_sha = hashlib.sha256(json.dumps(listing.key()).encode()).hexdigest()

@@ -286,10 +286,15 @@ def _fmt(value: Any) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
+YAML_BOOL_WORDS = {False: "off", True: "on"}
+
+
 def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted, or append a problem."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
+        if isinstance(value, bool) and YAML_BOOL_WORDS[value] in args:  # `off` unquoted: YAML 1.1 reads false
+            value = YAML_BOOL_WORDS[value]
         if value not in args:
             problems.append(f"{key}: {_fmt(value)} is not allowed; choose one of {', '.join(map(str, args))}")
         return value

@@ -56,6 +56,7 @@ class ScoreResult:
     rejects: pd.DataFrame
     hist: Histories
     rows_after_as_of: int = 0
+    windows: int = 0  # windows the model forecast (one per series in forecast mode, one per origin in backtest)
 
     @property
     def series_scored(self) -> int:
@@ -155,7 +156,8 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
         if metrics is not None:
             metric_rows.append(metrics)
     forecasts = pd.concat(frames, ignore_index=True)
-    return ScoreResult(forecasts, pd.DataFrame(metric_rows) if mode == "backtest" else None, rejects, hist, after)
+    return ScoreResult(forecasts, pd.DataFrame(metric_rows) if mode == "backtest" else None, rejects, hist, after,
+                       len(pooled))
 
 
 def _rows(mode, ticker, df, w: Windows, prices: np.ndarray, d: dict, scaler: str, fit_end: int):

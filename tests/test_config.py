@@ -81,6 +81,10 @@ def test_dotted_overrides_are_typed_as_yaml():
     assert cfg.data.quantiles == (0.2, 0.5, 0.8)
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides({}, ["model.cell"])
+    # `off` unquoted is false to YAML 1.1: where a choice is named off, false means it
+    assert job_from_dict(apply_overrides({}, ["data.point_shrink=off"])).data.point_shrink == "off"
+    with pytest.raises(ConfigError, match="model.cell: false is not allowed; choose one of rnn, lstm, gru"):
+        job_from_dict(apply_overrides({}, ["model.cell=off"]))  # no choice named off: still refused
 
 
 def test_load_job_file_errors(tmp_path):

@@ -97,6 +97,7 @@ def test_s3_end_to_end_verify_and_rerun_noop(moto_s3, model_dir, shared_ray):
     assert c["rows_in"] == c["rows_kept"] + c["rows_rejected"] == 31519
     f = assert_published_equals_rnnlib(run_uri, model_dir, sorted(sample_stocks_dir().glob("*.csv")))
     assert len(f) == c["series_scored"] * HORIZON == c["forecast_rows"]
+    assert c["windows"] == c["series_scored"]  # forecast mode: one window per series
     assert not f.duplicated(["ticker", "step"]).any()
     assert {"ticker", "as_of", "step", "date", "forecast", "lo_80", "hi_80"} <= set(f.columns)
     assert FAKE_SECRET not in json.dumps(manifest)
@@ -236,6 +237,10 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, share
     assert counts["hive_daily"]["rows_in"] == counts["per_ticker"]["rows_in"] == sum(map(len, raw.values()))
     assert counts["hive_daily"]["files"] == 300 and counts["per_ticker"]["files"] == 8
     assert counts["hive_daily"]["series_scored"] == counts["per_ticker"]["series_scored"] == 8
+    # backtest: a window per origin, as many as the forecasts' (ticker, origin) pairs and the metrics' windows
+    windows = read_published(runs["per_ticker"], "metrics")["windows"].sum()
+    assert counts["hive_daily"]["windows"] == counts["per_ticker"]["windows"] == windows == len(
+        a[["ticker", "origin"]].drop_duplicates()) > 0
     rejects = read_published(runs["hive_daily"], "rejects")
     assert list(rejects[rejects.action == "skip_file"].file) == [str(tmp_path / "hive_daily" / "_SUCCESS")]
     # forced per-ticker batching on files that split tickers: refused, nothing published
