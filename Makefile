@@ -5,7 +5,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Two test workers (pytest-xdist), a module each at a time, so module fixtures are set up once; the
-# slow modules are scheduled first (tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+# slow modules are scheduled first, longest first (tests/conftest.py; --no-loadscope-reorder keeps
+# that order, which xdist would otherwise replace by the number of tests). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench venv clean image push manifests
@@ -22,7 +23,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects nothing: say so loudly instead of failing obscurely.
 test: $(STAMP)
-	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then \
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then \
 	  echo "pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc; }
 
 lint: $(STAMP)

@@ -19,7 +19,7 @@ from rnnlib import publish, storage
 from rnnlib.bundle import open_bundle
 from rnnlib.datasets import sample_stocks_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow(seconds=115), pytest.mark.timeout(900)]
 AS_OF = "2018-01-31"
 
 

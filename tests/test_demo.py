@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 from jobhelpers import run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=130), pytest.mark.timeout(600)]
 
 
 def test_demo_pipeline_end_to_end(tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, optional
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=30), pytest.mark.timeout(600)]
 
 LAST = """import json as _json
 print("RESULTS " + _json.dumps({

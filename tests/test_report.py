@@ -20,7 +20,7 @@ from jobhelpers import cli_run, run
 from rnnlib import publish, storage
 from rnnlib.datasets import sample_stocks_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=40), pytest.mark.timeout(600)]
 
 SAMPLES = 3
 SEARCH = ["tune", "jobs/configs/forecast-tune.yaml", "tune.searcher=optuna", f"tune.num_samples={SAMPLES}",

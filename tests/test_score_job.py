@@ -17,7 +17,7 @@ from rnnlib.config import job_from_dict
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.fit import fit
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=230), pytest.mark.timeout(600)]
 CONFIG = "jobs/configs/forecast-score.yaml"
 HORIZON = 5
 

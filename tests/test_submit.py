@@ -14,7 +14,7 @@ from jobhelpers import free_port, ray_node, run, wait_for
 
 from jobs.score import exchange_today
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=90), pytest.mark.timeout(600)]
 
 
 TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # this head's own token

@@ -18,7 +18,7 @@ from jobhelpers import cli, run
 from rnnlib import publish, storage
 from rnnlib.datasets import sample_stocks_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=90), pytest.mark.timeout(600)]
 
 TRAIN = ["train", "jobs/configs/forecast-train.yaml", "model.hidden=8", "data.window=20", "train.epochs=2",
          "release.model=fc"]

@@ -25,7 +25,7 @@ from rnnlib.loop import predict
 from rnnlib.sampling import generate
 from rnnlib.tasks import make_task
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=400), pytest.mark.timeout(600)]
 
 FORECAST = ["jobs/configs/forecast-train.yaml", "model.hidden=16", "data.window=20", "scaling.workers=2"]
 TEXT = ["jobs/configs/text-train.yaml", "model.hidden=64", "model.embed=16", "data.seq_len=64",

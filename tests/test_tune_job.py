@@ -13,7 +13,7 @@ from jobhelpers import FAKE_SECRET, kill_group, run, start, wait_for
 from rnnlib import storage
 from rnnlib.bundle import load_bundle
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=340), pytest.mark.timeout(600)]
 
 # 3 cells x 2 windows on the bundled sample, small models
 GRID = ["jobs/configs/forecast-tune.yaml", "tune.num_samples=1", "train.epochs=3", "model.hidden=8",
