@@ -85,7 +85,7 @@ class Task(Protocol):
     def summary(self) -> str: ...  # the data as loaded, for ``check`` and ``train``
 
     @staticmethod
-    def describe_data(fingerprint: dict) -> str: ...  # one line for a ``fingerprint()``
+    def describe_data(fp: dict) -> str: ...  # one line for a ``fingerprint()``
 
     @staticmethod
     def metrics_text(final: dict) -> str: ...  # ``final_metrics`` for a person
