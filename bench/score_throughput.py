@@ -23,7 +23,6 @@ time and peak memory (RSS summed over the job's process and every process it sta
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import torch  # noqa: E402
 from common import machine, write  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
-from jobhelpers import s3_env  # noqa: E402
+from jobhelpers import moto_server  # noqa: E402
 from layouts import write_layout  # noqa: E402
 
 from rnnlib import publish  # noqa: E402
@@ -155,28 +154,10 @@ def scored_windows(output: str) -> tuple[int, dict]:
 
 @contextmanager
 def moto_s3():
-    """A moto S3 server on 127.0.0.1 with the tests' fake credentials (tests/conftest.py moto_s3),
-    set in this process before Ray starts its workers and restored afterwards; yields a client."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = s3_env(f"http://{host}:{port}")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    """A moto S3 server on 127.0.0.1 with the tests' fake credentials (tests/jobhelpers.py), set in
+    this process before Ray starts its workers and restored afterwards; yields a client."""
+    with moto_server():
         yield boto3.client("s3")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 def backtest_jobs(src: Path, work: Path, batch: int) -> tuple[dict, dict]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import logging
 import os
 import re
 import subprocess
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from common import write  # noqa: E402
-from jobhelpers import s3_env  # noqa: E402
+from jobhelpers import moto_server  # noqa: E402
 
 from rnnlib.tables import table  # noqa: E402
 
@@ -45,9 +44,13 @@ WRITES = ("put", "post", "list")  # billed as PUT-class requests
 class Counter:
     """A WSGI middleware around moto that counts requests by (method, kind) and the bytes moved."""
 
-    def __init__(self, app):
-        self.app, self.lock = app, threading.Lock()
+    def __init__(self):
+        self.app, self.lock = None, threading.Lock()
         self.reset()
+
+    def around(self, app):
+        self.app = app
+        return self
 
     def reset(self) -> None:
         with self.lock:
@@ -65,26 +68,6 @@ class Counter:
             self.bytes_in += int(environ.get("CONTENT_LENGTH") or 0)
             self.bytes_out += sum(len(b) for b in body)
         return body
-
-
-def counting_moto() -> tuple[str, Counter]:
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    counter = Counter(DomainDispatcherApplication(create_backend_app))
-
-    class Server(ThreadedMotoServer):
-        def _server_entry(self) -> None:
-            self._server = make_server(self._ip_address, self._port, counter, True, request_handler=MotoRequestHandler)
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    server = Server(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return f"http://{host}:{port}", counter
 
 
 def search(name: str, code: Path, endpoint: str, counter: Counter, a, extra: list[str]) -> dict:
@@ -117,12 +100,11 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    default=["model.hidden=16", "tune.max_concurrent_trials=2"])
     a = p.parse_args()
-    endpoint, counter = counting_moto()
-    import boto3
+    counter = Counter()
+    with moto_server(wrap=counter.around) as endpoint, tempfile.TemporaryDirectory() as tmp:
+        import boto3
 
-    os.environ.update(s3_env(endpoint))
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
-    with tempfile.TemporaryDirectory() as tmp:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
         old = Path(tmp) / "before"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old), a.before], cwd=ROOT, check=True)
         try:

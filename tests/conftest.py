@@ -54,27 +54,11 @@ def shared(path: str) -> Path:
 @pytest.fixture(scope="session")
 def moto_s3():
     """A moto S3 server on 127.0.0.1 with a free port; yields (endpoint, env, boto3 client)."""
-    import os
-
     import boto3
-    from jobhelpers import s3_env
-    from moto.server import ThreadedMotoServer
+    from jobhelpers import moto_server, s3_env
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = s3_env(endpoint)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # boto3 and pyarrow in this process use the fake credentials too
-    client = boto3.client("s3", endpoint_url=endpoint)
-    yield endpoint, env, client
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint, s3_env(endpoint), boto3.client("s3", endpoint_url=endpoint)
 
 
 @pytest.fixture(scope="session")

@@ -124,6 +124,49 @@ def ray_node(log: Path, *, head: str | None = None, num_cpus: int = 1, env: dict
     return p, gcs
 
 
+@contextlib.contextmanager
+def moto_server(wrap=None):
+    """A moto S3 server on 127.0.0.1 (a free port), its fake credentials and endpoint in this
+    process's environment while it runs (boto3 and pyarrow here, and processes started here, use
+    them) and restored after; yields the endpoint. ``wrap(app)``: a WSGI middleware around moto's
+    app (bench/tune_requests.py counts the requests)."""
+    import logging
+
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    class Wrapped(ThreadedMotoServer):
+        def _server_entry(self) -> None:  # ThreadedMotoServer's, with the app wrapped
+            from moto.moto_server.werkzeug_app import (
+                DomainDispatcherApplication,
+                MotoRequestHandler,
+                create_backend_app,
+            )
+            from werkzeug.serving import make_server
+
+            app = wrap(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server = (Wrapped if wrap else ThreadedMotoServer)(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = s3_env(endpoint)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
 def s3_env(endpoint: str) -> dict:
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}
