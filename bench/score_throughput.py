@@ -142,11 +142,10 @@ def score_job(args: list[str]) -> tuple[float, int]:
 
 def scored_windows(output: str) -> tuple[int, dict]:
     """(backtest windows, manifest) of the run published under ``output``: the windows are the job's
-    own per-ticker count (the `windows` column of the metrics parts its manifest lists), checked
-    against the manifest's forecast rows over the model's horizon."""
-    run = publish.resolve(output)
-    _, manifest = publish.read_manifest(run)
-    windows = int(publish.read_kind(run, "metrics", manifest=manifest)["windows"].sum())
+    own count (its manifest's counts.windows), checked against the manifest's forecast rows over the
+    model's horizon."""
+    _, manifest = publish.read_manifest(publish.resolve(output))
+    windows = manifest["counts"]["windows"]
     rows, horizon = manifest["counts"]["forecast_rows"], manifest["model"]["horizon"]
     assert rows == windows * horizon, f"{output}: {rows} forecast rows for {windows} windows of {horizon} steps"
     return windows, manifest

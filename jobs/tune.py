@@ -146,21 +146,30 @@ def _trial_dir(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _max_concurrent(s, trial: dict[str, float], base: JobConfig) -> int:
+def trial_bundles(search: Search) -> list[dict[str, float]]:
+    """The resource bundles one trial asks Ray for, each placed on one node: a process trial's CPUs
+    and GPUs, or a trainer trial's driver and each of its Train workers."""
+    s, job = search.settings, search.base_job
+    if s.trial == "process":
+        return [{"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}]
+    worker = {"CPU": job.scaling.cpus_per_worker, "GPU": 1.0 if job.scaling.gpu else 0.0}
+    return [{"CPU": TRAINER_DRIVER_CPUS, "GPU": 0.0}] + [worker] * job.scaling.workers
+
+
+def _max_concurrent(search: Search) -> int:
     """tune.max_concurrent_trials, or for Optuna when it is 0 the trials the cluster holds now.
 
     A model-based searcher learns only from finished trials: left unlimited, Tune asks it for every
     trial at once and TPE degrades to random sampling. On a cluster that scales up from zero the
     count is what is there at the start (at least 1); set tune.max_concurrent_trials for the size
     it will reach."""
+    s = search.settings
     if s.max_concurrent_trials or s.searcher != "optuna":
         return s.max_concurrent_trials
     import ray
 
     have = ray.cluster_resources()
-    need = dict(trial) if s.trial == "process" else {
-        "CPU": TRAINER_DRIVER_CPUS + base.scaling.workers * base.scaling.cpus_per_worker,
-        "GPU": base.scaling.workers if base.scaling.gpu else 0}
+    need = {k: sum(b[k] for b in trial_bundles(search)) for k in ("CPU", "GPU")}
     n = max(1, int(min(have.get(k, 0) // v for k, v in need.items() if v > 0)))
     print(f"optuna: at most {n} trial(s) at once, what the cluster's {have.get('CPU', 0):g} CPUs and "
           f"{have.get('GPU', 0):g} GPUs hold now (tune.max_concurrent_trials sets it)")
@@ -177,7 +186,7 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     exp_uri = storage.join(base.storage, name)
     if s.trial == "process":
         fn = tune.with_parameters(process_trial, search=search)
-        resources = {"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}
+        resources = trial_bundles(search)[0]
     else:
         fn = tune.with_parameters(trainer_trial, search=search, exp_uri=exp_uri)
         resources = {"CPU": TRAINER_DRIVER_CPUS}
@@ -204,7 +213,7 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     return tune.Tuner(
         trainable, param_space=_param_space(search),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=s.num_samples,
-                                    max_concurrent_trials=_max_concurrent(s, resources, base) or None,
+                                    max_concurrent_trials=_max_concurrent(search) or None,
                                     search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir),
         run_config=tune.RunConfig(
             name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[_progress(search), *callbacks],

@@ -427,18 +427,13 @@ def worker_groups(doc: dict) -> dict[str, dict[str, float]]:
 
 
 def trial_bundles(args: list[str]) -> tuple[list[dict[str, float]], int]:
-    """The resource bundles one trial of ``rnnjobs tune ARGS`` asks Ray for, each of which must fit on
-    one node (a process trial's CPUs and GPUs, or a trainer trial's driver and each Train worker),
-    and the search's max_concurrent_trials."""
-    from jobs.tune import TRAINER_DRIVER_CPUS
+    """The resource bundles one trial of ``rnnjobs tune ARGS`` asks Ray for (each must fit on one
+    node) and the search's max_concurrent_trials."""
+    from jobs.tune import trial_bundles as bundles
     from rnnlib.search import load_search
 
     search = load_search(str(_local(args[2])), args[3:])
-    s, job = search.settings, search.base_job
-    if s.trial == "process":
-        return [{"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}], s.max_concurrent_trials
-    worker = {"CPU": job.scaling.cpus_per_worker, "GPU": 1.0 if job.scaling.gpu else 0.0}
-    return [{"CPU": TRAINER_DRIVER_CPUS, "GPU": 0.0}] + [worker] * job.scaling.workers, s.max_concurrent_trials
+    return bundles(search), search.settings.max_concurrent_trials
 
 
 def misfits(bundles: list[dict], groups: dict[str, dict]) -> list[dict]:

@@ -80,9 +80,7 @@ def test_optuna_runs_as_many_trials_at_once_as_the_cluster_holds(monkeypatch, se
     from jobs.tune import _max_concurrent
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
-    s = load_search(CONFIG, settings)
-    trial = {"CPU": s.settings.cpus_per_trial, "GPU": s.settings.gpus_per_trial}
-    assert _max_concurrent(s.settings, trial, s.base_job) == expect
+    assert _max_concurrent(load_search(CONFIG, settings)) == expect
 
 
 def test_optuna_refuses_grid(tmp_path):
