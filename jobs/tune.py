@@ -146,6 +146,39 @@ def _trial_dir(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _drop_checkpoints(search: Search, fs, exp_path: str, trial_id: str) -> None:
+    """Delete a trial's checkpoints (DELETE requests, which S3 does not bill): a trial ASHA stopped
+    is never resumed, and only the best trial's checkpoint is exported."""
+    import pyarrow.fs as pafs
+
+    folder = f"{exp_path}/trial_{trial_id}" if search.settings.trial == "process" else \
+        f"{exp_path}/trainer/trial-{trial_id}"  # a trainer trial's Train run (trainer_trial names it)
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            fs.delete_dir(info.path)
+
+
+def _lowest_val_loss(trial) -> float:
+    return trial.metric_analysis.get("val_loss", {}).get("min", float("inf"))
+
+
+def _drop_stopped(search: Search, fs, exp_path: str):
+    """A ``ray.tune.Callback`` that deletes the checkpoints of each trial ASHA stops, unless it is the
+    best so far (``search_job`` sweeps those that stop being the best once the search ends)."""
+    from ray import tune
+
+    patience = search.base_job.train.patience
+
+    class DropStopped(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            asha = stop_reason(r.get("epoch", 0), r.get("stale", 0), search.max_t, patience) == "asha"
+            if asha and _lowest_val_loss(trial) > min(map(_lowest_val_loss, trials)):
+                _drop_checkpoints(search, fs, exp_path, trial.trial_id)
+
+    return DropStopped()
+
+
 def trial_bundles(search: Search) -> list[dict[str, float]]:
     """The resource bundles one trial asks Ray for, each placed on one node: a process trial's CPUs
     and GPUs, or a trainer trial's driver and each of its Train workers."""
@@ -176,13 +209,19 @@ def _max_concurrent(search: Search) -> int:
     return n
 
 
+def _experiment(base: JobConfig, name: str):
+    """(the storage's pyarrow filesystem, the storage's path and the experiment's on it)."""
+    fs, root = storage.filesystem(base.storage, base.endpoint_url)
+    return fs, root, f"{root.rstrip('/')}/{name}"
+
+
 def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     s = search.settings
-    fs, root = storage.filesystem(base.storage, base.endpoint_url)
+    fs, root, exp_path = _experiment(base, name)
     exp_uri = storage.join(base.storage, name)
     if s.trial == "process":
         fn = tune.with_parameters(process_trial, search=search)
@@ -191,7 +230,6 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
         fn = tune.with_parameters(trainer_trial, search=search, exp_uri=exp_uri)
         resources = {"CPU": TRAINER_DRIVER_CPUS}
     trainable = tune.with_resources(fn, resources)
-    exp_path = f"{root.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         print(f"resuming {exp_uri}: finished trials are kept, the others continue from their checkpoints")
         # the RunConfig, its callbacks included (MLflow's, with the search's run as parent), comes back
@@ -214,9 +252,13 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
         trainable, param_space=_param_space(search),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=s.num_samples,
                                     max_concurrent_trials=_max_concurrent(search) or None,
-                                    search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir),
+                                    search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir,
+                                    # a new trial runs in a finished trial's actor: no process to start,
+                                    # torch and the data imported once (bench/tune_scale.py)
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=[_progress(search), *callbacks],
+            name=name, storage_path=root, storage_filesystem=fs, verbose=0,
+            callbacks=[_progress(search), _drop_stopped(search, fs, exp_path), *callbacks],
             failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
             # the best epochs' checkpoints (the best is exported) and the latest (for resuming)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=base.train.keep_checkpoints,
@@ -329,7 +371,7 @@ def search_job(search: Search) -> tuple[int, str]:
     best_row = ok.iloc[0].to_dict()
     params = {d.key: best_row[d.key] for d in search.dims}
     best_cfg = search.trial_job(params)
-    fs, _ = storage.filesystem(base.storage, base.endpoint_url)
+    fs, _, exp_path = _experiment(base, name)
     (r,) = [r for r in result_grid if (r.metrics or {}).get("trial_id") == best_row["trial_id"]]
     ckpt = _best_checkpoint(r, search, fs)
     by_epoch = {int(h["epoch"]) - 1: h for h in r.metrics_dataframe.to_dict("records")}  # a replayed epoch: last
@@ -338,6 +380,8 @@ def search_job(search: Search) -> tuple[int, str]:
     best_task = make_task(best_cfg)
     metrics = export_model(best_cfg, best_task, ckpt, history, exp_uri, f"{name} best trial "
                            f"{best_row['trial_id']}", trial=best_row["trial_id"], data=data)
+    for trial_id in df.loc[(df["stopped"] == "asha") & (df["trial_id"] != best_row["trial_id"]), "trial_id"]:
+        _drop_checkpoints(search, fs, exp_path, trial_id)  # those DropStopped kept as the best at the time
     storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(best_cfg, best_row).encode(),
                         base.endpoint_url)
     x, color = plot_keys([d.key for d in search.dims])

@@ -49,6 +49,11 @@ def test_grid_search_asha_results_and_best_yaml_trains(tmp_path, shared_ray):
     m = json.loads((d / "metrics.json").read_text())
     assert min(h["val_loss"] for h in m["history"]) == pytest.approx(best["best_val_loss"], rel=1e-6)
     assert "| 1 | " in r.stdout and "stopped early by ASHA" in r.stdout
+    # a trial ASHA stopped keeps no checkpoint unless it is the best; the others keep their best
+    # two (train.keep_checkpoints) and the latest
+    for t, stopped in zip(df["trial_id"], df["stopped"]):
+        kept = len(list((d / f"trial_{t}").glob("checkpoint_*")))
+        assert kept == 0 if stopped == "asha" and t != best["trial_id"] else 1 <= kept <= 3, (t, stopped, kept)
     # best.yaml is a complete train config that `rnnjobs train` accepts as is
     t = run("train", d / "best.yaml", "train.epochs=1", f"storage={tmp_path / 'train'}", env=shared_ray)
     assert t.returncode == 0, t.stderr[-3000:]
