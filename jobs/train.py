@@ -68,12 +68,15 @@ def run_name(cfg: JobConfig, data: dict) -> str:
 
 
 def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int = 1,
-               device: torch.device | str = "cpu", prepare=lambda model: model, verbose: bool = True) -> None:
+               device: torch.device | str = "cpu", prepare=lambda model: model, verbose: bool = True,
+               recorded: int | None = None) -> None:
     """Epochs from the last checkpoint (a Ray ``Checkpoint`` or None) until done, on ``device``.
 
     Shared by Ray Train workers and Tune process trials: ``report(metrics, folder)`` hands each
     epoch's metrics and, on rank 0, a checkpoint folder to Ray; ``prepare`` wraps the model
-    (DDP under Ray Train)."""
+    (DDP under Ray Train). ``recorded``: the epochs Ray has recorded, when the checkpoint holds
+    more (their reports were lost with a driver): those are reported again, without a checkpoint,
+    before training goes on."""
     import torch.distributed as dist
 
     seed_everything(cfg.train.seed)
@@ -87,6 +90,9 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
             state = TrainState.restore(Path(d), model, opt)
         state.resumed_at.append(state.epoch)
     start_epoch = state.epoch
+    for lost in state.reports(recorded) if recorded is not None else []:
+        report({**lost, "start_epoch": start_epoch, "torch_threads": torch.get_num_threads(),
+                "device": str(device_of(model))}, None)
     wrapped = prepare(model)
     while not state.done(cfg):
         started = time.time()  # epoch to epoch, this also counts the report and checkpoint a user waits for

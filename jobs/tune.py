@@ -22,6 +22,7 @@ import io
 import json
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -29,9 +30,11 @@ import yaml
 from jobs import tracking
 from jobs.train import export_model, train_loop, trained_part
 from rnnlib import storage
+from rnnlib.bundle import META, WEIGHTS
 from rnnlib.config import JobConfig, to_dict
 from rnnlib.device import check_precision, choose
 from rnnlib.errors import UserError
+from rnnlib.fit import STATE_FILE, TrainState
 from rnnlib.plots import search_png
 from rnnlib.search import Search, load_search, plot_keys, short, stop_reason, top_trials_table
 from rnnlib.tasks import make_task
@@ -40,6 +43,7 @@ from rnnlib.tasks import make_task
 _SEARCH_SETTINGS = ("num_samples", "searcher", "scheduler", "max_t", "grace_period", "reduction_factor", "seed",
                     "trial")
 RESULTS = "results.parquet"
+CHECKPOINT_FILES = (WEIGHTS, META, STATE_FILE)  # what rnnlib.fit.save_checkpoint writes
 STATUS_EVERY_S = 60  # a line while trials wait for resources
 TRAINER_DRIVER_CPUS = 0.1  # a trainer trial only drives its Train workers, which reserve their own CPUs
 
@@ -62,7 +66,7 @@ def _trial_job(search: Search, params: dict, **top_level) -> JobConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=search.max_t))
 
 
-def process_trial(config: dict, search: Search) -> None:
+def process_trial(config: dict, search: Search, exp_uri: str) -> None:
     """A Tune function trial: train in this actor, one report (and checkpoint) per epoch."""
     import ray.tune
     import torch
@@ -74,9 +78,56 @@ def process_trial(config: dict, search: Search) -> None:
     device = choose(search.settings.gpus_per_trial > 0)  # Ray made the trial's GPU share visible
 
     def report(metrics: dict, folder: str | None) -> None:
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder) if folder else None)
 
-    train_loop(_trial_job(search, config), ray.tune.get_checkpoint(), report, device=device, verbose=False)
+    trial = storage.join(exp_uri, f"trial_{ray.tune.get_context().get_trial_id()}")  # _trial_dir
+    checkpoint, recorded = _resume_point(trial, search.base_job.endpoint_url, ray.tune.get_checkpoint())
+    train_loop(_trial_job(search, config), checkpoint, report, device=device, verbose=False, recorded=recorded)
+
+
+def _resume_point(trial_uri: str, endpoint: str | None, given) -> tuple[object, int | None]:
+    """Where a trial resumes so that each epoch is trained and reported exactly once: (checkpoint,
+    the epochs Ray has recorded when the checkpoint holds more, else None).
+
+    Tune saves its experiment state now and then, not at every report, so after the driver dies
+    the state can name an older checkpoint (``given``) than the trial had persisted, and a trial
+    that had finished can still be running in it. Resuming from ``given`` would train and report
+    again the epochs since, which the trial's result.json may already hold. A checkpoint is
+    persisted before its report is sent, so the trial resumes from its newest complete checkpoint;
+    the epochs it holds beyond both ``given`` and result.json (the driver died before saving their
+    reports) are reported again from its history. With a live driver (an actor restarted)
+    ``given`` is the newest, and nothing is replayed. Costs a LIST per trial start."""
+    newest = _newest_checkpoint(trial_uri, endpoint, given)
+    if newest is given:
+        return given, None
+    at_given = 0
+    if given is not None:
+        with given.as_directory() as d:
+            at_given = TrainState.read(Path(d)).epoch
+    try:
+        lines = storage.read_bytes(storage.join(trial_uri, "result.json"), endpoint).decode().splitlines()
+    except UserError:  # none yet
+        lines = []
+    in_results = max((json.loads(line)["epoch"] for line in lines if line.strip()), default=0)
+    return newest, max(at_given, in_results)
+
+
+def _newest_checkpoint(trial_uri: str, endpoint: str | None, given):
+    """The newest complete checkpoint in a trial's folder if newer than ``given``, else ``given``."""
+    import pyarrow.fs as pafs
+    from ray.tune import Checkpoint
+
+    fs, folder = storage.filesystem(trial_uri, endpoint)
+    since = given.path.rstrip("/").rsplit("/", 1)[-1] if given else ""
+    names = sorted((i.base_name for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")), reverse=True)
+    for name in names:
+        if name <= since:
+            break
+        path = f"{folder}/{name}"
+        if all(fs.get_file_info(f"{path}/{f}").type == pafs.FileType.File for f in CHECKPOINT_FILES):
+            return Checkpoint(path, filesystem=fs)
+    return given
 
 
 def trainer_trial(config: dict, search: Search, exp_uri: str) -> None:
@@ -146,37 +197,27 @@ def _trial_dir(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _drop_checkpoints(search: Search, fs, exp_path: str, trial_id: str) -> None:
-    """Delete a trial's checkpoints (DELETE requests, which S3 does not bill): a trial ASHA stopped
-    is never resumed, and only the best trial's checkpoint is exported."""
+def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, best_trial: str) -> None:
+    """Once the search is over, delete the checkpoints nothing needs (DELETE requests, which S3 does
+    not bill): all of a trial ASHA stopped (never resumed, not the best), and of a process trial
+    that ran on all but its best. A trainer trial's Train run keeps its own (train.keep_checkpoints)."""
     import pyarrow.fs as pafs
 
-    folder = f"{exp_path}/trial_{trial_id}" if search.settings.trial == "process" else \
-        f"{exp_path}/trainer/trial-{trial_id}"  # a trainer trial's Train run (trainer_trial names it)
-    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            fs.delete_dir(info.path)
-
-
-def _lowest_val_loss(trial) -> float:
-    return trial.metric_analysis.get("val_loss", {}).get("min", float("inf"))
-
-
-def _drop_stopped(search: Search, fs, exp_path: str):
-    """A ``ray.tune.Callback`` that deletes the checkpoints of each trial ASHA stops, unless it is the
-    best so far (``search_job`` sweeps those that stop being the best once the search ends)."""
-    from ray import tune
-
-    patience = search.base_job.train.patience
-
-    class DropStopped(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            asha = stop_reason(r.get("epoch", 0), r.get("stale", 0), search.max_t, patience) == "asha"
-            if asha and _lowest_val_loss(trial) > min(map(_lowest_val_loss, trials)):
-                _drop_checkpoints(search, fs, exp_path, trial.trial_id)
-
-    return DropStopped()
+    stopped = dict(zip(df["trial_id"], df["stopped"]))
+    for r in result_grid:
+        trial_id = (r.metrics or {}).get("trial_id")
+        unneeded = stopped.get(trial_id) == "asha" and trial_id != best_trial
+        if search.settings.trial == "process":
+            folder = f"{exp_path}/trial_{trial_id}"  # _trial_dir
+            keep = None if unneeded or not r.best_checkpoints else \
+                min(r.best_checkpoints, key=lambda cm: cm[1]["val_loss"])[0].path
+        elif unneeded:
+            folder, keep = f"{exp_path}/trainer/trial-{trial_id}", None  # trainer_trial's run
+        else:
+            continue
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.path != keep:
+                fs.delete_dir(info.path)
 
 
 def trial_bundles(search: Search) -> list[dict[str, float]]:
@@ -224,7 +265,7 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     fs, root, exp_path = _experiment(base, name)
     exp_uri = storage.join(base.storage, name)
     if s.trial == "process":
-        fn = tune.with_parameters(process_trial, search=search)
+        fn = tune.with_parameters(process_trial, search=search, exp_uri=exp_uri)
         resources = trial_bundles(search)[0]
     else:
         fn = tune.with_parameters(trainer_trial, search=search, exp_uri=exp_uri)
@@ -258,11 +299,15 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=root, storage_filesystem=fs, verbose=0,
-            callbacks=[_progress(search), _drop_stopped(search, fs, exp_path), *callbacks],
+            callbacks=[_progress(search), *callbacks],
             failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
-            # the best epochs' checkpoints (the best is exported) and the latest (for resuming)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=base.train.keep_checkpoints,
-                                                    checkpoint_score_attribute="val_loss",
+            # Every checkpoint is kept while the search runs, ranked by val loss; _prune deletes them once
+            # it is over. Tune's num_to_keep deletes a trial's worse checkpoints as better ones come, and
+            # its experiment state, saved now and then, can still name a deleted one: the trial cannot be
+            # resumed after the driver dies ("Could not recover from checkpoint", seen in
+            # test_driver_killed_mid_search_on_s3_resumes_each_epoch_once). Keeping all also ends the
+            # state uploads Tune forces after every num_to_keep checkpoints of a trial.
+            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute="val_loss",
                                                     checkpoint_score_order="min")))
 
 
@@ -272,7 +317,9 @@ def _rows(grid, search: Search) -> pd.DataFrame:
     rows = []
     for r in grid:
         df = r.metrics_dataframe
-        last = r.metrics or {}
+        # the last result the trial wrote; Tune's own (r.metrics) is from its last saved state, older
+        # for a trial that finished after that save and before the driver died (see _newest_checkpoint)
+        last = df.iloc[-1].to_dict() if df is not None and len(df) else (r.metrics or {})
         epochs = int(last.get("epoch", 0))
         row = {"trial_id": last.get("trial_id"),
                **{d.key: r.config.get(d.key) for d in search.dims}, "status": "error" if r.error else "done"}
@@ -352,12 +399,9 @@ def search_job(search: Search) -> tuple[int, str]:
 
     from jobs.ray_setup import init_ray
 
-    # The experiment state is snapshotted on Tune's adaptive period (TUNE_GLOBAL_CHECKPOINT_S=auto), and
-    # Tune forces one whenever a trial has written train.keep_checkpoints checkpoints since the last,
-    # so that the state never names a deleted checkpoint: what a resume needs, no more often (each
-    # snapshot is an upload of the whole experiment state; bench/tune_requests.py counts them).
-    # Tune warns when those forced snapshots come seconds apart, as they do for trials with short epochs.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The experiment state is uploaded on Tune's adaptive period (TUNE_GLOBAL_CHECKPOINT_S=auto), each
+    # time the whole state: bench/tune_requests.py counts the requests. _resume_point makes up for what
+    # it has not saved when the driver dies.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its banner and tables; Progress prints a line per trial
     init_ray()
     tuner = _tuner(search, name, base, tracking.tune_callbacks(tracked, name))
@@ -380,8 +424,7 @@ def search_job(search: Search) -> tuple[int, str]:
     best_task = make_task(best_cfg)
     metrics = export_model(best_cfg, best_task, ckpt, history, exp_uri, f"{name} best trial "
                            f"{best_row['trial_id']}", trial=best_row["trial_id"], data=data)
-    for trial_id in df.loc[(df["stopped"] == "asha") & (df["trial_id"] != best_row["trial_id"]), "trial_id"]:
-        _drop_checkpoints(search, fs, exp_path, trial_id)  # those DropStopped kept as the best at the time
+    _prune(search, fs, exp_path, result_grid, df, best_row["trial_id"])
     storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(best_cfg, best_row).encode(),
                         base.endpoint_url)
     x, color = plot_keys([d.key for d in search.dims])

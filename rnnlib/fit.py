@@ -46,6 +46,16 @@ class TrainState:
         self.best, self.stale = (val_loss, 0) if improved else (self.best, self.stale + 1)
         return improved
 
+    def reports(self, since: int) -> list[dict]:
+        """The metrics of epochs ``since`` onwards (0-based) as ``record`` left them: the epoch
+        counted from 1 and the epochs without improvement after it."""
+        best, stale, out = math.inf, 0, []
+        for i, h in enumerate(self.history):
+            best, stale = (h["val_loss"], 0) if h["val_loss"] < best else (best, stale + 1)
+            if i >= since:
+                out.append({**h, "epoch": i + 1, "stale": stale})
+        return out
+
     def done(self, cfg: JobConfig) -> bool:
         return self.epoch >= cfg.train.epochs or bool(cfg.train.patience and self.stale >= cfg.train.patience)
 

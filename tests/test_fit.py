@@ -73,3 +73,14 @@ def test_early_stopping_returns_the_best_epochs_weights_not_the_last(tmp_path):
     got, want = res.model.state_dict(), upto.model.state_dict()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+
+
+def test_train_state_reports_replays_what_record_reported():
+    from rnnlib.fit import TrainState
+
+    state, reported = TrainState(), []
+    for val in (3.0, 2.0, 2.5, 2.6, 1.0):
+        state.record(train_loss=val + 1, val_loss=val, seconds=1.0, train_seconds=0.5)
+        reported.append({**state.history[-1], "epoch": state.epoch, "stale": state.stale})
+    assert state.reports(0) == reported
+    assert [r["epoch"] for r in state.reports(3)] == [4, 5] and state.reports(5) == []
