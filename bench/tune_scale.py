@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from common import RESULTS, write  # noqa: E402
 
+from jobs.tune import trial_folder  # noqa: E402
 from rnnlib.tables import table  # noqa: E402
 
 SPACE = ("search={model.cell: {choice: [rnn, lstm, gru]}, data.window: {choice: [10, 20, 30]}, "
@@ -152,7 +153,7 @@ def run_resume(a, tmp: Path) -> dict:
         again = [tid for tid, _ in PROGRESS.findall(out) if tid in before]
         reported = {}  # each trial's epochs in its result.json, in the order reported
         for tid in results["trial_id"]:
-            body = s3.get_object(Bucket=bucket, Key=f"{prefix}/trial_{tid}/result.json")["Body"].read().decode()
+            body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{trial_folder(tid)}/result.json")["Body"].read().decode()
             reported[tid] = [json.loads(line)["epoch"] for line in body.splitlines() if line.strip()]
         epochs = dict(zip(results["trial_id"], results["epochs"]))
     return {"finished_before_kill": len(before), "wall_before_kill_s": wall1, "wall_resumed_s": wall2,

@@ -80,7 +80,7 @@ def process_trial(config: dict, search: Search, exp_uri: str) -> None:
     def report(metrics: dict, folder: str | None) -> None:
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder) if folder else None)
 
-    trial = storage.join(exp_uri, f"trial_{ray.tune.get_context().get_trial_id()}")  # _trial_dir
+    trial = storage.join(exp_uri, trial_folder(ray.tune.get_context().get_trial_id()))
     checkpoint, recorded = _resume_point(trial, search.base_job.endpoint_url, ray.tune.get_checkpoint())
     train_loop(_trial_job(search, config), checkpoint, report, device=device, verbose=False, recorded=recorded)
 
@@ -193,8 +193,13 @@ def _progress(search: Search):
     return Progress()
 
 
+def trial_folder(trial_id: str) -> str:
+    """A trial's folder in the experiment (Tune's trial_dirname_creator)."""
+    return f"trial_{trial_id}"
+
+
 def _trial_dir(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial_folder(trial.trial_id)
 
 
 def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, best_trial: str) -> None:
@@ -208,7 +213,7 @@ def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, bes
         trial_id = (r.metrics or {}).get("trial_id")
         unneeded = stopped.get(trial_id) == "asha" and trial_id != best_trial
         if search.settings.trial == "process":
-            folder = f"{exp_path}/trial_{trial_id}"  # _trial_dir
+            folder = f"{exp_path}/{trial_folder(trial_id)}"
             keep = None if unneeded or not r.best_checkpoints else \
                 min(r.best_checkpoints, key=lambda cm: cm[1]["val_loss"])[0].path
         elif unneeded:
@@ -295,7 +300,7 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
                                     max_concurrent_trials=_max_concurrent(search) or None,
                                     search_alg=searcher, scheduler=scheduler, trial_dirname_creator=_trial_dir,
                                     # a new trial runs in a finished trial's actor: no process to start,
-                                    # torch and the data imported once (bench/tune_scale.py)
+                                    # torch imported once (bench/tune_scale.py)
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=root, storage_filesystem=fs, verbose=0,
@@ -318,7 +323,7 @@ def _rows(grid, search: Search) -> pd.DataFrame:
     for r in grid:
         df = r.metrics_dataframe
         # the last result the trial wrote; Tune's own (r.metrics) is from its last saved state, older
-        # for a trial that finished after that save and before the driver died (see _newest_checkpoint)
+        # for a trial that finished after that save and before the driver died (see _resume_point)
         last = df.iloc[-1].to_dict() if df is not None and len(df) else (r.metrics or {})
         epochs = int(last.get("epoch", 0))
         row = {"trial_id": last.get("trial_id"),

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from jobhelpers import FAKE_SECRET, kill_group, run, start, wait_for
 
+from jobs.tune import trial_folder
 from rnnlib import storage
 from rnnlib.bundle import load_bundle
 from rnnlib.fit import TrainState
@@ -53,7 +54,7 @@ def test_grid_search_asha_results_and_best_yaml_trains(tmp_path, shared_ray):
     # once the search is over a trial ASHA stopped keeps no checkpoint unless it is the best; the
     # others keep their best epoch's
     for t, stopped, best_epoch in zip(df["trial_id"], df["stopped"], df["best_epoch"]):
-        kept = sorted((d / f"trial_{t}").glob("checkpoint_*"))
+        kept = sorted((d / trial_folder(t)).glob("checkpoint_*"))
         if stopped == "asha" and t != best["trial_id"]:
             assert kept == [], (t, stopped)
         else:
@@ -75,7 +76,7 @@ def test_driver_killed_mid_search_on_s3_resumes_each_epoch_once(tmp_path, moto_s
     root = "s3://tune-resume/searches"
     args = ["tune", "jobs/configs/forecast-tune.yaml", "tune.num_samples=12", "tune.scheduler=fifo",
             "tune.max_concurrent_trials=1", "train.epochs=3", "train.patience=0", "model.hidden=8",
-            f"storage={root}"]
+            "search={model.cell: {choice: [rnn, lstm, gru]}, data.window: {choice: [10, 20]}}", f"storage={root}"]
     log = tmp_path / "first.log"
     p = start(*args, env=env, log=log)
     try:
@@ -94,7 +95,7 @@ def test_driver_killed_mid_search_on_s3_resumes_each_epoch_once(tmp_path, moto_s
     for trial_id, val in finished.items():  # a finished trial's result is the one printed before the kill
         assert f"{last[trial_id]:.4f}" == val, (trial_id, last[trial_id], val)
     for trial_id in df["trial_id"]:
-        lines = storage.read_bytes(storage.join(d, f"trial_{trial_id}", "result.json")).decode().splitlines()
+        lines = storage.read_bytes(storage.join(d, trial_folder(trial_id), "result.json")).decode().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3], trial_id
     assert FAKE_SECRET not in r.stdout + r.stderr
 
