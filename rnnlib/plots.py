@@ -36,6 +36,9 @@ def loss_curve_png(history: list[dict], title: str, ylabel: str = "loss") -> byt
     return _png(fig)
 
 
+CROWDED = 40  # finished trials from which search_figure spreads points and zooms on the best
+
+
 def search_png(results, x: str, color: str | None, title: str, ylabel: str = "best validation loss",
                lines: bool = False) -> bytes:
     return _png(search_figure(results, x, color, title, ylabel, lines))
@@ -48,7 +51,9 @@ def search_figure(results, x: str, color: str | None, title: str, ylabel: str = 
     ``results`` is the search's results table (a DataFrame with ``best_val_loss``, ``stopped`` and
     the searched keys as columns). Trials stopped early are hollow: their loss is from fewer epochs.
     Every searched value of ``x`` has its tick (also one whose trials all failed), and points sit
-    on their value's tick. ``lines``: join each colour's best trial per value; only where the trials
+    on their value's tick; from ``CROWDED`` finished trials on (a large search), points spread across
+    their value's column (shaded) and the loss axis shows the best 90% of trials, the rest counted
+    in the title: the region that decides the search is not a blot. ``lines``: join each colour's best trial per value; only where the trials
     of a colour differ in ``x`` alone (nothing else was searched), or the line would read as a
     trend between trials that differ in everything else.
     """
@@ -61,8 +66,12 @@ def search_figure(results, x: str, color: str | None, title: str, ylabel: str = 
     # few distinct values (cells, windows): evenly spaced categories
     categorical = len(xs) <= 12 or not all(isinstance(v, (int, float)) for v in xs)
     pos = {v: i for i, v in enumerate(xs)} if categorical else {v: v for v in xs}
+    crowded = categorical and len(ok) >= CROWDED
+    spread = np.random.default_rng(0)
     for label, g in groups:
         px = np.array([pos[v] for v in g[x]], dtype=float)
+        if crowded:
+            px += spread.uniform(-0.35, 0.35, len(px))
         full = (g["stopped"] != "asha").to_numpy()
         line = ax.scatter(px[full], g["best_val_loss"][full], label=f"{color}={label}" if color else None, zorder=3,
                           alpha=0.8)
@@ -74,6 +83,13 @@ def search_figure(results, x: str, color: str | None, title: str, ylabel: str = 
     if categorical:
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
         ax.set_xlim(-0.5, len(xs) - 0.5)
+    if crowded:
+        for i in range(0, len(xs), 2):
+            ax.axvspan(i - 0.5, i + 0.5, color="0.94", zorder=0)
+        loss = ok["best_val_loss"].dropna()
+        low, top = loss.min(), loss.quantile(0.9)
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
+        title = f"{title}\n{len(ok)} trials; the worst {int((loss > top).sum())} are above the plot"
     elif min(xs) > 0 and max(xs) / min(xs) > 50:  # e.g. a learning rate
         ax.set_xscale("log")
     ax.set(xlabel=x, ylabel=ylabel, title=title)

@@ -141,3 +141,28 @@ def test_trials_waiting_for_resources_are_reported_once_a_minute(monkeypatch, ca
                                        "until its nodes start)\n")
     progress.on_step_end(2, [SimpleNamespace(status="RUNNING")] * 4)
     assert capsys.readouterr().out == ""  # nothing waits: nothing to say
+
+
+def test_search_plot_of_300_trials_spreads_points_in_their_column_and_shows_the_best():
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from rnnlib.plots import search_figure
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"data.window": rng.choice([10, 20, 30], 300), "model.cell": rng.choice(["rnn", "gru"], 300),
+                       "status": "done", "stopped": rng.choice(["asha", "max_t"], 300),
+                       "best_val_loss": 0.3 + rng.exponential(0.05, 300)})
+    ax = search_figure(df, "data.window", "model.cell", "t").axes[0]
+    index = {10: 0, 20: 1, 30: 2}
+    points = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+    assert len(points) == 300
+    for px, loss in points:  # each trial within its own value's column, and not all on the tick
+        (window,) = df.loc[df["best_val_loss"] == loss, "data.window"]
+        assert abs(px - index[window]) < 0.5
+    assert len({round(px, 3) for px, _ in points}) > 100
+    top = df["best_val_loss"].quantile(0.9)
+    assert ax.get_ylim()[1] < df["best_val_loss"].max() and ax.get_ylim()[1] >= top
+    assert f"the worst {(df['best_val_loss'] > top).sum()} are above the plot" in ax.get_title()
+    plt.close(ax.figure)
