@@ -10,8 +10,8 @@ from jobhelpers import run
 pytestmark = [pytest.mark.slow(seconds=130), pytest.mark.timeout(600)]
 
 
-def test_demo_pipeline_end_to_end(tmp_path):
-    r = run("demo", "--quick", "--out", tmp_path, timeout=500)
+def test_demo_pipeline_end_to_end(tmp_path, shared_ray):
+    r = run("demo", "--quick", "--out", tmp_path, timeout=500, env=shared_ray)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = tmp_path / "report"
     md = (report / "report.md").read_text()
@@ -25,7 +25,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert re.search(r"scored 2[56] of 26 series", out)
     assert "rnnjobs submit --address" in out  # how to run it on a cluster
     # a second run finds every step done
-    again = run("demo", "--quick", "--out", tmp_path, timeout=500)
+    again = run("demo", "--quick", "--out", tmp_path, timeout=500, env=shared_ray)
     assert again.returncode == 0 and again.stdout.count("already") >= 3, again.stdout[-3000:]
 
 
