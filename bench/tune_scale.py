@@ -161,6 +161,8 @@ def run_resume(a, tmp: Path) -> dict:
             "finished_started_again": again,
             # a finished trial's epochs in the results as the first driver printed them
             "finished_changed": {t: (n, int(epochs[t])) for t, n in before.items() if epochs[t] != n},
+            "errors": results.loc[results["status"] != "done", ["trial_id", "error"]].values.tolist(),
+            "second_log": [line for line in out.splitlines() if any(t in line for t in again)],
             "epochs_reported_twice": sum(len(e) - len(set(e)) for e in reported.values()),
             "gaps": {t: e for t, e in reported.items() if sorted(set(e)) != list(range(1, max(e) + 1))}}
 
@@ -198,7 +200,8 @@ def main() -> None:
               f"{resume['trials']} trials in the results ({resume['unique_trials']} unique), "
               f"{len(resume['finished_started_again'])} finished trials started again "
               f"({len(resume['finished_changed'])} changed), {resume['epochs_reported_twice']} epochs reported twice, "
-              f"{len(resume['gaps'])} trials with an epoch missing; driver peak {resume['driver_peak_mb']:.0f} MB")
+              f"{len(resume['gaps'])} trials with an epoch missing, {len(resume['errors'])} failed;"
+              f" driver peak {resume['driver_peak_mb']:.0f} MB")
     out = write("tune_scale", {"args": vars(a), "tune": tune, "plain": plain, "resume": resume,
                                "ratio": rate["tune"] / rate["plain"]})
     print(f"written: {out} and {RESULTS / 'tune_scale_search.png'}")

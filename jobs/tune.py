@@ -16,6 +16,7 @@ continue from their last checkpoint, and the searcher keeps its state.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -66,7 +67,7 @@ def _trial_job(search: Search, params: dict, **top_level) -> JobConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=search.max_t))
 
 
-def process_trial(config: dict, search: Search, exp_uri: str) -> None:
+def process_trial(config: dict, search: Search, exp_uri: str, resumed: bool = False) -> None:
     """A Tune function trial: train in this actor, one report (and checkpoint) per epoch."""
     import ray.tune
     import torch
@@ -81,35 +82,36 @@ def process_trial(config: dict, search: Search, exp_uri: str) -> None:
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder) if folder else None)
 
     trial = storage.join(exp_uri, trial_folder(ray.tune.get_context().get_trial_id()))
-    checkpoint, recorded = _resume_point(trial, search.base_job.endpoint_url, ray.tune.get_checkpoint())
+    checkpoint, recorded = _resume_point(trial, search.base_job.endpoint_url, ray.tune.get_checkpoint(), resumed)
     train_loop(_trial_job(search, config), checkpoint, report, device=device, verbose=False, recorded=recorded)
 
 
-def _resume_point(trial_uri: str, endpoint: str | None, given) -> tuple[object, int | None]:
-    """Where a trial resumes so that each epoch is trained and reported exactly once: (checkpoint,
-    the epochs Ray has recorded when the checkpoint holds more, else None).
+def _resume_point(trial_uri: str, endpoint: str | None, given, resumed: bool) -> tuple[object, int | None]:
+    """Where a trial starts so that each epoch is trained and reported exactly once: (checkpoint,
+    the epochs its driver has recorded when the checkpoint may hold more, else None).
 
-    Tune saves its experiment state now and then, not at every report, so after the driver dies
-    the state can name an older checkpoint (``given``) than the trial had persisted, and a trial
-    that had finished can still be running in it. Resuming from ``given`` would train and report
-    again the epochs since, which the trial's result.json may already hold. A checkpoint is
-    persisted before its report is sent, so the trial resumes from its newest complete checkpoint;
-    the epochs it holds beyond both ``given`` and result.json (the driver died before saving their
-    reports) are reported again from its history. With a live driver (an actor restarted)
-    ``given`` is the newest, and nothing is replayed. Costs a LIST per trial start."""
+    A trial persists its checkpoint before it reports, so its newest complete checkpoint is where it
+    got to. In a search resumed after its driver died (``resumed``), Tune's saved state and the
+    trials' result.json files were saved at different moments, and both can be behind: the state
+    can name an older checkpoint (``given``), and a finished trial can still be running in it. The
+    new driver's record of a trial is its result.json as saved if the state names a checkpoint of
+    it, else empty (Tune's JsonLoggerCallback restores the file only then); the epochs of the
+    newest checkpoint beyond that record are reported again from its history, and training goes on
+    from there. With the same driver (an actor restarted) its record ends at ``given``. Costs a
+    LIST per trial start, and a GET of result.json in a resumed search."""
     newest = _newest_checkpoint(trial_uri, endpoint, given)
+    if resumed:
+        if given is None:
+            return newest, 0
+        try:
+            lines = storage.read_bytes(storage.join(trial_uri, "result.json"), endpoint).decode().splitlines()
+        except UserError:  # none saved
+            lines = []
+        return newest, max((json.loads(line)["epoch"] for line in lines if line.strip()), default=0)
     if newest is given:
         return given, None
-    at_given = 0
-    if given is not None:
-        with given.as_directory() as d:
-            at_given = TrainState.read(Path(d)).epoch
-    try:
-        lines = storage.read_bytes(storage.join(trial_uri, "result.json"), endpoint).decode().splitlines()
-    except UserError:  # none yet
-        lines = []
-    in_results = max((json.loads(line)["epoch"] for line in lines if line.strip()), default=0)
-    return newest, max(at_given, in_results)
+    with given.as_directory() if given else contextlib.nullcontext() as d:
+        return newest, TrainState.read(Path(d)).epoch if d else 0
 
 
 def _newest_checkpoint(trial_uri: str, endpoint: str | None, given):
@@ -202,7 +204,7 @@ def _trial_dir(trial) -> str:
     return trial_folder(trial.trial_id)
 
 
-def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, best_trial: str) -> None:
+def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, best_trial: str, best_path: str) -> None:
     """Once the search is over, delete the checkpoints nothing needs (DELETE requests, which S3 does
     not bill): all of a trial ASHA stopped (never resumed, not the best), and of a process trial
     that ran on all but its best. A trainer trial's Train run keeps its own (train.keep_checkpoints)."""
@@ -214,8 +216,14 @@ def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, bes
         unneeded = stopped.get(trial_id) == "asha" and trial_id != best_trial
         if search.settings.trial == "process":
             folder = f"{exp_path}/{trial_folder(trial_id)}"
-            keep = None if unneeded or not r.best_checkpoints else \
-                min(r.best_checkpoints, key=lambda cm: cm[1]["val_loss"])[0].path
+            if unneeded:
+                keep = None
+            elif trial_id == best_trial:
+                keep = best_path
+            elif r.best_checkpoints:
+                keep = min(r.best_checkpoints, key=lambda cm: cm[1]["val_loss"])[0].path
+            else:
+                continue  # Tune knows no checkpoint of it (a trial resumed by replaying): all are kept
         elif unneeded:
             folder, keep = f"{exp_path}/trainer/trial-{trial_id}", None  # trainer_trial's run
         else:
@@ -269,14 +277,15 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
     s = search.settings
     fs, root, exp_path = _experiment(base, name)
     exp_uri = storage.join(base.storage, name)
+    resumed = tune.Tuner.can_restore(exp_path, storage_filesystem=fs)
     if s.trial == "process":
-        fn = tune.with_parameters(process_trial, search=search, exp_uri=exp_uri)
+        fn = tune.with_parameters(process_trial, search=search, exp_uri=exp_uri, resumed=resumed)
         resources = trial_bundles(search)[0]
     else:
         fn = tune.with_parameters(trainer_trial, search=search, exp_uri=exp_uri)
         resources = {"CPU": TRAINER_DRIVER_CPUS}
     trainable = tune.with_resources(fn, resources)
-    if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+    if resumed:
         print(f"resuming {exp_uri}: finished trials are kept, the others continue from their checkpoints")
         # the RunConfig, its callbacks included (MLflow's, with the search's run as parent), comes back
         # from the experiment's tuner.pkl: the search goes on as it started
@@ -347,12 +356,23 @@ def _last_line(error: BaseException) -> str:
     return lines[-1][:300] if lines else type(error).__name__
 
 
-def _best_checkpoint(r, search: Search, fs):
-    """The best-val-loss checkpoint of a trial's ``ray.tune.Result``, as a Ray ``Checkpoint``."""
+def _best_checkpoint(r, search: Search, fs, exp_path: str, row: dict):
+    """The checkpoint of the best epoch (``row``: its results row) of a trial's ``ray.tune.Result``,
+    as a Ray ``Checkpoint``."""
+    import pyarrow.fs as pafs
     from ray.tune import Checkpoint
 
     if search.settings.trial == "process":
-        return min(r.best_checkpoints, key=lambda cm: cm[1]["val_loss"])[0]
+        # found on storage: Tune knows only the checkpoints reported with a result, and a resumed
+        # trial reports again without one (_resume_point)
+        folder = f"{exp_path}/{trial_folder(row['trial_id'])}"
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                checkpoint = Checkpoint(info.path, filesystem=fs)
+                with checkpoint.as_directory() as d:
+                    if TrainState.read(Path(d)).epoch == row["best_epoch"]:
+                        return checkpoint
+        raise RuntimeError(f"{folder}: no checkpoint of epoch {row['best_epoch']}")
     # trainer trials: TuneReportCallback adds the Train checkpoint's path to each result
     df = r.metrics_dataframe.dropna(subset=["checkpoint_path"])
     df = df[[fs.get_file_info(p).type.name == "Directory" for p in df["checkpoint_path"]]]  # still kept
@@ -422,14 +442,14 @@ def search_job(search: Search) -> tuple[int, str]:
     best_cfg = search.trial_job(params)
     fs, _, exp_path = _experiment(base, name)
     (r,) = [r for r in result_grid if (r.metrics or {}).get("trial_id") == best_row["trial_id"]]
-    ckpt = _best_checkpoint(r, search, fs)
+    ckpt = _best_checkpoint(r, search, fs, exp_path, best_row)
     by_epoch = {int(h["epoch"]) - 1: h for h in r.metrics_dataframe.to_dict("records")}  # a replayed epoch: last
     history = [{"epoch": e, **{k: by_epoch[e][k] for k in ("train_loss", "val_loss", "seconds", "train_seconds")}}
                for e in sorted(by_epoch)]
     best_task = make_task(best_cfg)
     metrics = export_model(best_cfg, best_task, ckpt, history, exp_uri, f"{name} best trial "
                            f"{best_row['trial_id']}", trial=best_row["trial_id"], data=data)
-    _prune(search, fs, exp_path, result_grid, df, best_row["trial_id"])
+    _prune(search, fs, exp_path, result_grid, df, best_row["trial_id"], ckpt.path)
     storage.write_bytes(storage.join(exp_uri, "best.yaml"), best_yaml(best_cfg, best_row).encode(),
                         base.endpoint_url)
     x, color = plot_keys([d.key for d in search.dims])

@@ -83,6 +83,8 @@ def search_figure(results, x: str, color: str | None, title: str, ylabel: str = 
     if categorical:
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
         ax.set_xlim(-0.5, len(xs) - 0.5)
+    elif min(xs) > 0 and max(xs) / min(xs) > 50:  # e.g. a learning rate
+        ax.set_xscale("log")
     if crowded:
         for i in range(0, len(xs), 2):
             ax.axvspan(i - 0.5, i + 0.5, color="0.94", zorder=0)
@@ -90,8 +92,6 @@ def search_figure(results, x: str, color: str | None, title: str, ylabel: str = 
         low, top = loss.min(), loss.quantile(0.9)
         ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
         title = f"{title}\n{len(ok)} trials; the worst {int((loss > top).sum())} are above the plot"
-    elif min(xs) > 0 and max(xs) / min(xs) > 50:  # e.g. a learning rate
-        ax.set_xscale("log")
     ax.set(xlabel=x, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.scatter([], [], facecolors="none", edgecolors="gray", label="stopped early by ASHA")

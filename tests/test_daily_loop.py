@@ -32,7 +32,7 @@ from rnnlib.bundle import open_bundle, save_bundle
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.registry import Registry
 
-pytestmark = [pytest.mark.slow(seconds=370), pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow(seconds=300), pytest.mark.timeout(1500)]
 
 BUCKET = "s3://loop"
 HISTORIES, OUT, REGISTRY = f"{BUCKET}/histories", f"{BUCKET}/forecasts", f"{BUCKET}/models"

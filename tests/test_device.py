@@ -104,16 +104,19 @@ def test_train_loop_moves_the_model_it_builds(first_forward):
     assert_all_on(first_forward, META)
 
 
-def test_tune_process_trial_with_gpus_trains_there(monkeypatch, first_forward, gpu_is_meta):
+def test_tune_process_trial_with_gpus_trains_there(monkeypatch, first_forward, gpu_is_meta, tmp_path):
+    from types import SimpleNamespace
+
     import ray.tune
 
     from rnnlib.search import load_search
 
     monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t_00000"))
     search = load_search("jobs/configs/forecast-tune.yaml",
                          ["tune.gpus_per_trial=0.25", "model.hidden=8", "data.window=10"])
     with pytest.raises(Reached):
-        jobs.tune.process_trial({}, search)
+        jobs.tune.process_trial({}, search, exp_uri=str(tmp_path))
     assert gpu_is_meta == [True]
     assert_all_on(first_forward, META)
 

@@ -124,6 +124,9 @@ def test_search_plot_labels_every_searched_value_and_draws_lines_only_where_they
     fig = search_figure(df, "data.window", "model.cell", "t", lines=True)
     assert len(fig.axes[0].lines) == 2  # one per cell when nothing else was searched
     plt.close(fig)
+    fig = search_figure(df, "model.cell", None, "t")  # a searched key of strings on the axis
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["gru", "lstm"]
+    plt.close(fig)
 
 
 def test_trials_waiting_for_resources_are_reported_once_a_minute(monkeypatch, capsys):

@@ -15,7 +15,7 @@ from rnnlib import storage
 from rnnlib.bundle import load_bundle
 from rnnlib.fit import TrainState
 
-pytestmark = [pytest.mark.slow(seconds=340), pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=200), pytest.mark.timeout(600)]
 
 # 3 cells x 2 windows on the bundled sample, small models
 GRID = ["jobs/configs/forecast-tune.yaml", "tune.num_samples=1", "train.epochs=3", "model.hidden=8",
@@ -85,7 +85,7 @@ def test_driver_killed_mid_search_on_s3_resumes_each_epoch_once(tmp_path, moto_s
         kill_group(p)
     finished = dict(re.findall(r"^\[\d+/12\] (\S+) .* val (\S+)", log.read_text(), re.M))
     r = run(*args, env=env, timeout=400)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert "resuming" in r.stdout
     d = exp_dir(r.stdout, root)
     df = results(d)
