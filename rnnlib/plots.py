@@ -53,9 +53,9 @@ def search_figure(results, x: str, color: str | None, title: str, ylabel: str = 
     Every searched value of ``x`` has its tick (also one whose trials all failed), and points sit
     on their value's tick; from ``CROWDED`` finished trials on (a large search), points spread across
     their value's column (shaded) and the loss axis shows the best 90% of trials, the rest counted
-    in the title: the region that decides the search is not a blot. ``lines``: join each colour's best trial per value; only where the trials
-    of a colour differ in ``x`` alone (nothing else was searched), or the line would read as a
-    trend between trials that differ in everything else.
+    in the title: the region that decides the search is not a blot. ``lines``: join each colour's
+    best trial per value; only where the trials of a colour differ in ``x`` alone (nothing else was
+    searched), or the line would read as a trend between trials that differ in everything else.
     """
     import numpy as np
 
