@@ -151,16 +151,22 @@ def run_resume(a, tmp: Path) -> dict:
         results = pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=f"{prefix}/results.parquet")["Body"]
                                              .read()))
         again = [tid for tid, _ in PROGRESS.findall(out) if tid in before]
-        reported = {}  # each trial's epochs in its result.json, in the order reported
+        reported, lost = {}, []  # each trial's epochs in its result.json, in the order reported
         for tid in results["trial_id"]:
-            body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{trial_folder(tid)}/result.json")["Body"].read().decode()
-            reported[tid] = [json.loads(line)["epoch"] for line in body.splitlines() if line.strip()]
+            try:
+                body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{trial_folder(tid)}/result.json")["Body"].read()
+            except s3.exceptions.NoSuchKey:  # finished in the saved state, its file not yet uploaded
+                lost.append(tid)
+                continue
+            reported[tid] = [json.loads(line)["epoch"] for line in body.decode().splitlines() if line.strip()]
         epochs = dict(zip(results["trial_id"], results["epochs"]))
+        table_complete = bool(results["best_val_loss"].notna().all() and (results["epochs"] > 0).all())
     return {"finished_before_kill": len(before), "wall_before_kill_s": wall1, "wall_resumed_s": wall2,
             "driver_peak_mb": max(peak1, peak2), "trials": len(results), "unique_trials": results["trial_id"].nunique(),
-            "finished_started_again": again,
+            "finished_started_again": again, "result_json_lost": lost,
             # a finished trial's epochs in the results as the first driver printed them
             "finished_changed": {t: (n, int(epochs[t])) for t, n in before.items() if epochs[t] != n},
+            "table_complete": table_complete,
             "errors": results.loc[results["status"] != "done", ["trial_id", "error"]].values.tolist(),
             "second_log": [line for line in out.splitlines() if any(t in line for t in again)],
             "epochs_reported_twice": sum(len(e) - len(set(e)) for e in reported.values()),
@@ -200,7 +206,9 @@ def main() -> None:
               f"{resume['trials']} trials in the results ({resume['unique_trials']} unique), "
               f"{len(resume['finished_started_again'])} finished trials started again "
               f"({len(resume['finished_changed'])} changed), {resume['epochs_reported_twice']} epochs reported twice, "
-              f"{len(resume['gaps'])} trials with an epoch missing, {len(resume['errors'])} failed;"
+              f"{len(resume['gaps'])} trials with an epoch missing, {len(resume['errors'])} failed, "
+              f"{len(resume['result_json_lost'])} result.json never uploaded (results table complete: "
+              f"{resume['table_complete']});"
               f" driver peak {resume['driver_peak_mb']:.0f} MB")
     out = write("tune_scale", {"args": vars(a), "tune": tune, "plain": plain, "resume": resume,
                                "ratio": rate["tune"] / rate["plain"]})

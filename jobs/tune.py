@@ -325,12 +325,27 @@ def _tuner(search: Search, name: str, base: JobConfig, callbacks: list):
                                                     checkpoint_score_order="min")))
 
 
-def _rows(grid, search: Search) -> pd.DataFrame:
+def _history(r, exp_uri: str, endpoint: str | None) -> pd.DataFrame | None:
+    """A trial's results, one row per epoch: its result.json, or, if the driver died after saving
+    the trial as finished but before its result.json reached storage, its newest checkpoint's
+    history (trials Tune resumes re-report what their file lacks: _resume_point)."""
+    df = r.metrics_dataframe
+    trial_id = (r.metrics or {}).get("trial_id")
+    if (df is not None and len(df)) or not trial_id:
+        return df
+    newest = _newest_checkpoint(storage.join(exp_uri, trial_folder(trial_id)), endpoint, None)
+    if newest is None:
+        return df
+    with newest.as_directory() as d:
+        return pd.DataFrame([{**h, "trial_id": trial_id} for h in TrainState.read(Path(d)).reports(0)])
+
+
+def _rows(grid, search: Search, exp_uri: str) -> pd.DataFrame:
     """One row per trial: its params, status, why it stopped, epochs and losses."""
     patience = search.base_job.train.patience
     rows = []
     for r in grid:
-        df = r.metrics_dataframe
+        df = _history(r, exp_uri, search.base_job.endpoint_url)
         # the last result the trial wrote; Tune's own (r.metrics) is from its last saved state, older
         # for a trial that finished after that save and before the driver died (see _resume_point)
         last = df.iloc[-1].to_dict() if df is not None and len(df) else (r.metrics or {})
@@ -431,7 +446,7 @@ def search_job(search: Search) -> tuple[int, str]:
     init_ray()
     tuner = _tuner(search, name, base, tracking.tune_callbacks(tracked, name))
     result_grid = tuner.fit()
-    df = _rows(result_grid, search)
+    df = _rows(result_grid, search, exp_uri)
     ok = df[df["status"] == "done"]
     if ok.empty:
         print(f"every trial failed; the first error:\n{df['error'].iloc[0]}")
@@ -443,7 +458,8 @@ def search_job(search: Search) -> tuple[int, str]:
     fs, _, exp_path = _experiment(base, name)
     (r,) = [r for r in result_grid if (r.metrics or {}).get("trial_id") == best_row["trial_id"]]
     ckpt = _best_checkpoint(r, search, fs, exp_path, best_row)
-    by_epoch = {int(h["epoch"]) - 1: h for h in r.metrics_dataframe.to_dict("records")}  # a replayed epoch: last
+    by_epoch = {int(h["epoch"]) - 1: h  # a replayed epoch: last
+                for h in _history(r, exp_uri, base.endpoint_url).to_dict("records")}
     history = [{"epoch": e, **{k: by_epoch[e][k] for k in ("train_loss", "val_loss", "seconds", "train_seconds")}}
                for e in sorted(by_epoch)]
     best_task = make_task(best_cfg)
