@@ -145,7 +145,8 @@ class TrainConfig:
     seed: int = opt(0, "random seed for init, shuffling and sampling", lo=0)
     max_batches: int = opt(0, "cap on batches per epoch; 0 = all", lo=0)
     max_failures: int = opt(2, "worker failures Ray Train recovers from (resuming from the last checkpoint)", lo=0)
-    keep_checkpoints: int = opt(2, "checkpoints kept in storage, best by val_loss", lo=1)
+    keep_checkpoints: int = opt(2, "checkpoints a training run keeps in storage, best by val_loss (a search keeps "
+                                "all while it runs, then each trial's best)", lo=1)
     precision: Literal["fp32", "bf16", "fp16"] = opt(
         "fp32", "forward-pass precision: bf16 or fp16 autocast (fp16 with a gradient scaler, GPU only)")
 
