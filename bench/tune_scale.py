@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from common import RESULTS, write  # noqa: E402
+from jobhelpers import kill_group, moto_server, start  # noqa: E402
 
 from jobs.tune import trial_folder  # noqa: E402
 from rnnlib.tables import table  # noqa: E402
@@ -54,12 +54,6 @@ def tune_args(a, storage: str) -> list[str]:
             "tune.scheduler=asha", "tune.grace_period=1", "tune.reduction_factor=2", "train.patience=0",
             f"tune.max_concurrent_trials={a.concurrent}", "tune.cpus_per_trial=1", SPACE, f"storage={storage}",
             *a.overrides]
-
-
-def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    f = open(log, "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -86,7 +80,7 @@ def experiment(out: str, root: str) -> str:
 
 
 def run_tune(a, storage: str, log: Path) -> dict:
-    p = start(tune_args(a, storage), log)
+    p = start(*tune_args(a, storage), log=log)
     wall, peak = watch(p)
     out = log.read_text()
     if p.wait() != 0:
@@ -125,21 +119,19 @@ def run_plain(a, results) -> dict:
 def run_resume(a, tmp: Path) -> dict:
     """The search on moto S3, its driver killed once half the trials finished, then run again."""
     import boto3
-    from jobhelpers import moto_server
 
     with moto_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench")
         root = "s3://bench/searches"
         first = tmp / "first.log"
-        p = start(tune_args(a, root), first)
+        p = start(*tune_args(a, root), log=first)
         half = a.trials // 2
         wall1, peak1 = watch(p, until=lambda: len(PROGRESS.findall(first.read_text())) >= half)
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+        kill_group(p)  # the driver and the Ray it started
         before = {tid: int(epochs) for tid, epochs in PROGRESS.findall(first.read_text())}
         second = tmp / "second.log"
-        p = start(tune_args(a, root), second)
+        p = start(*tune_args(a, root), log=second)
         wall2, peak2 = watch(p)
         out = second.read_text()
         if p.wait() != 0 or "resuming" not in out:

@@ -16,14 +16,12 @@ continue from their last checkpoint, and the searcher keeps its state.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -110,8 +108,21 @@ def _resume_point(trial_uri: str, endpoint: str | None, given, resumed: bool) ->
         return newest, max((json.loads(line)["epoch"] for line in lines if line.strip()), default=0)
     if newest is given:
         return given, None
-    with given.as_directory() if given else contextlib.nullcontext() as d:
-        return newest, TrainState.read(Path(d)).epoch if d else 0
+    return newest, _state(given).epoch if given else 0
+
+
+def _checkpoint_dirs(fs, folder: str) -> list[str]:
+    """The paths of the ``checkpoint_*`` folders in a trial's folder on ``fs``, oldest first."""
+    import pyarrow.fs as pafs
+
+    return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+
+
+def _state(checkpoint) -> TrainState:
+    """A Ray ``Checkpoint``'s train state, reading its state file alone (not the weights)."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as f:
+        return TrainState.read(io.BytesIO(f.read()))
 
 
 def _newest_checkpoint(trial_uri: str, endpoint: str | None, given):
@@ -121,12 +132,9 @@ def _newest_checkpoint(trial_uri: str, endpoint: str | None, given):
 
     fs, folder = storage.filesystem(trial_uri, endpoint)
     since = given.path.rstrip("/").rsplit("/", 1)[-1] if given else ""
-    names = sorted((i.base_name for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")), reverse=True)
-    for name in names:
-        if name <= since:
+    for path in reversed(_checkpoint_dirs(fs, folder)):
+        if path.rsplit("/", 1)[-1] <= since:
             break
-        path = f"{folder}/{name}"
         if all(fs.get_file_info(f"{path}/{f}").type == pafs.FileType.File for f in CHECKPOINT_FILES):
             return Checkpoint(path, filesystem=fs)
     return given
@@ -208,8 +216,6 @@ def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, bes
     """Once the search is over, delete the checkpoints nothing needs (DELETE requests, which S3 does
     not bill): all of a trial ASHA stopped (never resumed, not the best), and of a process trial
     that ran on all but its best. A trainer trial's Train run keeps its own (train.keep_checkpoints)."""
-    import pyarrow.fs as pafs
-
     stopped = dict(zip(df["trial_id"], df["stopped"]))
     for r in result_grid:
         trial_id = (r.metrics or {}).get("trial_id")
@@ -228,9 +234,9 @@ def _prune(search: Search, fs, exp_path: str, result_grid, df: pd.DataFrame, bes
             folder, keep = f"{exp_path}/trainer/trial-{trial_id}", None  # trainer_trial's run
         else:
             continue
-        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.path != keep:
-                fs.delete_dir(info.path)
+        for path in _checkpoint_dirs(fs, folder):
+            if path != keep:
+                fs.delete_dir(path)
 
 
 def trial_bundles(search: Search) -> list[dict[str, float]]:
@@ -336,16 +342,15 @@ def _history(r, exp_uri: str, endpoint: str | None) -> pd.DataFrame | None:
     newest = _newest_checkpoint(storage.join(exp_uri, trial_folder(trial_id)), endpoint, None)
     if newest is None:
         return df
-    with newest.as_directory() as d:
-        return pd.DataFrame([{**h, "trial_id": trial_id} for h in TrainState.read(Path(d)).reports(0)])
+    return pd.DataFrame([{**h, "trial_id": trial_id} for h in _state(newest).reports(0)])
 
 
-def _rows(grid, search: Search, exp_uri: str) -> pd.DataFrame:
-    """One row per trial: its params, status, why it stopped, epochs and losses."""
+def _rows(trials, search: Search) -> pd.DataFrame:
+    """One row per trial (``trials``: its ``ray.tune.Result`` and ``_history``): its params, status,
+    why it stopped, epochs and losses."""
     patience = search.base_job.train.patience
     rows = []
-    for r in grid:
-        df = _history(r, exp_uri, search.base_job.endpoint_url)
+    for r, df in trials:
         # the last result the trial wrote; Tune's own (r.metrics) is from its last saved state, older
         # for a trial that finished after that save and before the driver died (see _resume_point)
         last = df.iloc[-1].to_dict() if df is not None and len(df) else (r.metrics or {})
@@ -374,19 +379,16 @@ def _last_line(error: BaseException) -> str:
 def _best_checkpoint(r, search: Search, fs, exp_path: str, row: dict):
     """The checkpoint of the best epoch (``row``: its results row) of a trial's ``ray.tune.Result``,
     as a Ray ``Checkpoint``."""
-    import pyarrow.fs as pafs
     from ray.tune import Checkpoint
 
     if search.settings.trial == "process":
         # found on storage: Tune knows only the checkpoints reported with a result, and a resumed
         # trial reports again without one (_resume_point)
         folder = f"{exp_path}/{trial_folder(row['trial_id'])}"
-        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-                checkpoint = Checkpoint(info.path, filesystem=fs)
-                with checkpoint.as_directory() as d:
-                    if TrainState.read(Path(d)).epoch == row["best_epoch"]:
-                        return checkpoint
+        for path in _checkpoint_dirs(fs, folder):
+            checkpoint = Checkpoint(path, filesystem=fs)
+            if _state(checkpoint).epoch == row["best_epoch"]:
+                return checkpoint
         raise RuntimeError(f"{folder}: no checkpoint of epoch {row['best_epoch']}")
     # trainer trials: TuneReportCallback adds the Train checkpoint's path to each result
     df = r.metrics_dataframe.dropna(subset=["checkpoint_path"])
@@ -446,7 +448,8 @@ def search_job(search: Search) -> tuple[int, str]:
     init_ray()
     tuner = _tuner(search, name, base, tracking.tune_callbacks(tracked, name))
     result_grid = tuner.fit()
-    df = _rows(result_grid, search, exp_uri)
+    trials = [(r, _history(r, exp_uri, base.endpoint_url)) for r in result_grid]
+    df = _rows(trials, search)
     ok = df[df["status"] == "done"]
     if ok.empty:
         print(f"every trial failed; the first error:\n{df['error'].iloc[0]}")
@@ -456,10 +459,9 @@ def search_job(search: Search) -> tuple[int, str]:
     params = {d.key: best_row[d.key] for d in search.dims}
     best_cfg = search.trial_job(params)
     fs, _, exp_path = _experiment(base, name)
-    (r,) = [r for r in result_grid if (r.metrics or {}).get("trial_id") == best_row["trial_id"]]
+    ((r, best_history),) = [(r, h) for r, h in trials if (r.metrics or {}).get("trial_id") == best_row["trial_id"]]
     ckpt = _best_checkpoint(r, search, fs, exp_path, best_row)
-    by_epoch = {int(h["epoch"]) - 1: h  # a replayed epoch: last
-                for h in _history(r, exp_uri, base.endpoint_url).to_dict("records")}
+    by_epoch = {int(h["epoch"]) - 1: h for h in best_history.to_dict("records")}  # a replayed epoch: last
     history = [{"epoch": e, **{k: by_epoch[e][k] for k in ("train_loss", "val_loss", "seconds", "train_seconds")}}
                for e in sorted(by_epoch)]
     best_task = make_task(best_cfg)

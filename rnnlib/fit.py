@@ -70,12 +70,14 @@ class TrainState:
                    folder / STATE_FILE)
 
     @staticmethod
-    def _load(folder: Path) -> dict:
-        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    def _load(source) -> dict:
+        """``source``: a checkpoint folder, or its state file opened for reading (from storage)."""
+        f = source / STATE_FILE if isinstance(source, Path) else source
+        return torch.load(f, map_location="cpu", weights_only=True)
 
     @classmethod
-    def read(cls, folder: Path) -> TrainState:
-        return cls(**json.loads(cls._load(folder)["state"]))
+    def read(cls, source) -> TrainState:
+        return cls(**json.loads(cls._load(source)["state"]))
 
     @classmethod
     def restore(cls, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
