@@ -64,6 +64,7 @@ import json
 import posixpath
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,14 +218,33 @@ def load_histories(
     before validation, as if they had not arrived yet (counted in ``rows_after_end``).
     """
     listing = source if isinstance(source, Listing) else _listing(source, endpoint_url)
-    rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter,
-                     date_format=date_format)
-    after = 0
-    if end is not None:
-        rows, after = rows.until(end)
-    hist = validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
+    with system_memory_pool():
+        rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter,
+                         date_format=date_format)
+        after = 0
+        if end is not None:
+            rows, after = rows.until(end)
+        hist = validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
     hist.end, hist.rows_after_end = end, after
     return hist
+
+
+@contextmanager
+def system_memory_pool():
+    """Arrow allocates from the C library's malloc inside the block, not its default pool.
+
+    Loading frees memory as it goes: each batch of text once it is parsed (``read_rows``), each
+    batch of parsed rows once ``_by_ticker`` has placed them, and asks the pool to hand freed
+    pages back (``release_unused``). The default pool (mimalloc or jemalloc) keeps most of them
+    anyway, so the text, the table and the ordered arrays were all held at the peak
+    (bench/load_memory.py: 4.4x the CSV's size before, 2.8x now). Each buffer returns to the pool
+    it came from, so arrays made inside the block outlive it safely."""
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(before)
 
 
 @dataclass
@@ -254,10 +274,11 @@ class Rows:
 
 
 VALUE_COLUMNS = PRICE_COLUMNS + ("volume",)
+CHECKED = ("high", "low")  # read when present though no job asks for them: a price must lie within them
 RAW = "__raw"  # JSON {column: text as read} of the cells that did not parse (for messages); null elsewhere
 ROW_SCHEMA = pa.schema([("ticker", pa.string()), ("date", pa.timestamp("ns")),
                         *[(c, pa.float64()) for c in VALUE_COLUMNS],
-                        (ROW, pa.int64()), (FILE, pa.int32()), (RAW, pa.string())])
+                        (ROW, pa.int32()), (FILE, pa.int32()), (RAW, pa.string())])
 
 
 def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns: dict[str, str] | None = None,
@@ -273,6 +294,7 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
     for uri, why in listing.skipped:
         rejects.add(file=uri, action=SKIP_FILE, reason=why)
     files = files if files is not None else [e.uri for e in listing.entries]
+    parse = tuple(c for c in VALUE_COLUMNS if c in needed or c in CHECKED)  # no other column is used
     index = {u: i for i, u in enumerate(files)}
     found: dict[str, dict] = {}  # per file: its column mapping, the required columns it lacks, its dates
 
@@ -290,7 +312,11 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
                 header(info, [c for c in text.column_names if c != ROW])
             if info["missing"]:
                 return None
-            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, info, date_format, comma)
+            info["batches"] = info.get("batches", 0) + 1
+            if info["batches"] % 8 == 0:  # the parsed text of the batches before (see system_memory_pool)
+                pa.default_memory_pool().release_unused()
+            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, info, date_format, comma,
+                          parse)
         return convert
 
     tables, rows_in = [], 0
@@ -363,9 +389,10 @@ def _date_order(info: dict) -> str | None:
 
 
 def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, uniform: bool, info: dict | None = None,
-           date_format: str | None = None, comma: bool = False) -> pa.Table:
+           date_format: str | None = None, comma: bool = False, parse: tuple[str, ...] = VALUE_COLUMNS) -> pa.Table:
     """A batch of one file's text rows as ``ROW_SCHEMA`` columns (only those the file has, unless
-    ``uniform``); the ticker comes from the file name when the file has no ticker column.
+    ``uniform``); the ticker comes from the file name when the file has no ticker column. Of the
+    value columns, only those in ``parse`` are read (the others are left as null).
     ``info``: the file's notes, where the spellings that settle A/B/Y dates are kept;
     ``comma``: a decimal comma may occur (the delimiter is not a comma)."""
     n = text.num_rows
@@ -387,21 +414,23 @@ def _typed(text: pa.Table, mapping: dict[str, str], uri: str, index: int, unifor
         if info is not None:
             for key in ("day", "month", "either"):
                 info[key] = info.get(key) or getattr(got, key)
-    present = [c for c in VALUE_COLUMNS if c in src]
+    present = [c for c in parse if c in src]
     comma = comma and any(pc.any(pc.match_substring_regex(src[c], r"\d,\d")).as_py() for c in present)
     for c in VALUE_COLUMNS:
-        if c in src:
+        if c in present:
             v = _to_float(src[c], comma)
             keep_text(~np.isfinite(v), c)
             cols[c] = pa.array(v, pa.float64())  # NaN stays NaN: "not a number", not "no column"
         elif uniform:
             cols[c] = pa.nulls(n, pa.float64())
-    cols[ROW] = text[ROW]
+    cols[ROW] = pc.cast(text[ROW], pa.int32())  # a line number; half the memory of int64
     cols[FILE] = pa.array(np.full(n, index, dtype=np.int32))
     raw = [None] * n if problems else None
     for i, p in problems.items():
         raw[i] = json.dumps(p)
-    cols[RAW] = pa.array(raw, pa.string()) if raw else pa.nulls(n, pa.string())
+    # no problem in the batch: a column of type null, which takes no memory (concatenation makes it text
+    # where other batches have some)
+    cols[RAW] = pa.array(raw, pa.string()) if raw else pa.nulls(n, pa.string() if uniform else pa.null())
     return pa.table(cols)
 
 
@@ -411,7 +440,7 @@ def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows:
     rejects = _Rejects()
     rejects.items = list(rows.rejects)
     series: dict[str, pd.DataFrame] = {}
-    for ticker, df in _by_ticker(rows, rejects):
+    for ticker, df in _by_ticker(rows, rejects, needed):
         mark = len(rejects.items)
         try:
             clean = _clean_series(rows.files, ticker, df, needed, min_rows, max_jump, rejects)
@@ -447,53 +476,135 @@ class _TickerRows:
     line: np.ndarray                   # data line of each row in its file
     file: np.ndarray                   # index of each row's file in Histories.files
     raw: Callable[[str, int], object]  # the text of column c at row k as read (for messages)
+    bounds: list[tuple[int, str]] = field(default_factory=list)  # (row, why) outside [low, high] (_bounds)
 
     def __len__(self) -> int:
         return len(self.dates)
 
 
-def _by_ticker(rows: Rows, rejects):
-    """Yield ``(ticker, rows)`` in ticker order, each holding the ticker's rows from every file,
-    ordered by file then line. The rows' table is taken from ``rows`` and released column by
-    column as it becomes arrays, so its memory is not held twice."""
-    table, rows.table, files = rows.table, None, rows.files
-    if table is None or table.num_rows == 0:
-        return
+def _ticker_order(table: pa.Table, files: list[str], rejects) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Where each row of the table goes when rows are put in (ticker, file, line) order: ``at``
+    (-1 for a row whose ticker is blank or not a ticker, named in ``rejects``), the tickers in
+    that order, and where each one's rows start (and, last, how many rows there are)."""
     tick = table["ticker"]  # trimmed as it was read
     blank = pc.fill_null(pc.equal(tick, ""), True)
     # a ticker is short and printable; anything else is a broken line's text, never a series name
     odd = pc.or_(pc.or_(pc.greater(pc.utf8_length(tick), MAX_TICKER), pc.invert(pc.utf8_is_printable(tick))),
                  pc.match_substring(tick, '"'))
-    odd = pc.fill_null(odd, False)
-    drop = pc.or_(blank, odd)
+    drop = pc.or_(blank, pc.fill_null(odd, False))
+    kept = None
     if pc.any(drop).as_py():
         bad = table.filter(drop)
         for f, r, t in zip(bad[FILE].to_numpy(), bad[ROW].to_numpy(), bad["ticker"].to_pylist()):
             rejects.add(file=files[f], row=int(r), rows=1, action=DROP_ROW,
                         reason="blank ticker" if not t else f"not a ticker: {_excerpt(t, 40)}")
-        table, tick = table.filter(pc.invert(drop)), tick.filter(pc.invert(drop))
+        kept = np.flatnonzero(~drop.to_numpy(zero_copy_only=False))
     names = pc.unique(tick).to_pylist()
     codes = pc.index_in(tick, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
-    rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # ticker order, alphabetical
-    del tick
-    line, file = table[ROW].to_numpy(), table[FILE].to_numpy()
-    order = np.lexsort((line, file, rank[codes]))
-    dates = table["date"].to_numpy().astype("datetime64[ns]")
-    present = [c for c in VALUE_COLUMNS if c in table.column_names]
-    values, has = {}, {}
-    for c in present:
-        values[c], has[c] = table[c].to_numpy(), table[c].is_valid().to_numpy(zero_copy_only=False)
-        table = table.drop_columns([c])
-    raw = table[RAW]
+    rank = np.argsort(np.argsort(np.array(names, dtype=object))).astype(np.int32)  # alphabetical
+    key = rank[codes] if kept is None else rank[codes[kept]]
+    if _in_file_line_order(table):  # the usual: then a stable sort by ticker is enough
+        order = np.argsort(key, kind="stable")
+    else:  # rows the csv module recovered come after the batch they were cut from
+        file, line = table[FILE].to_numpy(), table[ROW].to_numpy()
+        order = np.lexsort((line, file, key) if kept is None else (line[kept], file[kept], key))
+        del file, line
+    del key
+    if kept is not None:
+        order = kept[order]  # positions in the table
+    codes = codes[order]
+    at = np.full(table.num_rows, -1, dtype=np.int32)
+    at[order] = np.arange(len(order), dtype=np.int32)
+    starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(order)]
+    return at, [names[k] for k in codes[starts[:-1]]], starts
+
+
+def _in_file_line_order(table: pa.Table) -> bool:
+    """Whether the rows are in (file, line) order, checked a batch at a time (no copy of a column)."""
+    last = (-1, -1)
+    for b in table.select([FILE, ROW]).to_batches():
+        if not b.num_rows:
+            continue
+        file, line = b.column(0).to_numpy(), b.column(1).to_numpy()
+        step = np.diff(file)
+        if (file[0], line[0]) <= last or not ((step > 0) | ((step == 0) & (np.diff(line) > 0))).all():
+            return False
+        last = (file[-1], line[-1])
+    return True
+
+
+def _by_ticker(rows: Rows, rejects, needed: tuple[str, ...]):
+    """Yield ``(ticker, rows)`` in ticker order, each holding the ticker's rows from every file,
+    ordered by file then line (``_TickerRows``: the columns in ``needed``, and the checks
+    against high and low).
+
+    Memory: the rows' table is taken from ``rows`` and moved into arrays in that order one record
+    batch at a time, each batch released once its rows are placed, so the data is never held
+    twice; each ticker's rows are then slices (views) of those arrays, and a series that keeps all
+    its rows shares them (``_clean_series``)."""
+    table, rows.table, files = rows.table, None, rows.files
+    if table is None or table.num_rows == 0:
+        return
+    at, tickers, starts = _ticker_order(table, files, rejects)
+    n = int(starts[-1])
+    present = [c for c in VALUE_COLUMNS if c in table.column_names and c in needed]
+    line, file, dates = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, "datetime64[ns]")
+    values = {c: np.empty(n, np.float64) for c in present}
+    has = {c: np.zeros(len(files), bool) for c in present}  # a file has the column (else its rows are null)
+    raw: dict[int, str] = {}
+    bounds: dict[int, str] = {}
+    batches = table.to_batches()
     del table
-    pa.default_memory_pool().release_unused()  # hand the freed text and columns back to the system
-    sorted_codes = codes[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
-    for a, b in zip(starts[:-1], starts[1:]):
-        idx = order[a:b]
-        yield names[sorted_codes[a]], _TickerRows(
-            dates[idx], {c: values[c][idx] for c in present if has[c][idx].any()}, line[idx], file[idx],
-            lambda c, k, idx=idx: json.loads(raw[int(idx[k])].as_py() or "{}").get(c))
+    start = 0
+    for i in range(len(batches)):
+        b, batches[i] = batches[i], None
+        pos = at[start:start + b.num_rows]
+        start += b.num_rows
+        sel = pos >= 0
+        if not sel.all():
+            pos = pos[sel]
+            b = b.filter(pa.array(sel))
+        from_file = b.column(FILE).to_numpy()
+        line[pos], file[pos] = b.column(ROW).to_numpy(), from_file
+        dates[pos] = b.column("date").to_numpy(zero_copy_only=False)
+        for c in present:
+            col = b.column(c)
+            values[c][pos] = col.to_numpy(zero_copy_only=False)
+            if col.null_count < len(col):
+                has[c][np.unique(from_file if not col.null_count else
+                                 from_file[col.is_valid().to_numpy(zero_copy_only=False)])] = True
+        bounds.update({int(pos[k]): why for k, why in _bounds(b, needed)})
+        text = b.column(RAW)
+        if text.null_count < len(text):
+            raw.update({int(pos[k]): t for k, t in enumerate(text.to_pylist()) if t is not None})
+        del b, text
+        pa.default_memory_pool().release_unused()  # hand this batch's pages back (see system_memory_pool)
+    del at
+    out_of_bounds = np.array(sorted(bounds), dtype=np.int64)
+    for t, a, b in zip(tickers, starts[:-1], starts[1:]):
+        of = np.unique(file[a:b])
+        yield t, _TickerRows(dates[a:b], {c: values[c][a:b] for c in present if has[c][of].any()},
+                             line[a:b], file[a:b], lambda c, k, a=a: json.loads(raw.get(a + k) or "{}").get(c),
+                             [(int(k) - a, bounds[int(k)]) for k in
+                              out_of_bounds[np.searchsorted(out_of_bounds, a):np.searchsorted(out_of_bounds, b)]])
+
+
+def _bounds(batch: pa.RecordBatch, needed: tuple[str, ...]) -> list[tuple[int, str]]:
+    """``(row, why)`` for each row of a batch whose high is below its low, or whose open or close
+    (those the job uses) lies outside [low, high]. Checked batch by batch, as the rows are placed,
+    so that high and low need not be kept when the job does not use them."""
+    if "high" not in batch.schema.names or "low" not in batch.schema.names:
+        return []
+    h, lo = (batch.column(c).to_numpy(zero_copy_only=False) for c in ("high", "low"))
+    out: dict[int, str] = {}
+    with np.errstate(invalid="ignore"):  # NaN: no value to check against (no column, or not a number)
+        for i in np.flatnonzero(h < lo):
+            out[int(i)] = f"high < low ({h[i]:g} < {lo[i]:g})"
+        for c in [c for c in ("open", "close") if c in needed and c in batch.schema.names]:
+            v = batch.column(c).to_numpy(zero_copy_only=False)
+            for i in np.flatnonzero((v > h * (1 + 1e-6)) | (v < lo * (1 - 1e-6))):
+                out.setdefault(int(i), f"{c} outside [low, high]: {v[i]:g} not in [{lo[i]:g}, {h[i]:g}]")
+    return sorted(out.items())
 
 
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
@@ -651,7 +762,11 @@ def _clean_series(files, ticker, s: _TickerRows, needed, min_rows, max_jump, rej
                     reason=f"mostly invalid: {n_bad} of {n_in} rows rejected (see the row entries)")
         return None
 
-    out = pd.DataFrame({"date": s.dates[keep], **{c: v[keep] for c, v in s.values.items()}})
+    used = [c for c in VALUE_COLUMNS if c in needed]  # the series holds what the job asked for
+    if keep.all():  # the common case: the series shares the arrays _by_ticker made (no copy)
+        out = pd.DataFrame({"date": s.dates, **{c: s.values[c] for c in used}}, copy=False)
+    else:
+        out = pd.DataFrame({"date": s.dates[keep], **{c: s.values[c][keep] for c in used}})
     at = np.flatnonzero(keep)  # each row's place in s, for rejects that name its file and line
     if not out["date"].is_monotonic_increasing:
         rejects.add(file=where, ticker=ticker, action=NOTE, reason="dates were not in order; sorted")
@@ -686,13 +801,9 @@ def _row_problems(s: _TickerRows, needed) -> np.ndarray:
                 flag(v < 0, lambda i, v=v: f"negative volume: {v[i]:g}")
             else:
                 flag(v <= 0, lambda i, c=c, v=v: f"non-positive {c}: {v[i]:g}")
-        if "high" in values and "low" in values:
-            h, lo = values["high"], values["low"]
-            flag(h < lo, lambda i: f"high < low ({h[i]:g} < {lo[i]:g})")
-            for c in [c for c in ("open", "close") if c in needed]:
-                v = values[c]
-                flag((v > h * (1 + 1e-6)) | (v < lo * (1 - 1e-6)),
-                     lambda i, c=c, v=v: f"{c} outside [low, high]: {v[i]:g} not in [{lo[i]:g}, {h[i]:g}]")
+    for i, why in s.bounds:  # last: the checks against high and low, made as the rows were placed
+        if reason[i] is None:
+            reason[i] = why
     return reason
 
 

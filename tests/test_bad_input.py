@@ -339,7 +339,7 @@ def test_semicolons_with_decimal_commas_and_adj_close_only_name_the_fix(tmp_path
     assert not h.series and h.rows_in == 1259
     assert "holds no ',' but ';': set data.delimiter=';'" in reasons(h) and "data.columns" not in reasons(h)
     h = load_histories(tmp_path / "semi", needed=("close", "volume"), delimiter=";")
-    pd.testing.assert_frame_equal(h.series["KO"][["date", "close", "volume"]], iso[["date", "close", "volume"]])
+    pd.testing.assert_frame_equal(h.series["KO"], load_histories(KO, needed=("close", "volume")).series["KO"])
     adj = ko()[["date", "close"]].rename(columns={"close": "Adj Close"})
     adj.to_csv(_write(tmp_path / "adj" / "KO_data.csv", ""), index=False)
     h = load_histories(tmp_path / "adj")
@@ -347,6 +347,37 @@ def test_semicolons_with_decimal_commas_and_adj_close_only_name_the_fix(tmp_path
     assert len(load_histories(tmp_path / "adj", needed=("adj_close",)).series["KO"]) == 1259
     assert len(load_histories(tmp_path / "adj", columns={"Adj Close": "close"}).series["KO"]) == 1259
 
+
+
+def test_a_series_holds_the_columns_asked_for_and_high_low_still_check_the_close(tmp_path):
+    """Only the columns a job uses are read into its series (a 200 MB table of five value columns
+    need not be held for one); high and low are still read to check the close against."""
+    df = ko().astype({"open": object})
+    df.loc[9, "close"] = df.loc[9, "high"] * 1.2
+    df.loc[20, "open"] = "n/a"  # never read unless asked for
+    df.to_csv(_write(tmp_path / "KO_data.csv", ""), index=False)
+    h = load_histories(tmp_path, needed=("close",))
+    assert list(h.series["KO"].columns) == ["date", "close"] and len(h.series["KO"]) == 1258
+    assert by_file(h, "KO_data.csv")[["row", "reason"]].values.tolist() == [
+        [10, f"close outside [low, high]: {df.close[9]:g} not in [{df.low[9]:g}, {df.high[9]:g}]"]]
+    h = load_histories(tmp_path, needed=("volume", "open", "close"))
+    assert list(h.series["KO"].columns) == ["date", "open", "close", "volume"] and len(h.series["KO"]) == 1257
+    assert "non-numeric, missing or infinite open: 'n/a'" in reasons(h)
+
+
+def test_rows_the_csv_module_recovers_keep_their_place_in_the_series(tmp_path):
+    """A line whose quotes hold the delimiter is recovered after its batch is parsed, so it reaches
+    the table out of line order: the series is still ordered by line (dates in order, no note)."""
+    df = ko()
+    lines = df.to_csv(index=False).splitlines()
+    k = 700  # data line k: quote its volume and write it with a thousands separator
+    fields = lines[k].split(",")
+    fields[5] = f'"{int(fields[5]):,}"'
+    lines[k] = ",".join(fields)
+    (tmp_path / "KO_data.csv").write_text("\n".join(lines) + "\n")
+    h = load_histories(tmp_path, needed=("close",))
+    assert len(h.series["KO"]) == 1259 and h.rows_rejected == 0
+    assert h.series["KO"]["date"].is_monotonic_increasing and not len(h.rejects)
 
 # Property: whatever happens to a real history, the loader never raises and counts every line.
 
