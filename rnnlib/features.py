@@ -23,7 +23,9 @@ order (they never cross) and blends the median with persistence (``data.point_sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -223,16 +225,30 @@ def min_rows(window: int, horizon: int, val_frac: float, test_frac: float, by_da
 
 @dataclass
 class ForecastData:
-    """Everything a forecaster trains and is evaluated on, per series and pooled."""
+    """Everything a forecaster trains and is evaluated on, per series and pooled.
+
+    The windows of a part are built on first use, so a process that only needs their numbers
+    (``counts``: per series), or only validation and test, never holds the training windows."""
 
     tickers: list[str]
     columns: tuple[str, ...]
     transforms: list[SeriesTransform]
     splits: list[SeriesSplit]
     mase_scale: np.ndarray  # (S,) per-series naive one-day MAE on train rows
-    train: Windows
-    val: Windows
-    test: Windows
+    counts: dict[str, np.ndarray]  # part -> (S,) windows of each series
+    build: Callable[[str], Windows] = field(repr=False)
+
+    @cached_property
+    def train(self) -> Windows:
+        return self.build("train")
+
+    @cached_property
+    def val(self) -> Windows:
+        return self.build("val")
+
+    @cached_property
+    def test(self) -> Windows:
+        return self.build("test")
 
     @property
     def n_features(self) -> int:
@@ -244,22 +260,33 @@ def make_forecast_data(series: dict[str, pd.DataFrame], *, target: str = "close"
                        window: int = 60, horizon: int = 5, val_frac: float = 0.15,
                        test_frac: float = 0.15, val_start: str | None = None,
                        test_start: str | None = None) -> ForecastData:
-    """Split each series by time, fit its transform on its train rows, build all windows."""
+    """Split each series by time and fit its transform on its train rows; the windows of each
+    part are built when first used (``ForecastData.train`` ...), their numbers known at once."""
     cols = feature_columns(target, features)
     tickers = sorted(series)
-    tfs, splits, scales, parts = [], [], [], {k: [] for k in SPLITS}
-    for sid, t in enumerate(tickers):
+    tfs, splits, scales = [], [], []
+    for t in tickers:
         df = series[t]
         sp = split_series(df["date"], val_frac, test_frac, val_start, test_start)
-        tf = fit_transform(df, cols, transform, sp.val)
-        tfs.append(tf)
+        tfs.append(fit_transform(df, cols, transform, sp.val))
         splits.append(sp)
         scales.append(naive_scale(df, target, sp.val))
-        for part in SPLITS:
-            parts[part].append(series_windows(df, tf, window, horizon, split_ends(sp, window, horizon, part), sid))
-    pooled = {k: Windows.concat(v) if v else Windows.empty(window, horizon, len(cols)) for k, v in parts.items()}
-    return ForecastData(tickers, cols, tfs, splits, np.asarray(scales), pooled["train"], pooled["val"],
-                        pooled["test"])
+    counts = {part: np.array([window_count(sp, transform, window, horizon, part) for sp in splits], dtype=np.int64)
+              for part in SPLITS}
+
+    def build(part: str) -> Windows:
+        got = [series_windows(series[t], tf, window, horizon, split_ends(sp, window, horizon, part), sid)
+               for sid, (t, tf, sp) in enumerate(zip(tickers, tfs, splits))]
+        return Windows.concat(got) if got else Windows.empty(window, horizon, len(cols))
+
+    return ForecastData(tickers, cols, tfs, splits, np.asarray(scales), counts, build)
+
+
+def window_count(split: SeriesSplit, transform: str, window: int, horizon: int, part: str) -> int:
+    """How many windows ``series_windows`` makes of one series' ``part``, without making them."""
+    lo, hi = {"train": (0, split.val), "val": (split.val, split.test), "test": (split.test, split.n)}[part]
+    first = window - 1 + (1 if transform == "log_return" else 0)
+    return max(0, min(hi - horizon, split.n - horizon) - max(lo - 1, window - 1, first))
 
 
 def windows_to_price(pred: np.ndarray, w: Windows, transforms: list[SeriesTransform]) -> np.ndarray:

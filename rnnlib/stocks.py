@@ -63,7 +63,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +112,8 @@ class Histories:
     files: list[str] = field(default_factory=list)
     end: str | None = None  # rows dated after it were left out before validation (not in rows_in)
     rows_after_end: int = 0
+    files_of: dict[str, np.ndarray] = field(default_factory=dict)  # ticker -> indices in files of its rows
+    rows_elsewhere: int = 0  # rows of tickers not asked for (load_histories' tickers), not in the counts
 
     @property
     def rows_kept(self) -> int:
@@ -205,6 +207,7 @@ def load_histories(
     delimiter: str | None = None,
     date_format: str | None = None,
     end: str | None = None,
+    tickers: Collection[str] | None = None,
 ) -> Histories:
     """Load and validate every history under ``source``: a URI (local path, ``file://``,
     ``s3://``) of a file, folder or prefix, a list of them, or a ``sources.Listing``.
@@ -216,11 +219,13 @@ def load_histories(
     be valid on a row. ``min_rows``: shortest usable series after cleaning. ``delimiter`` and
     ``date_format``: as for ``read_rows``. ``end`` (YYYY-MM-DD): rows dated after it are left out
     before validation, as if they had not arrived yet (counted in ``rows_after_end``).
+    ``tickers``: keep only these tickers' rows, dropped batch by batch as files are read, so memory
+    does not grow with the others (a Ray Train worker's shard; ``rows_elsewhere`` counts the rest).
     """
-    listing = source if isinstance(source, Listing) else _listing(source, endpoint_url)
+    listing = source if isinstance(source, Listing) else source_listing(source, endpoint_url)
     with system_memory_pool():
         rows = read_rows(listing, needed=needed, columns=columns, endpoint_url=endpoint_url, delimiter=delimiter,
-                         date_format=date_format)
+                         date_format=date_format, tickers=tickers)
         after = 0
         if end is not None:
             rows, after = rows.until(end)
@@ -261,6 +266,7 @@ class Rows:
     files: list[str]
     rejects: list[dict]
     rows_in: int
+    elsewhere: int = 0  # rows read and left out: their ticker was not wanted (read_rows' tickers)
 
     def until(self, end: str) -> tuple[Rows, int]:
         """These rows without those dated after ``end``, and how many those were. A row whose date
@@ -270,7 +276,7 @@ class Rows:
         cutoff = pa.scalar(pd.Timestamp(end).to_pydatetime(), pa.timestamp("ns"))
         kept = self.table.filter(pc.fill_null(pc.less_equal(self.table["date"], cutoff), True))
         after = self.table.num_rows - kept.num_rows
-        return Rows(kept, self.files, self.rejects, self.rows_in - after), after
+        return Rows(kept, self.files, self.rejects, self.rows_in - after, self.elsewhere), after
 
 
 VALUE_COLUMNS = PRICE_COLUMNS + ("volume",)
@@ -283,13 +289,15 @@ ROW_SCHEMA = pa.schema([("ticker", pa.string()), ("date", pa.timestamp("ns")),
 
 def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns: dict[str, str] | None = None,
               endpoint_url: str | None = None, files: list[str] | None = None, uniform: bool = False,
-              delimiter: str | None = None, date_format: str | None = None) -> Rows:
+              delimiter: str | None = None, date_format: str | None = None,
+              tickers: Collection[str] | None = None) -> Rows:
     """Read every entry of ``listing`` into typed rows (``ROW_SCHEMA``'s columns: dates and
     numbers parsed batch by batch as each file is read, the text of a cell that does not parse
     kept in ``RAW`` for its message). ``files``: the list ``FILE`` indexes (default: the
     listing's own); ``uniform``: every ``ROW_SCHEMA`` column, nulls where no file has one, so
     tables from different reads concatenate. ``delimiter``: of CSV/TSV files (default by suffix);
-    ``date_format``: strftime spelling of dates that are not ISO 8601 (default: detected per file)."""
+    ``date_format``: strftime spelling of dates that are not ISO 8601 (default: detected per file);
+    ``tickers``: as for ``load_histories``."""
     rejects = _Rejects()
     for uri, why in listing.skipped:
         rejects.add(file=uri, action=SKIP_FILE, reason=why)
@@ -297,6 +305,8 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
     parse = tuple(c for c in VALUE_COLUMNS if c in needed or c in CHECKED)  # no other column is used
     index = {u: i for i, u in enumerate(files)}
     found: dict[str, dict] = {}  # per file: its column mapping, the required columns it lacks, its dates
+    wanted = pa.array(sorted(tickers), pa.string()) if tickers is not None else None
+    elsewhere = 0  # rows of tickers not wanted
 
     def header(info: dict, names: list[str]) -> None:
         info["mapping"] = normalise_columns(names, columns)
@@ -315,8 +325,13 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
             info["batches"] = info.get("batches", 0) + 1
             if info["batches"] % 8 == 0:  # the parsed text of the batches before (see system_memory_pool)
                 pa.default_memory_pool().release_unused()
-            return _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, info, date_format, comma,
-                          parse)
+            typed = _typed(text, info["mapping"], entry.uri, index[entry.uri], uniform, info, date_format, comma,
+                           parse)
+            if wanted is not None:
+                mine = typed.filter(pc.fill_null(pc.is_in(typed["ticker"], value_set=wanted), False))
+                info["elsewhere"] = info.get("elsewhere", 0) + typed.num_rows - mine.num_rows
+                typed = mine
+            return typed
         return convert
 
     tables, rows_in = [], 0
@@ -329,6 +344,7 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
             rejects.add(file=entry.uri, rows=got.unparsed, action=DROP_ROWS,
                         reason=f"{got.unparsed} line(s) the CSV parser returned no row for")
         info = found.pop(entry.uri, {})
+        elsewhere += info.get("elsewhere", 0)
         if "mapping" not in info and got.header:  # no row reached the converter: name what is missing anyway
             header(info, [c for c in got.header if c != ROW] + [k for k, _ in entry.partitions if k not in got.header])
         n_rows = got.rows_in - len(got.bad_rows) - max(got.unparsed, 0)
@@ -354,7 +370,7 @@ def read_rows(listing: Listing, *, needed: tuple[str, ...] = ("close",), columns
         table = pa.table({f.name: table[f.name] if table is not None and f.name in table.column_names
                           else pa.nulls(table.num_rows if table is not None else 0, f.type) for f in ROW_SCHEMA},
                          schema=ROW_SCHEMA)
-    return Rows(table, files, rejects.items, rows_in)
+    return Rows(table, files, rejects.items, rows_in, elsewhere)
 
 
 def _missing_reason(info: dict, delimiter: str, suffix: str = ".csv") -> str:
@@ -440,6 +456,7 @@ def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows:
     rejects = _Rejects()
     rejects.items = list(rows.rejects)
     series: dict[str, pd.DataFrame] = {}
+    files_of: dict[str, np.ndarray] = {}
     for ticker, df in _by_ticker(rows, rejects, needed):
         mark = len(rejects.items)
         try:
@@ -450,13 +467,16 @@ def validate_rows(rows: Rows, *, needed: tuple[str, ...] = ("close",), min_rows:
                         reason=f"failed to validate ({type(e).__name__}: {printable(e, 120)})")
             continue
         if clean is not None:
-            series[ticker] = clean
-    hist = Histories(series, rejects.frame(), rows.rows_in, rows.files)
-    assert hist.rows_in == hist.rows_kept + hist.rows_rejected, "row accounting broke"
+            series[ticker], files_of[ticker] = clean, np.unique(df.file)
+    hist = Histories(series, rejects.frame(), rows.rows_in, rows.files, files_of=files_of,
+                     rows_elsewhere=rows.elsewhere)
+    # a file rejected whole counts all its rows, of wanted tickers or not: exact only for a full load
+    assert rows.elsewhere or hist.rows_in == hist.rows_kept + hist.rows_rejected, "row accounting broke"
     return hist
 
 
-def _listing(source, endpoint_url) -> Listing:
+def source_listing(source, endpoint_url: str | None = None) -> Listing:
+    """The files under a URI, or under each of a list of them (``sources.list_source``)."""
     if not isinstance(source, list):
         return list_source(str(source), endpoint_url=endpoint_url)
     out = Listing(", ".join(map(str, source[:3])) + (" ..." if len(source) > 3 else ""))
