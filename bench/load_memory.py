@@ -5,7 +5,9 @@ absent) are written as one long CSV with a ticker column, repeated under new tic
 holds about 2,600 tickers and 3.3 M rows (about 200 MB): the shape of a vendor's daily dump.
 Each case loads it in a fresh process and reports the peak RSS (``VmHWM``) as a multiple of the
 file size, next to the same process's RSS after imports (Python, numpy, pandas, pyarrow).
-The same rows as gzipped CSV and as Parquet are measured in the same run.
+The same rows as gzipped CSV and as Parquet are measured in the same run, and the CSV once more
+as one of four Ray Train workers reads it: only a quarter of the tickers kept (``tickers=``),
+the others' rows dropped batch by batch as they are read.
 
     python bench/load_memory.py [--tickers 2600]
 """
@@ -39,7 +41,8 @@ from rnnlib.stocks import load_histories
 hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 base = hwm()
 start = time.perf_counter()
-h = load_histories(sys.argv[1], min_rows=100, needed=("close", "volume"))
+tickers = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None
+h = load_histories(sys.argv[1], min_rows=100, needed=("close", "volume"), tickers=tickers)
 secs = time.perf_counter() - start
 peak = hwm()
 print(json.dumps({"base": base, "peak": peak, "seconds": secs, "rows_in": h.rows_in, "kept": h.rows_kept,
@@ -56,9 +59,9 @@ def long_table(src: Path, tickers: int) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True).rename(columns={"Name": "ticker"})
 
 
-def measure(path: Path) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, str(path)], cwd=ROOT, capture_output=True, text=True,
-                       check=False)
+def measure(path: Path, tickers: list[str] | None = None) -> dict:
+    r = subprocess.run([sys.executable, "-c", CHILD, str(path), *([json.dumps(tickers)] if tickers else [])],
+                       cwd=ROOT, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise SystemExit(f"loading {path} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -77,6 +80,7 @@ def main() -> None:
         df.to_csv(paths["long CSV, gzip"], index=False, compression="gzip")
         df.to_parquet(paths["long Parquet"], index=False)
         n_rows, n_tickers = len(df), df["ticker"].nunique()
+        quarter = sorted(df["ticker"].unique())[::4]
         del df
         csv_size = paths["long CSV"].stat().st_size
         results = {}
@@ -85,6 +89,9 @@ def main() -> None:
             r["file_mb"] = p.stat().st_size / 2**20
             results[label] = r
             assert r["rows_in"] == n_rows, (label, r)
+        label = "long CSV, 1 of 4 workers' tickers"
+        results[label] = {**measure(paths["long CSV"], quarter), "file_mb": results["long CSV"]["file_mb"]}
+        assert results[label]["series"] <= len(quarter), results[label]
     m = machine()
     print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}; {n_rows:,} rows, {n_tickers:,} tickers from {src}; "
           f"the CSV is {csv_size / 2**20:.0f} MB")

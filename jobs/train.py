@@ -28,7 +28,7 @@ from rnnlib.errors import UserError
 from rnnlib.fit import TrainState, make_optimizer, run_epoch, save_checkpoint
 from rnnlib.loop import seed_everything
 from rnnlib.plots import loss_curve_png
-from rnnlib.tasks import make_task, task_class
+from rnnlib.tasks import Shard, make_task, task_class
 
 # Keys that do not change what is trained, so they do not change the run name: a crashed run
 # can be resumed with more workers, another storage endpoint or more tolerated failures.
@@ -69,18 +69,24 @@ def run_name(cfg: JobConfig, data: dict) -> str:
 
 def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int = 1,
                device: torch.device | str = "cpu", prepare=lambda model: model, verbose: bool = True,
-               recorded: int | None = None) -> None:
+               recorded: int | None = None, shard: Shard | None = None) -> None:
     """Epochs from the last checkpoint (a Ray ``Checkpoint`` or None) until done, on ``device``.
 
     Shared by Ray Train workers and Tune process trials: ``report(metrics, folder)`` hands each
     epoch's metrics and, on rank 0, a checkpoint folder to Ray; ``prepare`` wraps the model
     (DDP under Ray Train). ``recorded``: the epochs Ray has recorded, when the checkpoint holds
     more (their reports were lost with a driver): those are reported again, without a checkpoint,
-    before training goes on."""
+    before training goes on. ``shard``: this worker's part of the data (``Task.plan``), read here;
+    the val loss is then the mean over every worker's validation windows."""
     import torch.distributed as dist
 
     seed_everything(cfg.train.seed)
-    task = make_task(cfg)
+    task = make_task(cfg, shard)
+    if shard is not None:
+        mine = task.for_other_shards()
+        everyone: list = [None] * world
+        dist.all_gather_object(everyone, mine)
+        task.from_other_shards({k: v for other in everyone for k, v in other.items()})
     model = place(task.build_model(), device)
     opt = make_optimizer(model, cfg)
     precision = Precision(cfg.train.precision, device)
@@ -98,10 +104,12 @@ def train_loop(cfg: JobConfig, checkpoint, report, *, rank: int = 0, world: int 
         started = time.time()  # epoch to epoch, this also counts the report and checkpoint a user waits for
         train_loss, val_loss, secs, train_secs = run_epoch(wrapped, opt, task, cfg, state, rank=rank, world=world,
                                                            precision=precision, eval_model=model)
-        if world > 1:  # mean train loss over the shards
-            t = torch.tensor([train_loss], device=device)
+        if world > 1:  # mean train loss over the workers (equal shares); val loss over all windows
+            n_val = len(task.data.val) if shard is not None else 1
+            t = torch.tensor([train_loss, val_loss * n_val, n_val], dtype=torch.float64, device=device)
             dist.all_reduce(t)
-            train_loss = t.item() / world
+            train_loss = t[0].item() / world
+            val_loss = t[1].item() / t[2].item() if shard is not None else val_loss
         state.record(train_loss, val_loss, secs, train_secs)
         if rank == 0 and verbose:
             print(f"epoch {state.epoch}/{cfg.train.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
@@ -128,20 +136,24 @@ def train_loop_per_worker(config: dict) -> None:
     def report(metrics: dict, folder: str | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
+    shards = config.get("shards")
     train_loop(job_from_dict(config["job"]), ray.train.get_checkpoint(), report, rank=ctx.get_world_rank(),
                world=ctx.get_world_size(), device=ray.train.torch.get_device(),
-               prepare=ray.train.torch.prepare_model, verbose=config.get("verbose", True))
+               prepare=ray.train.torch.prepare_model, verbose=config.get("verbose", True),
+               shard=shards[ctx.get_world_rank()] if shards else None)
 
 
-def build_trainer(cfg: JobConfig, name: str, callbacks: list | None = None, verbose: bool = True):
-    """The TorchTrainer for a config: scaling, storage, failures and checkpoints all from it."""
+def build_trainer(cfg: JobConfig, name: str, callbacks: list | None = None, verbose: bool = True,
+                  shards: list[Shard] | None = None):
+    """The TorchTrainer for a config: scaling, storage, failures and checkpoints all from it.
+    ``shards``: each worker's part of the data (``Task.plan``); None: every worker loads all of it."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     fs, path = storage.filesystem(cfg.storage, cfg.endpoint_url)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg), "verbose": verbose},
+        train_loop_config={"job": to_dict(cfg), "verbose": verbose, "shards": shards},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
@@ -167,14 +179,20 @@ def train(cfg: JobConfig) -> tuple[int, str]:
 
         registry_uri(cfg.release.registry, "release.registry")
     tracker = tracking.connect(cfg.tracking)  # None unless tracking.mlflow_uri is set
-    task = make_task(cfg)  # data errors surface here, before Ray starts
+    task = make_task(cfg)  # data errors surface here, before Ray starts; no training windows are built here
     data = task.fingerprint()
     name = run_name(cfg, data)
     out_uri = storage.join(cfg.storage, name)
+    shards = task.plan(cfg.scaling.workers)
     print(task.summary())
     print(f"run {name}: {cfg.task}, {cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, "
           f"{cfg.scaling.workers} worker(s){' on GPU' if cfg.scaling.gpu else ''}, storage {out_uri}\n"
           f"data: {task.describe_data(data)}")
+    if shards:
+        sizes = sorted(len(s.tickers) for s in shards)
+        print(f"each worker reads its own {sizes[0]}-{sizes[-1]} series and trains on {shards[0].share} of "
+              f"their windows per epoch ({sum(s.windows for s in shards) - shards[0].share * len(shards)} of "
+              f"{sum(s.windows for s in shards)} left out per epoch, a different choice each epoch)")
     finished = _finished(out_uri, cfg, data)
     tracked = tracking.train_run(tracker, cfg, name, trained_config(to_dict(cfg)), data, work=finished is None)
     if finished is not None:
@@ -189,7 +207,7 @@ def train(cfg: JobConfig) -> tuple[int, str]:
     from jobs.ray_setup import init_ray
 
     init_ray()
-    trainer = build_trainer(cfg, name)
+    trainer = build_trainer(cfg, name, shards=shards)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:

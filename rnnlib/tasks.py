@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -22,9 +23,10 @@ import torch
 from . import loop
 from .config import ForecastDataConfig, JobConfig, TextDataConfig
 from .datasets import sample_stocks_dir, tinyshakespeare_path
-from .errors import DataError
+from .errors import DataError, UserError
 from .features import (
     ForecastData,
+    SeriesTransform,
     feature_columns,
     fit_shrink,
     make_forecast_data,
@@ -35,30 +37,56 @@ from .features import (
 )
 from .metrics import compare_to_persistence, pinball, text_metrics
 from .models import CharLM, Forecaster
-from .stocks import Histories, load_histories
+from .sources import Entry, Listing
+from .stocks import Histories, load_histories, source_listing
 from .tables import forecast_table
 from .text import Vocab, random_windows, read_text, split_text, stream_batches
 
 EVAL_BATCH = 32  # text validation streams: fixed so val loss is comparable across configs
 
 
-def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None) -> tuple[Histories, ForecastData]:
-    """Load, validate and window the histories a forecast config names (a local path or URI)."""
+@dataclass(frozen=True)
+class Shard:
+    """One Ray Train worker's part of the forecast data (``ForecastTask.plan``): whole series, read
+    on the worker from the files that hold them, and how many training windows it takes each
+    epoch (``share``: the same on every worker, so all take the same number of steps)."""
+
+    rank: int
+    tickers: tuple[str, ...]
+    entries: tuple[str, ...]  # sources.Entry.to_json() of each file holding rows of these tickers
+    windows: int  # training windows of these series, as the driver counted them
+    share: int
+
+
+def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None,
+                    shard: Shard | None = None) -> tuple[Listing, Histories, ForecastData]:
+    """List, load, validate and split the histories a forecast config names (a local path or URI),
+    or only a shard's series (from its files)."""
     source = d.path or sample_stocks_dir()
     by_date = bool(d.val_start or d.test_start)
-    hist = load_histories(source, needed=feature_columns(d.target, d.features),
+    listing = (Listing(str(source), [Entry.from_json(e) for e in shard.entries]) if shard
+               else source_listing(source, endpoint_url))
+    hist = load_histories(listing, needed=feature_columns(d.target, d.features),
                           columns=d.columns, max_jump=d.max_jump, endpoint_url=endpoint_url,
                           delimiter=d.delimiter, date_format=d.date_format, end=d.end,
-                          min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date))
-    if not hist.series:
-        raise DataError(f"{source}: no usable series.\n{hist.summary()}")
+                          min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date),
+                          tickers=shard.tickers if shard else None)
     data = make_forecast_data(hist.series, target=d.target, features=d.features, transform=d.transform,
                               window=d.window, horizon=d.horizon, val_frac=d.val_frac,
                               test_frac=d.test_frac, val_start=d.val_start, test_start=d.test_start)
-    if len(data.train) == 0 or len(data.val) == 0:
+    windows = int(data.counts["train"].sum())
+    if shard:  # the driver checked the whole; a worker checks that its part is what the driver saw
+        if tuple(data.tickers) != shard.tickers or windows != shard.windows:
+            raise DataError(f"{source}: the histories of worker {shard.rank}'s {len(shard.tickers)} series changed "
+                            f"after the run began ({len(data.tickers)} series and {windows} training windows now, "
+                            f"{shard.windows} windows then); run the same command again to train on the data as "
+                            "it is now")
+    elif not hist.series:
+        raise DataError(f"{source}: no usable series.\n{hist.summary()}")
+    elif not windows or not data.counts["val"].sum():
         raise DataError(f"{source}: no training or validation windows for "
                         f"window={d.window}, horizon={d.horizon}; use shorter windows or more history")
-    return hist, data
+    return listing, hist, data
 
 
 class Task(Protocol):
@@ -83,6 +111,13 @@ class Task(Protocol):
     def fingerprint(self) -> dict: ...
     def bundle_kwargs(self) -> dict: ...
     def summary(self) -> str: ...  # the data as loaded, for ``check`` and ``train``
+    # Ray Train with more than one worker: the driver plans each worker's part of the data (None:
+    # every worker loads all of it), each worker loads its ``shard``, and the workers swap what a
+    # checkpoint needs of the others' parts before training.
+    shard: Shard | None
+    def plan(self, world: int) -> list[Shard] | None: ...
+    def for_other_shards(self) -> dict: ...
+    def from_other_shards(self, others: dict) -> None: ...
 
     @staticmethod
     def describe_data(fp: dict) -> str: ...  # one line for a ``fingerprint()``
@@ -103,9 +138,9 @@ def task_class(name: str) -> type[Task]:
     return TASKS[name]
 
 
-def make_task(cfg: JobConfig) -> Task:
-    """Load the data ``cfg`` names (errors surface here) and build its task."""
-    return TASKS[cfg.task](cfg)
+def make_task(cfg: JobConfig, shard: Shard | None = None) -> Task:
+    """Load the data ``cfg`` names (errors surface here), or a shard's part of it, and build its task."""
+    return TASKS[cfg.task](cfg, shard)
 
 
 def _shard(n: int, rank: int, world: int, gen: torch.Generator) -> torch.Tensor:
@@ -120,12 +155,40 @@ class ForecastTask:
     loss_label = "pinball loss (scaled)"
     backtests = True
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig, shard: Shard | None = None):
         assert isinstance(cfg.data, ForecastDataConfig)
-        self.cfg, self.d = cfg, cfg.data
-        self.hist, self.data = load_stock_data(cfg.data, cfg.endpoint_url)
+        self.cfg, self.d, self.shard = cfg, cfg.data, shard
+        self.listing, self.hist, self.data = load_stock_data(cfg.data, cfg.endpoint_url, shard)
         self.quantiles = tuple(self.d.quantiles)
         self.point_weight = 1.0  # the model alone until calibrate() fits the blend with persistence
+        self.transforms_elsewhere: dict[str, dict] = {}  # other shards' (from_other_shards), for checkpoints
+
+    def plan(self, world: int) -> list[Shard] | None:
+        """Whole series for each of ``world`` workers, balanced by training windows (largest first,
+        each to the least loaded worker), with the files each worker reads; None for one worker."""
+        if world < 2:
+            return None
+        counts, tickers = self.data.counts["train"], self.data.tickers
+        if (counts > 0).sum() < world:
+            raise UserError(f"scaling.workers={world}, but only {(counts > 0).sum()} series have training "
+                            f"windows; use at most that many workers")
+        groups, loads = [[] for _ in range(world)], np.zeros(world, dtype=np.int64)
+        for i in np.argsort(-counts, kind="stable"):
+            r = int(np.argmin(loads))
+            groups[r].append(i)
+            loads[r] += counts[i]
+        entries = self.listing.entries
+        return [Shard(r, tuple(tickers[i] for i in sorted(g)),
+                      tuple(entries[f].to_json() for f in np.unique(np.concatenate(
+                          [self.hist.files_of[tickers[i]] for i in g]))),
+                      int(loads[r]), int(loads.min())) for r, g in enumerate(groups)]
+
+    def for_other_shards(self) -> dict[str, dict]:
+        """This shard's series transforms: a checkpoint saved by any worker holds every series'."""
+        return {t: tf.to_dict() for t, tf in zip(self.data.tickers, self.data.transforms)}
+
+    def from_other_shards(self, others: dict[str, dict]) -> None:
+        self.transforms_elsewhere = {t: v for t, v in others.items() if t not in set(self.data.tickers)}
 
     def model_args(self) -> dict:
         m = self.cfg.model
@@ -142,9 +205,14 @@ class ForecastTask:
     eval_loss_fn = loss_fn
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple]:
+        """This rank's batches of an epoch: a shuffled, equal part of all windows, or of a shard's
+        own (``share`` of them, a fresh choice each epoch)."""
         w = self.data.train
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
-        idx = _shard(len(w), rank, world, gen)
+        seed = self.cfg.train.seed * 100_003 + epoch
+        if self.shard is None:
+            idx = _shard(len(w), rank, world, torch.Generator().manual_seed(seed))
+        else:
+            idx = torch.randperm(len(w), generator=torch.Generator().manual_seed(seed * 1009 + rank))[:self.shard.share]
         bs = max(1, self.cfg.train.batch_size // world)
         x, y = torch.from_numpy(w.x), torch.from_numpy(w.y)
         for i in range(0, len(idx), bs):
@@ -209,9 +277,9 @@ class ForecastTask:
                 "end": self.d.end}
 
     def summary(self) -> str:
-        d = self.data
-        return (f"{self.hist.summary()}\nwindows: train {len(d.train)}, val {len(d.val)}, test {len(d.test)} "
-                f"(window {self.d.window}, horizon {self.d.horizon}, inputs {list(d.columns)})")
+        n = {part: int(c.sum()) for part, c in self.data.counts.items()}
+        return (f"{self.hist.summary()}\nwindows: train {n['train']}, val {n['val']}, test {n['test']} "
+                f"(window {self.d.window}, horizon {self.d.horizon}, inputs {list(self.data.columns)})")
 
     @staticmethod
     def describe_data(fp: dict) -> str:
@@ -228,7 +296,8 @@ class ForecastTask:
             data={"target": d.target, "columns": list(self.data.columns), "transform": d.transform,
                   "window": d.window, "horizon": d.horizon, "quantiles": list(self.quantiles),
                   "max_jump": d.max_jump, "point_weight": self.point_weight},
-            transforms=dict(zip(self.data.tickers, self.data.transforms)))
+            transforms={**{t: SeriesTransform.from_dict(v) for t, v in self.transforms_elsewhere.items()},
+                        **dict(zip(self.data.tickers, self.data.transforms))})
 
 
 @register
@@ -237,9 +306,9 @@ class TextTask:
     loss_label = "nats per character"
     backtests = False
 
-    def __init__(self, cfg: JobConfig):
-        assert isinstance(cfg.data, TextDataConfig)
-        self.cfg, self.d = cfg, cfg.data
+    def __init__(self, cfg: JobConfig, shard: None = None):
+        assert isinstance(cfg.data, TextDataConfig) and shard is None
+        self.cfg, self.d, self.shard = cfg, cfg.data, None
         path = self.d.path or tinyshakespeare_path()
         text = read_text(path, cfg.endpoint_url)
         self.text_sha256, self.chars = hashlib.sha256(text.encode()).hexdigest(), len(text)
@@ -248,6 +317,16 @@ class TextTask:
         if len(self.val_ids) < EVAL_BATCH * 2 + 1:
             raise DataError(f"{path}: {len(text)} characters leave too little for validation; "
                             "use a longer text or a larger data.val_frac")
+
+    def plan(self, world: int) -> None:
+        """None: every worker reads the whole corpus and streams its own part of it."""
+        return None
+
+    def for_other_shards(self) -> dict:
+        return {}
+
+    def from_other_shards(self, others: dict) -> None:
+        pass
 
     def model_args(self) -> dict:
         m = self.cfg.model

@@ -97,3 +97,99 @@ def test_text_random_windows_differ_across_workers(text_path):
     assert len({tuple(f.ravel().tolist()) for f in firsts}) == 4
     # and the same worker draws the same windows for the same epoch (a replayed epoch after a resume)
     assert torch.equal(task.train_batches(0, 2, 4)[0][0], firsts[2])
+
+
+# Ray Train with more than one worker: each worker reads its own series (ForecastTask.plan).
+
+def sample_series() -> dict:
+    from rnnlib.datasets import sample_stocks_dir
+    from rnnlib.stocks import load_histories
+
+    return load_histories(sample_stocks_dir(), needed=("close", "volume")).series
+
+
+@pytest.fixture(scope="module", params=["per_ticker", "hive_daily"])
+def laid_out(request, tmp_path_factory):
+    from layouts import write_layout
+
+    root = tmp_path_factory.mktemp(request.param)
+    # the last 400 days: a day's file per day in hive_daily (APTV has fewer: a short history)
+    write_layout({t: df.tail(400) for t, df in sample_series().items() if t in TICKERS}, root, request.param)
+    return request.param, root, make_task(job(root))
+
+
+TICKERS = ("AAPL", "APTV", "JPM", "KO", "PFE", "WMT", "XOM")  # APTV: a short history
+
+
+def job(root, **data):
+    return job_from_dict({"data": {"path": str(root), "window": 10, "horizon": 5, **data},
+                          "train": {"batch_size": 64, "seed": 3}})
+
+
+def test_the_driver_counts_windows_without_building_them(laid_out):
+    task = laid_out[2]
+    task.fingerprint(), task.summary(), task.plan(3)
+    assert not {"train", "val", "test"} & set(vars(task.data))  # no windows built
+    for part in ("train", "val", "test"):  # the counts the plan and the summary use are exact
+        w = getattr(task.data, part)
+        assert (np.bincount(w.sid, minlength=len(TICKERS)) == task.data.counts[part]).all()
+
+
+def test_each_worker_reads_only_its_series_and_they_train_equal_steps(laid_out):
+    layout, _, full = laid_out
+    shards = full.plan(3)
+    assert sorted(t for s in shards for t in s.tickers) == sorted(TICKERS)  # every series once
+    assert len({s.share for s in shards}) == 1 and all(s.share <= s.windows for s in shards)
+    assert shards[0].share == min(s.windows for s in shards)
+    tasks = [make_task(full.cfg, s) for s in shards]
+    for s, t in zip(shards, tasks):
+        assert tuple(t.hist.series) == s.tickers
+        if layout == "per_ticker":  # a worker opens only its own files
+            assert len(s.entries) == len(s.tickers) and t.hist.rows_elsewhere == 0
+        else:  # a day's file holds every ticker: the others' rows are dropped as they are read
+            assert len(s.entries) == len(full.listing.entries) and t.hist.rows_elsewhere > 0
+        for ticker in s.tickers:  # a shard's series and windows are the full task's
+            pd_equal = t.hist.series[ticker].equals(full.hist.series[ticker])
+            mine, theirs = t.data.tickers.index(ticker), full.data.tickers.index(ticker)
+            assert pd_equal and np.array_equal(t.data.train.x[t.data.train.sid == mine],
+                                               full.data.train.x[full.data.train.sid == theirs])
+    for epoch in (0, 1):
+        batches = [list(t.train_batches(epoch, s.rank, 3)) for s, t in zip(shards, tasks)]
+        sizes = [[len(x) for x, _ in b] for b in batches]
+        assert all(z == sizes[0] for z in sizes) and sum(sizes[0]) == shards[0].share  # equal steps
+        assert max(sizes[0]) == 64 // 3
+    # the worker with more windows than the share leaves out a different choice each epoch
+    big = max(range(3), key=lambda r: shards[r].windows)
+    if shards[big].windows > shards[big].share:
+        keys = [{x.numpy().tobytes() for x, _ in tasks[big].train_batches(e, big, 3)} for e in (0, 1)]
+        assert keys[0] != keys[1]
+
+
+def test_the_val_loss_of_the_shards_is_the_val_loss_of_all(laid_out):
+    from rnnlib import loop
+
+    full = laid_out[2]
+    torch.manual_seed(0)
+    model = full.build_model()
+    whole = loop.evaluate(model, full.val_batches(), full.eval_loss_fn())
+    parts = [(loop.evaluate(model, t.val_batches(), t.eval_loss_fn()), len(t.data.val))
+             for t in (make_task(full.cfg, s) for s in full.plan(2))]
+    assert abs(sum(v * n for v, n in parts) / sum(n for _, n in parts) - whole) < 1e-5
+
+
+def test_a_worker_whose_series_changed_says_so(laid_out):
+    import dataclasses
+
+    from rnnlib.errors import DataError
+
+    full = laid_out[2]
+    shard = dataclasses.replace(full.plan(2)[1], windows=full.plan(2)[1].windows + 1)
+    with pytest.raises(DataError, match="worker 1's .* series changed after the run began"):
+        make_task(full.cfg, shard)
+
+
+def test_more_workers_than_series_is_a_clear_error(laid_out):
+    from rnnlib.errors import UserError
+
+    with pytest.raises(UserError, match="scaling.workers=9, but only 7 series"):
+        laid_out[2].plan(9)

@@ -17,9 +17,10 @@ def test_every_config_task_has_a_registered_class_and_back():
 def test_each_task_has_every_part_of_the_interface(name):
     cls = task_class(name)
     wanted = {n for n, _ in inspect.getmembers(Task) if not n.startswith("_")} | set(Task.__annotations__)
-    missing = sorted(n for n in wanted - {"cfg"} if not hasattr(cls, n))
+    per_instance = {"cfg", "shard"}  # set by __init__
+    missing = sorted(n for n in wanted - per_instance if not hasattr(cls, n))
     assert not missing, f"{cls.__name__} lacks {missing}"
-    for n in wanted - {"cfg", "name", "loss_label", "backtests"}:  # same arguments as the interface's
+    for n in wanted - per_instance - {"name", "loss_label", "backtests"}:  # same arguments as the interface's
         assert inspect.signature(getattr(cls, n)).parameters.keys() == \
             inspect.signature(getattr(Task, n)).parameters.keys(), (cls.__name__, n)
     assert isinstance(cls.loss_label, str) and isinstance(cls.backtests, bool)

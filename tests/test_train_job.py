@@ -65,6 +65,10 @@ def test_forecast_two_workers_export_and_idempotent_rerun(tmp_path, stale_ray_ad
     b = load_bundle(d / "model", task="forecast")
     x = np.random.default_rng(0).normal(size=(4, 20, 1)).astype(np.float32)
     assert predict(b.model, x).shape == (4, 5, 3)
+    # each worker read its own 13 series; a checkpoint (saved by worker 0) holds every series' scaler
+    assert "each worker reads its own 13-13 series" in r.stdout
+    last = max((c for c in d.glob("checkpoint_*") if c.is_dir()), key=lambda c: c.name)
+    assert set(load_bundle(last, task="forecast").transforms) == set(b.transforms) and len(b.transforms) == 26
     assert "rMAE (model / persistence)" in r.stdout and "epoch 3/3" in r.stdout + r.stderr
     again = run("train", *FORECAST, "train.epochs=3", f"storage={tmp_path}")  # finds it finished: starts no Ray
     assert again.returncode == 0 and "already finished" in again.stdout
