@@ -8,6 +8,21 @@ days through the test period, each forecasting `horizon` days. Over every (ticke
     rMAE     = MAE(model) / MAE(persistence: the last observed close)
     coverage = share of actual prices inside the 80% band [q10, q90]
 
+On exactly the same points, restricted to those every method can forecast, the quantile
+forecasts are compared with two baselines a quant would use instead (issue 17; bench/baselines.py):
+a random walk with the empirical quantiles of the series' own past h-day log returns over a
+trailing year, and GARCH(1,1) with Student-t innovations (the `arch` package, the bench extra:
+pip install -c constraints.txt -e '.[bench]'). For the model and each baseline:
+
+    pinball   = mean over points and quantiles of the pinball loss / the price at the origin
+    skill     = 1 - pinball(model) / pinball(baseline)
+    width     = mean (q_hi - q_lo) / the price at the origin, the 80% band's width
+    below qXX = share of actuals below that quantile (calibrated: XX%); max calibration error in points
+    rMAE      = the median's MAE / persistence's MAE
+
+A point whose origin has under 60 past daily returns has no baseline forecast: it is left out for
+every method, and the count is printed.
+
 Each seed (--seeds, default 0 1 2) trains once and is scored twice: `point_shrink: off` (the
 model alone) and `point_shrink: val` (the median blended with persistence by the weight fitted on
 validation; a weight of 0 is persistence itself, rMAE 1.000). The table gives each seed, then
@@ -22,6 +37,7 @@ same rnnlib code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -33,13 +49,16 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from common import write  # noqa: E402
+from baselines import MIN_RETURNS, GarchFits, garch_quantiles, random_walk_quantiles  # noqa: E402
+from common import machine, write  # noqa: E402
 
 from rnnlib.bundle import load_bundle  # noqa: E402
 from rnnlib.config import load_job, to_dict  # noqa: E402
 from rnnlib.datasets import sample_stocks_dir  # noqa: E402
+from rnnlib.features import point_index  # noqa: E402
 from rnnlib.fit import fit  # noqa: E402
-from rnnlib.scoring import band_names, score_histories  # noqa: E402
+from rnnlib.metrics import pinball_each  # noqa: E402
+from rnnlib.scoring import band_level, band_names, quantile_column, score_histories  # noqa: E402
 from rnnlib.stocks import load_histories  # noqa: E402
 from rnnlib.tables import table  # noqa: E402
 
@@ -68,7 +87,80 @@ def evaluate(backtest: pd.DataFrame, test_start: str, quantiles: list[float]) ->
     return out
 
 
-def run_seed(cfg, test_start: str) -> dict:
+METHODS = {"rw": "random walk", "garch": "GARCH(1,1)-t"}
+
+
+class Baselines:
+    """The baselines' quantiles at every (ticker, origin, step) of a backtest, computed once (they
+    do not depend on the seed) and joined to each scoring of the model."""
+
+    def __init__(self, test_start: str, quantiles: list[float], horizon: int, target: str):
+        self.test_start, self.quantiles, self.horizon, self.target = test_start, quantiles, horizon, target
+        self.frame: pd.DataFrame | None = None
+        self.info: dict = {}
+
+    def _compute(self, forecasts: pd.DataFrame, hist) -> None:
+        t0, parts, fits = time.perf_counter(), [], GarchFits()
+        cols = [quantile_column(q) for q in self.quantiles]
+        for ticker, origins in forecasts.groupby("ticker")["origin"].unique().items():
+            df = hist.series[ticker]
+            dates = df["date"].to_numpy()
+            origins = np.sort(origins)
+            idx = np.searchsorted(dates, origins)
+            assert (dates[idx] == origins).all(), f"{ticker}: backtest origins not in its history"
+            prices = df[self.target].to_numpy()
+            rw = random_walk_quantiles(prices, idx, self.horizon, self.quantiles)
+            garch, info = garch_quantiles(prices, idx, self.horizon, self.quantiles)
+            for k in ("fits", "not_converged", "failed"):
+                setattr(fits, k, getattr(fits, k) + getattr(info, k))
+            frame = {"ticker": ticker, "origin": np.repeat(origins, self.horizon),
+                     "step": np.tile(np.arange(1, self.horizon + 1), len(origins)),
+                     "enough_history": np.repeat(idx >= MIN_RETURNS, self.horizon)}
+            for name, q in (("rw", rw), ("garch", garch)):
+                frame.update({f"{name}_{c}": q[..., j].ravel() for j, c in enumerate(cols)})
+            parts.append(pd.DataFrame(frame))
+        self.frame = pd.concat(parts, ignore_index=True)
+        self.info = {"garch_fits": fits.fits, "garch_not_converged": fits.not_converged,
+                     "garch_failed": fits.failed, "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"  baselines: {len(parts)} series in {self.info['seconds']} s; GARCH fits {fits.fits} "
+              f"({fits.not_converged} not converged, {fits.failed} failed)", flush=True)
+
+    def compare(self, forecasts: pd.DataFrame, hist) -> dict:
+        """Figures of the model and both baselines on the test-period points every method forecasts."""
+        if self.frame is None:
+            self._compute(forecasts, hist)
+        bt = forecasts[forecasts["date"] >= pd.Timestamp(self.test_start)]
+        bt = bt.merge(self.frame, on=["ticker", "origin", "step"], how="left", validate="one_to_one")
+        assert bt["enough_history"].notna().all(), "a scoring has points the baselines were not computed for"
+        cols = [quantile_column(q) for q in self.quantiles]
+        have = np.column_stack([bt[f"{m}_{c}"].notna() for m in METHODS for c in cols]).all(axis=1)
+        short = ~bt["enough_history"].fillna(False).to_numpy(bool)
+        kept = bt[have]
+        out = {"points_test": len(bt), "points": len(kept), "tickers": int(kept["ticker"].nunique()),
+               "skipped_short_history": int(short.sum()), "skipped_no_garch_fit": int((~have & ~short).sum()),
+               "min_returns": MIN_RETURNS, "baselines": self.info}
+        actual, per = kept["actual"].to_numpy(), kept["persistence"].to_numpy()
+        methods = {"model": cols, **{m: [f"{m}_{c}" for c in cols] for m in METHODS}}
+        figs = {m: quality(actual, per, kept[c].to_numpy(), self.quantiles) for m, c in methods.items()}
+        for m in figs:
+            for b in METHODS:
+                figs[m][f"skill_{b}"] = 1 - figs[m]["pinball"] / figs[b]["pinball"]
+        return {**out, **figs}
+
+
+def quality(actual: np.ndarray, per: np.ndarray, qp: np.ndarray, quantiles: list[float]) -> dict:
+    """actual, per (N,) the actual price and the price at the origin; qp (N, Q) quantiles in price units."""
+    med = qp[:, point_index(quantiles)]
+    below = [float((actual < qp[:, j]).mean()) for j in range(len(quantiles))]
+    return {"rmae": float(np.abs(actual - med).mean() / np.abs(actual - per).mean()),
+            "coverage": float(((actual >= qp[:, 0]) & (actual <= qp[:, -1])).mean()),
+            "band_width": float(((qp[:, -1] - qp[:, 0]) / per).mean()),
+            "pinball": float((pinball_each(actual, qp, quantiles) / per).mean()),
+            "below": dict(zip(map(quantile_column, quantiles), below)),
+            "max_calibration_error": float(100 * np.max(np.abs(np.subtract(below, quantiles))))}
+
+
+def run_seed(cfg, test_start: str, baselines: Baselines) -> dict:
     """Train once with ``cfg`` (``point_shrink: val``), then backtest the test period twice:
     {"val": the median blended with persistence by the weight fitted on validation, "off": the
     model alone (weight 1)}, each with the training figures. The setting only decides the weight
@@ -88,7 +180,8 @@ def run_seed(cfg, test_start: str) -> dict:
         scored = score_histories(bundle, res.task.hist, mode="backtest", backtest_days=TEST_DAYS,
                                  step=cfg.data.horizon)
         out[shrink] = {**evaluate(scored.forecasts, test_start, list(cfg.data.quantiles)), "point_weight": weight,
-                       **trained, "backtest_seconds": round(time.perf_counter() - t1, 1)}
+                       **trained, "backtest_seconds": round(time.perf_counter() - t1, 1),
+                       "vs_baselines": baselines.compare(scored.forecasts, res.task.hist)}
     return out
 
 
@@ -100,6 +193,31 @@ def met(f: dict) -> bool:
 
 def spread(values: list[float], fmt: str = "{:.4f}") -> str:
     return f"{fmt.format(np.mean(values))} ({fmt.format(min(values))} .. {fmt.format(max(values))})"
+
+
+def print_vs_baselines(runs: dict, quantiles: list[float]) -> None:
+    """One table: the model (each seed, each point_shrink) and both baselines, on the same points."""
+    level = band_level(quantiles)
+    first = next(iter(runs.values()))["off"]["vs_baselines"]
+    rows = []
+    label = lambda f: "/".join(f"{v:.1%}" for v in f["below"].values())
+    row = lambda name, f: [name, f["rmae"], f"{f['coverage']:.1%}", f"{f['band_width']:.2%}", f["pinball"],
+                           f"{f['skill_rw']:+.2%}", f"{f['skill_garch']:+.2%}", f"{f['max_calibration_error']:.1f}",
+                           label(f)]
+    for seed, r in runs.items():
+        for shrink in ("off", "val"):
+            rows.append(row(f"model (seed {seed}, point_shrink {shrink})", r[shrink]["vs_baselines"]["model"]))
+    rows += [row(name, first[m]) for m, name in METHODS.items()]
+    print(f"\nAgainst the baselines: {first['points']:,} points ({first['tickers']} tickers) of the "
+          f"{first['points_test']:,} in the test period; left out for every method: "
+          f"{first['skipped_short_history']:,} (origin with under {first['min_returns']} past daily returns), "
+          f"{first['skipped_no_garch_fit']:,} (no GARCH fit yet). GARCH fits: {first['baselines']['garch_fits']:,} "
+          f"({first['baselines']['garch_not_converged']} not converged, {first['baselines']['garch_failed']} failed)\n")
+    print(table(rows, ["method", "rMAE", f"coverage {level}", "band width", "pinball", "skill vs RW",
+                       "skill vs GARCH", "max calib err (pts)",
+                       "below " + "/".join(quantile_column(q) for q in quantiles)]))
+    print("pinball: mean over points and quantiles of the loss / the price at the origin; skill = 1 - pinball / "
+          "the baseline's; band width: (q_hi - q_lo) / the price at the origin; rMAE of the median vs persistence")
 
 
 def main() -> None:
@@ -118,13 +236,21 @@ def main() -> None:
     val_start, test_start = split_dates(data, a.val_days)
     job = lambda seed: load_job(a.config, [f"data.path={data}", f"data.val_start={val_start}",
                                            f"data.test_start={test_start}", *overrides, f"train.seed={seed}"])
+    first = job(a.seeds[0])
+    quantiles = list(first.data.quantiles)
+    if band_level(quantiles) is None:
+        sys.exit(f"forecast_quality compares quantile forecasts: data.quantiles needs 3 or more, got {quantiles}")
+    baselines = Baselines(test_start, quantiles, first.data.horizon, first.data.target)
+    m = machine()
+    print(f"machine: {m['cpus']} cpus (load average {os.getloadavg()[0]:.1f} at start), "
+          f"{m['torch_threads']} torch threads, torch {m['torch']}", flush=True)
     runs = {}
     for seed in a.seeds:
         cfg = job(seed)
         print(f"seed {seed}: train before {val_start}, validate {val_start}..{test_start}, test from {test_start}; "
               f"{cfg.model.cell} {cfg.model.layers}x{cfg.model.hidden}, window {cfg.data.window}, "
               f"horizon {cfg.data.horizon}, {cfg.data.transform}", flush=True)
-        runs[seed] = run_seed(cfg, test_start)
+        runs[seed] = run_seed(cfg, test_start, baselines)
 
     rows = [[seed, r["val"]["point_weight"], r["off"]["rmae"], r["val"]["rmae"], r["off"].get("coverage_80", np.nan),
              r["val"].get("coverage_80", np.nan), r["off"]["tickers_better_than_persistence"],
@@ -148,6 +274,7 @@ def main() -> None:
     print("target: rMAE < 1.00 (strictly better than persistence; weight 0 is persistence, rMAE 1.000) and "
           "coverage 75-85%, on every seed: " + ", ".join(f"{s} {'MET' if v['target_met'] else 'NOT MET'}"
                                                          for s, v in summary.items()))
+    print_vs_baselines(runs, quantiles)
     out = write(f"forecast_quality-{a.tag}", {"config": to_dict(job(a.seeds[0])), "seeds": a.seeds, "runs": runs,
                                               "summary": summary})
     print(f"wrote {out}")
