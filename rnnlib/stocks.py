@@ -114,6 +114,7 @@ class Histories:
     rows_after_end: int = 0
     files_of: dict[str, np.ndarray] = field(default_factory=dict)  # ticker -> indices in files of its rows
     rows_elsewhere: int = 0  # rows of tickers not asked for (load_histories' tickers), not in the counts
+    listing: Listing | None = None  # what was read (load_histories), with each file's size and time
 
     @property
     def rows_kept(self) -> int:
@@ -230,7 +231,7 @@ def load_histories(
         if end is not None:
             rows, after = rows.until(end)
         hist = validate_rows(rows, needed=needed, min_rows=min_rows, max_jump=max_jump)
-    hist.end, hist.rows_after_end = end, after
+    hist.end, hist.rows_after_end, hist.listing = end, after, listing
     return hist
 
 

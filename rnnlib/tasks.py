@@ -59,7 +59,7 @@ class Shard:
 
 
 def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None,
-                    shard: Shard | None = None) -> tuple[Listing, Histories, ForecastData]:
+                    shard: Shard | None = None) -> tuple[Histories, ForecastData]:
     """List, load, validate and split the histories a forecast config names (a local path or URI),
     or only a shard's series (from its files)."""
     source = d.path or sample_stocks_dir()
@@ -86,7 +86,7 @@ def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None,
     elif not windows or not data.counts["val"].sum():
         raise DataError(f"{source}: no training or validation windows for "
                         f"window={d.window}, horizon={d.horizon}; use shorter windows or more history")
-    return listing, hist, data
+    return hist, data
 
 
 class Task(Protocol):
@@ -158,7 +158,7 @@ class ForecastTask:
     def __init__(self, cfg: JobConfig, shard: Shard | None = None):
         assert isinstance(cfg.data, ForecastDataConfig)
         self.cfg, self.d, self.shard = cfg, cfg.data, shard
-        self.listing, self.hist, self.data = load_stock_data(cfg.data, cfg.endpoint_url, shard)
+        self.hist, self.data = load_stock_data(cfg.data, cfg.endpoint_url, shard)
         self.quantiles = tuple(self.d.quantiles)
         self.point_weight = 1.0  # the model alone until calibrate() fits the blend with persistence
         self.transforms_elsewhere: dict[str, dict] = {}  # other shards' (from_other_shards), for checkpoints
@@ -177,7 +177,7 @@ class ForecastTask:
             r = int(np.argmin(loads))
             groups[r].append(i)
             loads[r] += counts[i]
-        entries = self.listing.entries
+        entries = self.hist.listing.entries
         return [Shard(r, tuple(tickers[i] for i in sorted(g)),
                       tuple(entries[f].to_json() for f in np.unique(np.concatenate(
                           [self.hist.files_of[tickers[i]] for i in g]))),

@@ -147,7 +147,7 @@ def test_each_worker_reads_only_its_series_and_they_train_equal_steps(laid_out):
         if layout == "per_ticker":  # a worker opens only its own files
             assert len(s.entries) == len(s.tickers) and t.hist.rows_elsewhere == 0
         else:  # a day's file holds every ticker: the others' rows are dropped as they are read
-            assert len(s.entries) == len(full.listing.entries) and t.hist.rows_elsewhere > 0
+            assert len(s.entries) == len(full.hist.listing.entries) and t.hist.rows_elsewhere > 0
         for ticker in s.tickers:  # a shard's series and windows are the full task's
             pd_equal = t.hist.series[ticker].equals(full.hist.series[ticker])
             mine, theirs = t.data.tickers.index(ticker), full.data.tickers.index(ticker)
