@@ -33,6 +33,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 TRANSFORMS = ("log_return", "window", "minmax", "standard")
+# A series' transform and MASE scale are fitted on its train rows, or on its first MIN_FIT_ROWS
+# rows (never past validation) when it has fewer: a series that began trading late in the train
+# period has one or no train return, and its unfitted scale (1.0, where daily returns are about
+# 0.02) made every band it got absurd (bench/forecast_quality.py on the S&P year: 8 such series,
+# bands averaging 358% of the price, which alone cost the model 22 points of pinball skill).
+MIN_FIT_ROWS = 60
 SPLITS = ("train", "val", "test")
 
 
@@ -268,9 +274,10 @@ def make_forecast_data(series: dict[str, pd.DataFrame], *, target: str = "close"
     for t in tickers:
         df = series[t]
         sp = split_series(df["date"], val_frac, test_frac, val_start, test_start)
-        tfs.append(fit_transform(df, cols, transform, sp.val))
+        fit_end = max(sp.val, min(sp.n, sp.test, MIN_FIT_ROWS))
+        tfs.append(fit_transform(df, cols, transform, fit_end))
         splits.append(sp)
-        scales.append(naive_scale(df, target, sp.val))
+        scales.append(naive_scale(df, target, fit_end))
     counts = {part: np.array([window_count(sp, transform, window, horizon, part) for sp in splits], dtype=np.int64)
               for part in SPLITS}
 

@@ -72,6 +72,24 @@ def test_scaler_depends_only_on_train_rows(series, kind):
                                   series_windows(changed, after, 30, 5, tr).x)
 
 
+
+def test_a_series_that_began_late_in_training_is_scaled_by_its_first_rows_never_its_test(series):
+    """One train row: its scale comes from its first MIN_FIT_ROWS rows (in validation), not the
+    unfitted 1.0; the test rows still never reach it."""
+    from rnnlib.features import MIN_FIT_ROWS, make_forecast_data
+
+    df = series["PG"]
+    late = {"PG": df, "NEW": df.iloc[700:].reset_index(drop=True)}  # begins the day before val_start
+    val_start, test_start = str(df["date"][701].date()), str(df["date"][1000].date())
+    data = make_forecast_data(late, val_start=val_start, test_start=test_start, window=10, horizon=5)
+    sp, tf = data.splits[0], data.transforms[0]
+    assert data.tickers[0] == "NEW" and sp.val == 1
+    want = np.diff(np.log(late["NEW"]["close"].to_numpy()[:MIN_FIT_ROWS])).std()
+    assert abs(tf.scale[0] - want) < 1e-9 and 0.003 < tf.scale[0] < 0.05  # a daily return's size, not 1.0
+    changed = {**late, "NEW": late["NEW"].assign(close=lambda d: d.close.where(d.index < sp.test, d.close * 10))}
+    again = make_forecast_data(changed, val_start=val_start, test_start=test_start, window=10, horizon=5)
+    np.testing.assert_array_equal(again.transforms[0].scale, tf.scale)
+
 def test_split_ends_keep_targets_inside_their_part(series):
     df = series["JNJ"]
     sp = split_series(df["date"], 0.15, 0.15)
