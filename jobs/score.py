@@ -38,6 +38,7 @@ from rnnlib.config import ScoreConfig, apply_overrides, read_yaml, section_from_
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.device import choose, place
 from rnnlib.errors import ConfigError, UserError
+from rnnlib.features import source_columns
 from rnnlib.sources import Entry, Listing, list_source
 from rnnlib.stocks import REJECT_COLUMNS, REJECT_SERIES, SKIP_FILE, Rows, read_rows, rejected_line, validate_rows
 
@@ -188,7 +189,7 @@ def run(config: str, overrides: list[str]) -> int:
     else:
         files = [e.uri for e in listing.entries]
         ds = ds.map_batches(read_rows_batch, batch_size=cfg.files_per_batch, batch_format="pandas",
-                            fn_kwargs={"files": files, "needed": tuple(bundle.data["columns"]),
+                            fn_kwargs={"files": files, "needed": source_columns(tuple(bundle.data["columns"])),
                                        "endpoint_url": endpoint, **{k: settings[k] for k in _READ_KEYS}})
         blocks = max(2 * cfg.actors, min(256, len(files) // cfg.files_per_batch))
         # The shuffle runs to the end before the scoring actors start: its tasks need whole CPUs,

@@ -99,8 +99,9 @@ class ForecastDataConfig:
     date_format: str | None = opt(None, "strftime spelling of dates that are not ISO 8601, e.g. %d/%m/%Y; null = "
                                   "detect (D/M/Y or M/D/Y decided per file by a day above 12)")
     target: Literal["close", "adj_close"] = opt("close", "price column to forecast")
-    features: tuple[Literal["close", "open", "high", "low", "volume"], ...] = opt(
-        ("close",), "input columns; the target is always included")
+    features: tuple[Literal["close", "open", "high", "low", "volume", "range", "gap"], ...] = opt(
+        ("close",), "input columns; the target is always included. range: the day's log(high/low); gap: "
+        "log(open / the day before's close)")
     transform: Literal["log_return", "window", "minmax", "standard"] = opt(
         "log_return", "how prices become model inputs and targets (see rnnlib/features.py)")
     window: int = opt(60, "input window length in trading days", lo=2)

@@ -66,6 +66,21 @@ def feature_columns(target: str, features: tuple[str, ...]) -> tuple[str, ...]:
     return (target,) + tuple(c for c in features if c != target)
 
 
+# Inputs made from two history columns, each a log ratio that is already stationary (so never
+# differenced): the day's range log(high / low), the classic range-based volatility measure
+# (Parkinson 1980, "The extreme value method for estimating the variance of the rate of return",
+# J. Business 53(1)), and the overnight gap log(open / the day before's close).
+DERIVED = {"range": ("high", "low"), "gap": ("open", "close")}
+
+
+def source_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The history columns that model inputs are made from (what loading must read), in order."""
+    out: list[str] = []
+    for c in columns:
+        out += [s for s in DERIVED.get(c, (c,)) if s not in out]
+    return tuple(out)
+
+
 @dataclass
 class SeriesTransform:
     """Per-series parameters, fitted on train rows only; JSON-friendly via ``to_dict``."""
@@ -85,16 +100,29 @@ class SeriesTransform:
 
 
 def _raw_matrix(df: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    """(T, F) float64; volume goes to log1p so it is on a scale comparable to prices."""
-    cols = [np.log1p(df[c].to_numpy(float)) if c == "volume" else df[c].to_numpy(float) for c in columns]
-    return np.stack(cols, axis=1)
+    """(T, F) float64; volume goes to log1p so it is on a scale comparable to prices; ``DERIVED``
+    inputs are their log ratios (the first day's gap is 0)."""
+    def column(c: str) -> np.ndarray:
+        if c == "volume":
+            return np.log1p(df[c].to_numpy(float))
+        if c == "range":
+            return np.log(df["high"].to_numpy(float) / df["low"].to_numpy(float))
+        if c == "gap":
+            close = df["close"].to_numpy(float)
+            return np.r_[0.0, np.log(df["open"].to_numpy(float)[1:] / close[:-1])]
+        return df[c].to_numpy(float)
+    return np.stack([column(c) for c in columns], axis=1)
 
 
 def _returns(raw: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
-    """(T, F) one-day changes: log returns for prices, differences of log1p(volume); row 0 is 0."""
-    logs = np.column_stack([raw[:, j] if c == "volume" else np.log(raw[:, j]) for j, c in enumerate(columns)])
-    out = np.zeros_like(logs)
-    out[1:] = np.diff(logs, axis=0)
+    """(T, F) one-day changes: log returns for prices, differences of log1p(volume), row 0 is 0;
+    ``DERIVED`` inputs as they are (already changes)."""
+    out = np.zeros_like(raw)
+    for j, c in enumerate(columns):
+        if c in DERIVED:
+            out[:, j] = raw[:, j]
+        else:
+            out[1:, j] = np.diff(raw[:, j] if c == "volume" else np.log(raw[:, j]))
     return out
 
 
@@ -116,7 +144,7 @@ def fit_transform(df: pd.DataFrame, columns: tuple[str, ...], kind: str, train_e
     else:  # window: prices need nothing; volume (log) is standardised
         loc, scale = np.zeros(f), np.ones(f)
         for j, c in enumerate(columns):
-            if c == "volume":
+            if c == "volume" or c in DERIVED:
                 loc[j], scale[j] = raw[:, j].mean(), raw[:, j].std()
     scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
     return SeriesTransform(kind, tuple(columns), np.asarray(loc, float), np.asarray(scale, float))
@@ -175,9 +203,9 @@ def series_windows(df: pd.DataFrame, tf: SeriesTransform, window: int, horizon: 
     x = sliding_window_view(base, window, axis=0)[ends - window + 1].transpose(0, 2, 1)
     if tf.kind == "window":
         x = x.copy()
-        prices = [j for j, c in enumerate(tf.columns) if c != "volume"]
+        prices = [j for j, c in enumerate(tf.columns) if c != "volume" and c not in DERIVED]
         x[:, :, prices] = x[:, :, prices] / x[:, -1:, 0:1] - 1  # relative to the last close
-        vol = [j for j, c in enumerate(tf.columns) if c == "volume"]
+        vol = [j for j, c in enumerate(tf.columns) if c == "volume" or c in DERIVED]
         x[:, :, vol] = (x[:, :, vol] - tf.loc[vol]) / tf.scale[vol]
     last = price[ends]
     if with_target:

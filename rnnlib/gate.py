@@ -22,6 +22,7 @@ import pandas as pd
 
 from .bundle import Bundle
 from .config import GateConfig
+from .features import source_columns
 from .scorecard import aggregate, point_figures
 from .scoring import min_rows_for, score_histories
 from .stocks import Histories
@@ -125,7 +126,7 @@ def gate(reg, name: str, version: int, histories: str, settings: GateConfig, *, 
     champion = (open_bundle(reg.bundle_uri(name, champion_version), task="forecast", endpoint_url=reg.endpoint_url)
                 if champion_version not in (None, version) else None)
     bundles = [b for b in (candidate, champion) if b is not None]
-    needed = tuple(sorted({c for b in bundles for c in b.data["columns"]}))
+    needed = tuple(sorted({c for b in bundles for c in source_columns(tuple(b.data["columns"]))}))
     hist = load_histories(histories, needed=needed, min_rows=min_rows(bundles, settings.days),
                           max_jump=candidate.data.get("max_jump", 1.75), endpoint_url=endpoint_url)
     decision = compare(candidate, champion, hist, settings)

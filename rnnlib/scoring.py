@@ -39,6 +39,7 @@ from .features import (
     ordered_forecast,
     point_index,
     series_windows,
+    source_columns,
     to_price,
 )
 from .loop import predict
@@ -91,7 +92,8 @@ def validation_args(bundle: Bundle, mode: str) -> dict:
     """How histories are validated for scoring with ``bundle``: ``load_histories`` /
     ``validate_rows`` keyword arguments."""
     d = bundle.data
-    return dict(needed=tuple(d["columns"]), min_rows=min_rows_for(bundle, mode), max_jump=d.get("max_jump", 1.75))
+    return dict(needed=source_columns(tuple(d["columns"])), min_rows=min_rows_for(bundle, mode),
+                max_jump=d.get("max_jump", 1.75))
 
 
 def score_files(bundle: Bundle, files: list | Listing, *, mode: str = "forecast", as_of: str | None = None,

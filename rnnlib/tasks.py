@@ -33,6 +33,7 @@ from .features import (
     min_rows,
     ordered_forecast,
     point_index,
+    source_columns,
     windows_to_price,
 )
 from .metrics import compare_to_persistence, pinball, text_metrics
@@ -66,7 +67,7 @@ def load_stock_data(d: ForecastDataConfig, endpoint_url: str | None = None,
     by_date = bool(d.val_start or d.test_start)
     listing = (Listing(str(source), [Entry.from_json(e) for e in shard.entries]) if shard
                else source_listing(source, endpoint_url))
-    hist = load_histories(listing, needed=feature_columns(d.target, d.features),
+    hist = load_histories(listing, needed=source_columns(feature_columns(d.target, d.features)),
                           columns=d.columns, max_jump=d.max_jump, endpoint_url=endpoint_url,
                           delimiter=d.delimiter, date_format=d.date_format, end=d.end,
                           min_rows=min_rows(d.window, d.horizon, d.val_frac, d.test_frac, by_date),

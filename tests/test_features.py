@@ -90,6 +90,20 @@ def test_a_series_that_began_late_in_training_is_scaled_by_its_first_rows_never_
     again = make_forecast_data(changed, val_start=val_start, test_start=test_start, window=10, horizon=5)
     np.testing.assert_array_equal(again.transforms[0].scale, tf.scale)
 
+
+def test_range_and_gap_are_the_days_log_ratios_read_from_their_columns(series):
+    from rnnlib.features import _raw_matrix, source_columns
+
+    assert source_columns(("close", "range", "gap", "volume")) == ("close", "high", "low", "open", "volume")
+    df = load_histories(sample_stocks_dir() / "KO_data.csv", needed=("open", "high", "low", "close")).series["KO"]
+    raw = _raw_matrix(df, ("close", "range", "gap"))
+    k = 100
+    assert raw[k, 1] == np.log(df.high[k] / df.low[k]) and raw[k, 2] == np.log(df.open[k] / df.close[k - 1])
+    assert raw[0, 2] == 0 and (raw[:, 1] >= 0).all()
+    tf = fit_transform(df, ("close", "range", "gap"), "log_return", 700)
+    w = series_windows(df, tf, window=10, horizon=3)  # a ratio is an input as it is, scaled, never differenced
+    np.testing.assert_allclose(w.x[0, :, 1], raw[w.end[0] - 9:w.end[0] + 1, 1] / tf.scale[1], rtol=1e-5)
+
 def test_split_ends_keep_targets_inside_their_part(series):
     df = series["JNJ"]
     sp = split_series(df["date"], 0.15, 0.15)

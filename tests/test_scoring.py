@@ -187,3 +187,17 @@ def test_publish_commit_once_verify_and_corruption(tmp_path):
     v = publish.verify(run)
     assert not v.ok and "forecasts/part-1.parquet: sha256 differs" in v.problems[0]
     assert not publish.verify(str(tmp_path / "nothing")).ok
+
+
+def test_a_model_on_the_days_range_and_gap_scores_from_the_columns_they_are_made_of(tmp_path):
+    """Inputs made of two columns (range: high and low; gap: open and the day before's close): the
+    model is trained on them, and scoring reads those columns back from plain OHLCV files."""
+    out = tmp_path / "model"
+    cfg = job_from_dict({"model": {"hidden": 8, "layers": 1},
+                         "data": {"window": 20, "horizon": 5, "features": ["close", "range", "gap"]},
+                         "train": {"epochs": 1, "batch_size": 512}})
+    res = fit(cfg, out=out, log=lambda s: None)
+    b = load_bundle(out, task="forecast")
+    assert b.data["columns"] == ["close", "range", "gap"] and res.task.data.train.x.shape[2] == 3
+    got = score_files(b, [KO], mode="backtest", backtest_days=60, step=5)
+    assert len(got.forecasts) and np.isfinite(got.forecasts["forecast"]).all()
