@@ -23,7 +23,7 @@ import torch
 from . import loop
 from .config import ForecastDataConfig, JobConfig, TextDataConfig
 from .datasets import sample_stocks_dir, tinyshakespeare_path
-from .errors import DataError, UserError
+from .errors import DataError
 from .features import (
     ForecastData,
     SeriesTransform,
@@ -166,13 +166,12 @@ class ForecastTask:
 
     def plan(self, world: int) -> list[Shard] | None:
         """Whole series for each of ``world`` workers, balanced by training windows (largest first,
-        each to the least loaded worker), with the files each worker reads; None for one worker."""
-        if world < 2:
-            return None
+        each to the least loaded worker), with the files each worker reads. None for one worker, or
+        for fewer series than workers (a few long histories on many GPUs): then every worker loads
+        them all and trains on its share of the windows."""
         counts, tickers = self.data.counts["train"], self.data.tickers
-        if (counts > 0).sum() < world:
-            raise UserError(f"scaling.workers={world}, but only {(counts > 0).sum()} series have training "
-                            f"windows; use at most that many workers")
+        if world < 2 or (counts > 0).sum() < world:
+            return None
         groups, loads = [[] for _ in range(world)], np.zeros(world, dtype=np.int64)
         for i in np.argsort(-counts, kind="stable"):
             r = int(np.argmin(loads))
