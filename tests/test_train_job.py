@@ -129,7 +129,8 @@ def test_driver_killed_then_rerun_resumes(tmp_path, where, request):
         root = "s3://runs-resume/jobs"
     else:
         env, root = {}, str(tmp_path / "runs")
-    args = ["train", *TEXT, "train.epochs=5", "train.patience=0", f"storage={root}"]
+    # short epochs: this is about what survives the driver, not about learning
+    args = ["train", *TEXT, "train.epochs=5", "train.max_batches=15", "train.patience=0", f"storage={root}"]
     p = start(*args, env=env, log=tmp_path / "first.log")
     try:
         wait_for(lambda: _epochs_in_checkpoints(root) >= 2, 240, "two checkpoints")
