@@ -185,7 +185,7 @@ def series_windows(df: pd.DataFrame, tf: SeriesTransform, window: int, horizon: 
     """
     raw = _raw_matrix(df, tf.columns)
     n = len(raw)
-    first = window - 1 + (1 if tf.kind == "log_return" else 0)  # log returns need one day more
+    first = _first_end(window, tf.kind)
     last_end = n - 1 - (horizon if with_target else 0)
     if ends is None:
         ends = np.arange(first, last_end + 1)
@@ -321,8 +321,12 @@ def make_forecast_data(series: dict[str, pd.DataFrame], *, target: str = "close"
 def window_count(split: SeriesSplit, transform: str, window: int, horizon: int, part: str) -> int:
     """How many windows ``series_windows`` makes of one series' ``part``, without making them."""
     lo, hi = {"train": (0, split.val), "val": (split.val, split.test), "test": (split.test, split.n)}[part]
-    first = window - 1 + (1 if transform == "log_return" else 0)
-    return max(0, min(hi - horizon, split.n - horizon) - max(lo - 1, window - 1, first))
+    return max(0, min(hi - horizon, split.n - horizon) - max(lo - 1, window - 1, _first_end(window, transform)))
+
+
+def _first_end(window: int, transform: str) -> int:
+    """The first row a window can end at: log returns need one day more."""
+    return window - 1 + (1 if transform == "log_return" else 0)
 
 
 def windows_to_price(pred: np.ndarray, w: Windows, transforms: list[SeriesTransform]) -> np.ndarray:

@@ -243,7 +243,7 @@ def system_memory_pool():
     batch of parsed rows once ``_by_ticker`` has placed them, and asks the pool to hand freed
     pages back (``release_unused``). The default pool (mimalloc or jemalloc) keeps most of them
     anyway, so the text, the table and the ordered arrays were all held at the peak
-    (bench/load_memory.py: 4.4x the CSV's size before, 2.8x now). Each buffer returns to the pool
+    (bench/load_memory.py: 4.4x the CSV's size before, 2.6x now). Each buffer returns to the pool
     it came from, so arrays made inside the block outlive it safely."""
     before = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
@@ -594,7 +594,7 @@ def _by_ticker(rows: Rows, rejects, needed: tuple[str, ...]):
             if col.null_count < len(col):
                 has[c][np.unique(from_file if not col.null_count else
                                  from_file[col.is_valid().to_numpy(zero_copy_only=False)])] = True
-        bounds.update({int(pos[k]): why for k, why in _bounds(b, needed)})
+        bounds.update({int(pos[k]): why for k, why in _bounds(b, needed).items()})
         text = b.column(RAW)
         if text.null_count < len(text):
             raw.update({int(pos[k]): t for k, t in enumerate(text.to_pylist()) if t is not None})
@@ -610,12 +610,12 @@ def _by_ticker(rows: Rows, rejects, needed: tuple[str, ...]):
                               out_of_bounds[np.searchsorted(out_of_bounds, a):np.searchsorted(out_of_bounds, b)]])
 
 
-def _bounds(batch: pa.RecordBatch, needed: tuple[str, ...]) -> list[tuple[int, str]]:
-    """``(row, why)`` for each row of a batch whose high is below its low, or whose open or close
+def _bounds(batch: pa.RecordBatch, needed: tuple[str, ...]) -> dict[int, str]:
+    """``{row: why}`` for each row of a batch whose high is below its low, or whose open or close
     (those the job uses) lies outside [low, high]. Checked batch by batch, as the rows are placed,
     so that high and low need not be kept when the job does not use them."""
     if "high" not in batch.schema.names or "low" not in batch.schema.names:
-        return []
+        return {}
     h, lo = (batch.column(c).to_numpy(zero_copy_only=False) for c in ("high", "low"))
     out: dict[int, str] = {}
     with np.errstate(invalid="ignore"):  # NaN: no value to check against (no column, or not a number)
@@ -625,7 +625,7 @@ def _bounds(batch: pa.RecordBatch, needed: tuple[str, ...]) -> list[tuple[int, s
             v = batch.column(c).to_numpy(zero_copy_only=False)
             for i in np.flatnonzero((v > h * (1 + 1e-6)) | (v < lo * (1 - 1e-6))):
                 out.setdefault(int(i), f"{c} outside [low, high]: {v[i]:g} not in [{lo[i]:g}, {h[i]:g}]")
-    return sorted(out.items())
+    return out
 
 
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
