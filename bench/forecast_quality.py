@@ -37,6 +37,8 @@ same rnnlib code.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from baselines import MIN_RETURNS, GarchFits, garch_quantiles, random_walk_quantiles  # noqa: E402
-from common import machine, write  # noqa: E402
+from common import RESULTS, machine, write  # noqa: E402
 
 from rnnlib.bundle import load_bundle  # noqa: E402
 from rnnlib.config import load_job, to_dict  # noqa: E402
@@ -99,7 +101,25 @@ class Baselines:
         self.frame: pd.DataFrame | None = None
         self.info: dict = {}
 
+    def _cache(self, forecasts: pd.DataFrame, hist) -> Path:
+        """Where the baselines of these origins on this data are kept between runs (GARCH takes
+        minutes): named by the series' content, the origins, the settings and baselines.py itself."""
+        h = hashlib.sha256(json.dumps([self.test_start, self.quantiles, self.horizon, self.target]).encode())
+        h.update((Path(__file__).parent / "baselines.py").read_bytes())
+        for ticker, df in sorted(hist.series.items()):
+            rows = pd.util.hash_pandas_object(df[["date", self.target]], index=False)
+            h.update(ticker.encode() + rows.to_numpy().tobytes())
+        keys = forecasts[["ticker", "origin"]].drop_duplicates().sort_values(["ticker", "origin"])
+        h.update(pd.util.hash_pandas_object(keys, index=False).to_numpy().tobytes())
+        return RESULTS / "cache" / f"baselines-{h.hexdigest()[:16]}.parquet"
+
     def _compute(self, forecasts: pd.DataFrame, hist) -> None:
+        cache = self._cache(forecasts, hist)
+        if cache.exists():
+            self.frame = pd.read_parquet(cache)
+            self.info = json.loads(cache.with_suffix(".json").read_text())
+            print(f"  baselines: from {cache.relative_to(RESULTS.parent)} (computed in {self.info['seconds']} s)")
+            return
         t0, parts, fits = time.perf_counter(), [], GarchFits()
         cols = [quantile_column(q) for q in self.quantiles]
         for ticker, origins in forecasts.groupby("ticker")["origin"].unique().items():
@@ -124,6 +144,9 @@ class Baselines:
                      "garch_failed": fits.failed, "seconds": round(time.perf_counter() - t0, 1)}
         print(f"  baselines: {len(parts)} series in {self.info['seconds']} s; GARCH fits {fits.fits} "
               f"({fits.not_converged} not converged, {fits.failed} failed)", flush=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        self.frame.to_parquet(cache)
+        cache.with_suffix(".json").write_text(json.dumps(self.info))
 
     def compare(self, forecasts: pd.DataFrame, hist) -> dict:
         """Figures of the model and both baselines on the test-period points every method forecasts."""
