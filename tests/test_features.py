@@ -91,6 +91,26 @@ def test_a_series_that_began_late_in_training_is_scaled_by_its_first_rows_never_
     np.testing.assert_array_equal(again.transforms[0].scale, tf.scale)
 
 
+def test_a_series_that_began_in_the_test_period_is_scaled_by_the_rows_before_its_first_forecast(series):
+    """No train or val row: fitted on the rows up to its first test window's last day (the past of
+    every window it has), never on the unfitted 1.0 nor on a row any window forecasts."""
+    from rnnlib.features import make_forecast_data
+
+    df = series["PG"]
+    late = {"PG": df, "NEW": df.iloc[1000:].reset_index(drop=True)}  # begins at test_start
+    val_start, test_start = str(df["date"][700].date()), str(df["date"][1000].date())
+    data = make_forecast_data(late, val_start=val_start, test_start=test_start, window=10, horizon=5)
+    sp, tf, w = data.splits[0], data.transforms[0], data.test
+    assert data.tickers[0] == "NEW" and sp.val == sp.test == 0
+    first = w.end[w.sid == 0].min()
+    assert first == 10  # log returns: the first window ends on row 10
+    want = np.diff(np.log(late["NEW"]["close"].to_numpy()[:first + 1])).std()
+    assert tf.scale[0] == pytest.approx(want, rel=1e-12) and 0.003 < tf.scale[0] < 0.05
+    changed = {**late, "NEW": late["NEW"].assign(close=lambda d: d.close.where(d.index <= first, d.close * 10))}
+    again = make_forecast_data(changed, val_start=val_start, test_start=test_start, window=10, horizon=5)
+    np.testing.assert_array_equal(again.transforms[0].scale, tf.scale)
+
+
 def test_range_and_gap_are_the_days_log_ratios_read_from_their_columns(series):
     from rnnlib.features import _raw_matrix, source_columns
 
