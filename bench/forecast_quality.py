@@ -23,12 +23,14 @@ pip install -c constraints.txt -e '.[bench]'). For the model and each baseline:
 A point whose origin has under 60 past daily returns has no baseline forecast: it is left out for
 every method, and the count is printed.
 
-Each seed (--seeds, default 0 1 2) trains once and is scored twice: `point_shrink: off` (the
-model alone) and `point_shrink: val` (the median blended with persistence by the weight fitted on
-validation; a weight of 0 is persistence itself, rMAE 1.000). The table gives each seed, then
+Each seed (--seeds, default 0 1 2) trains once and is scored three times: `point_shrink: off`
+(the model alone), `point_shrink: val` (the median blended with persistence by the weight fitted
+on validation; a weight of 0 is persistence itself, rMAE 1.000) and `point_shrink: drift` (the
+median moved to a random walk with drift, the band the model's). The table gives each seed, then
 the spread over seeds (mean, min, max).
 
-    python bench/forecast_quality.py [--config CONFIG] [--seeds 0 1 2] [--quick] [key=value ...]
+    python bench/forecast_quality.py [--config CONFIG] [--quick] [key=value ...] [--seeds 0 1 2]
+    (--seeds takes every number after it: give it last)
 Target: rMAE < 1.00 (strictly better than persistence) and coverage within 75-85%, on every seed.
 Trains in-process (no Ray): this measures the model, not the launcher; `rnnjobs train` runs the
 same rnnlib code.
@@ -183,12 +185,16 @@ def quality(actual: np.ndarray, per: np.ndarray, qp: np.ndarray, quantiles: list
             "max_calibration_error": float(100 * np.max(np.abs(np.subtract(below, quantiles))))}
 
 
+SHRINKS = ("off", "val", "drift")
+
+
 def run_seed(cfg, test_start: str, baselines: Baselines) -> dict:
-    """Train once with ``cfg`` (``point_shrink: val``), then backtest the test period twice:
-    {"val": the median blended with persistence by the weight fitted on validation, "off": the
-    model alone (weight 1)}, each with the training figures. The setting only decides the weight
-    stored after training (``ForecastTask.calibrate``), so "off" is what ``point_shrink: off``
-    trains and scores, without training the same model twice."""
+    """Train once with ``cfg`` (``point_shrink: val``), then backtest the test period three times,
+    one for each ``data.point_shrink``: {"off": the model alone (weight 1), "val": the median
+    blended with persistence by the weight fitted on validation, "drift": the median moved to the
+    random walk with drift (weight 0 toward ``features.drift_anchor``)}, each with the training
+    figures. The setting only decides what is stored after training (``ForecastTask.calibrate``),
+    so each is what that setting trains and scores, without training the same model three times."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         res = fit(cfg, out=Path(tmp) / "model", log=lambda s: print("  " + s, flush=True))
@@ -197,8 +203,12 @@ def run_seed(cfg, test_start: str, baselines: Baselines) -> dict:
     trained = {"train_seconds": round(train_s, 1), "epochs": len(res.history),
                "best_val": float(min(h["val_loss"] for h in res.history))}
     out = {}
-    for shrink, weight in (("off", 1.0), ("val", fitted.data.get("point_weight", 1.0))):
-        bundle = replace(fitted, meta={**fitted.meta, "data": {**fitted.data, "point_weight": weight}})
+    stored = {"off": (1.0, "persistence"), "val": (fitted.data.get("point_weight", 1.0), "persistence"),
+              "drift": (0.0, "drift")}
+    for shrink in SHRINKS:
+        weight, centre = stored[shrink]
+        bundle = replace(fitted, meta={**fitted.meta, "data": {**fitted.data, "point_weight": weight,
+                                                               "point_centre": centre}})
         t1 = time.perf_counter()
         scored = score_histories(bundle, res.task.hist, mode="backtest", backtest_days=TEST_DAYS,
                                  step=cfg.data.horizon)
@@ -228,7 +238,7 @@ def print_vs_baselines(runs: dict, quantiles: list[float]) -> None:
                            f"{f['skill_rw']:+.2%}", f"{f['skill_garch']:+.2%}", f"{f['max_calibration_error']:.1f}",
                            label(f)]
     for seed, r in runs.items():
-        for shrink in ("off", "val"):
+        for shrink in SHRINKS:
             rows.append(row(f"model (seed {seed}, point_shrink {shrink})", r[shrink]["vs_baselines"]["model"]))
     rows += [row(name, first[m]) for m, name in METHODS.items()]
     print(f"\nAgainst the baselines: {first['points']:,} points ({first['tickers']} tickers) of the "
@@ -275,15 +285,16 @@ def main() -> None:
               f"horizon {cfg.data.horizon}, {cfg.data.transform}", flush=True)
         runs[seed] = run_seed(cfg, test_start, baselines)
 
-    rows = [[seed, r["val"]["point_weight"], r["off"]["rmae"], r["val"]["rmae"], r["off"].get("coverage_80", np.nan),
-             r["val"].get("coverage_80", np.nan), r["off"]["tickers_better_than_persistence"],
-             r["val"]["tickers_better_than_persistence"], r["off"]["epochs"], r["off"]["train_seconds"]]
+    rows = [[seed, r["val"]["point_weight"], *(r[k]["rmae"] for k in SHRINKS),
+             *(r[k].get("coverage_80", np.nan) for k in SHRINKS),
+             *(r[k]["tickers_better_than_persistence"] for k in SHRINKS), r["off"]["epochs"],
+             r["off"]["train_seconds"]]
             for seed, r in runs.items()]
     print(f"\n{data}: {runs[a.seeds[0]]['off']['points']:,} (ticker, origin, step) points in the test period\n")
-    print(table(rows, ["seed", "fitted weight", "rMAE off", "rMAE val", "coverage off", "coverage val",
-                       "tickers better off", "tickers better val", "epochs", "train s"]))
+    print(table(rows, ["seed", "fitted weight", *(f"{what} {k}" for what in ("rMAE", "coverage", "tickers better")
+                                                  for k in SHRINKS), "epochs", "train s"]))
     summary, rows = {}, []
-    for shrink in ("off", "val"):
+    for shrink in SHRINKS:
         figs = [r[shrink] for r in runs.values()]
         values = {k: [f.get(k, np.nan) for f in figs] for k in ("rmae", "coverage_80", "point_weight")}
         summary[shrink] = {"seeds_met": sum(map(met, figs)), "target_met": all(map(met, figs)),

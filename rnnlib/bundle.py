@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from .errors import BundleError
-from .features import TRANSFORMS, SeriesTransform
+from .features import CENTRES, TRANSFORMS, SeriesTransform
 from .jsoncheck import KINDS, Problems, an, json_type, show
-from .models import CELLS, CharLM, Forecaster
+from .models import CELLS, HEADS, CharLM, Forecaster
 from .text import Vocab
 
 FORMAT = "rnnjobs-bundle/1"
@@ -55,6 +55,7 @@ ARG_RULES = {
     "n_outputs": ("integer", 1, 1 << 8),
     "dropout": ("number", 0.0, 1.0),
     "cell": ("string", None, None, CELLS),
+    "head": ("string", None, None, HEADS),
 }
 
 
@@ -370,6 +371,7 @@ def _check_forecast_data(data: dict, args: dict | None, p: Problems) -> None:
                      "per step (model.args.n_outputs)")
     p.take(data, "max_jump", "number", "data.max_jump", required=False, lo=1.0)
     p.take(data, "point_weight", "number", "data.point_weight", required=False, lo=0.0, hi=1.0)
+    p.take(data, "point_centre", "string", "data.point_centre", required=False, choices=CENTRES)
 
 
 def _check_vocab(vocab: dict | None, args: dict | None, p: Problems) -> None:

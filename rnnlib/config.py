@@ -85,6 +85,9 @@ class ModelConfig:
     layers: int = opt(2, "stacked recurrent layers", lo=1, hi=8)
     dropout: float = opt(0.0, "dropout between layers and before the head", lo=0.0, hi=0.9)
     embed: int = opt(64, "character embedding size (text only)", lo=1)
+    head: Literal["quantiles", "scale"] = opt(
+        "quantiles", "forecast output: quantiles = one output per step and quantile; scale = a location and a "
+        "positive scale per step, times learned quantile offsets shared by all windows (never cross)")
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,10 @@ class ForecastDataConfig:
     date_format: str | None = opt(None, "strftime spelling of dates that are not ISO 8601, e.g. %d/%m/%Y; null = "
                                   "detect (D/M/Y or M/D/Y decided per file by a day above 12)")
     target: Literal["close", "adj_close"] = opt("close", "price column to forecast")
-    features: tuple[Literal["close", "open", "high", "low", "volume", "range", "gap"], ...] = opt(
+    features: tuple[Literal["close", "open", "high", "low", "volume", "range", "gap", "volatility"], ...] = opt(
         ("close",), "input columns; the target is always included. range: the day's log(high/low); gap: "
-        "log(open / the day before's close)")
+        "log(open / the day before's close); volatility: log RMS of the target's daily log returns over the "
+        "trailing year")
     transform: Literal["log_return", "window", "minmax", "standard"] = opt(
         "log_return", "how prices become model inputs and targets (see rnnlib/features.py)")
     window: int = opt(60, "input window length in trading days", lo=2)
@@ -117,9 +121,11 @@ class ForecastDataConfig:
     test_start: str | None = opt(None, "test cutoff date (YYYY-MM-DD); overrides test_frac", check=_iso_date)
     max_jump: float = opt(1.75, "reject a series whose close moves by more than this factor in a day "
                           "(unadjusted splits)", lo=1.0, lo_open=True)
-    point_shrink: Literal["val", "off"] = opt(
+    point_shrink: Literal["val", "off", "drift"] = opt(
         "val", "val: blend the median forecast with persistence, the weight fitted on the validation split "
-        "(a forecast combination; the bands move with the median); off: the model alone")
+        "(a forecast combination; the bands move with the median); off: the model alone; drift: the median is "
+        "the last close moved by the series' median h-day return over the trailing year (a random walk with "
+        "drift), the model's band around it")
 
 
 @dataclass(frozen=True)
@@ -402,6 +408,9 @@ def _check_job(cfg: JobConfig, problems: list[str]) -> None:
                 problems.append(f"data.quantiles: {list(d.quantiles)} must be increasing, distinct and in (0, 1)")
             elif 0.5 not in d.quantiles:
                 problems.append(f"data.quantiles: {list(d.quantiles)} must include 0.5 (the point forecast)")
+        if cfg.model.head == "scale" and len(d.quantiles) < 2:
+            problems.append(f"model.head: scale spreads quantiles around a location, but data.quantiles is "
+                            f"{list(d.quantiles)}; give 2 or more, or use model.head: quantiles")
         if d.val_frac + d.test_frac >= 0.9:
             problems.append(f"data.val_frac + data.test_frac = {d.val_frac + d.test_frac:g} leaves too "
                             "little for training; keep the sum below 0.9")

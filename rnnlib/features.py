@@ -18,7 +18,8 @@ Transforms (``data.transform``), with ``p`` the target price and ``t`` the windo
 Whatever the transform, ``to_price`` maps model outputs back to prices, and
 ``Windows.last`` holds ``p[t]`` so the persistence baseline is always at hand. Then
 ``ordered_forecast``, the one step scoring and training metrics share, puts the quantiles in
-order (they never cross) and blends the median with persistence (``data.point_shrink``).
+order (they never cross) and blends the median with persistence, or moves it to a random walk
+with drift (``data.point_shrink``).
 """
 
 from __future__ import annotations
@@ -74,15 +75,34 @@ def feature_columns(target: str, features: tuple[str, ...]) -> tuple[str, ...]:
 # differenced): the day's range log(high / low), the classic range-based volatility measure
 # (Parkinson 1980, "The extreme value method for estimating the variance of the rate of return",
 # J. Business 53(1)), and the overnight gap log(open / the day before's close).
-DERIVED = {"range": ("high", "low"), "gap": ("open", "close")}
+# And the target's volatility over the trailing year: log of the root mean square of its daily
+# log returns over the last VOL_DAYS days (fewer where the series has fewer), which is the level
+# of spread the random-walk baseline carries (bench/baselines.py), for a model whose own window is
+# a month. Made from the target (column 0), so it needs no other column.
+DERIVED = {"range": ("high", "low"), "gap": ("open", "close"), "volatility": ()}
+VOL_DAYS = 252
 
 
 def source_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
-    """The history columns that model inputs are made from (what loading must read), in order."""
+    """The history columns that model inputs are made from (what loading must read), in order;
+    ``columns[0]`` is the target."""
     out: list[str] = []
     for c in columns:
         out += [s for s in DERIVED.get(c, (c,)) if s not in out]
     return tuple(out)
+
+
+def trailing_volatility(price: np.ndarray, days: int = VOL_DAYS) -> np.ndarray:
+    """(T,) log of the RMS daily log return over the ``days`` returns up to each row (the ones
+    there are near the start; row 0, with none, gets row 1's value)."""
+    r2 = np.r_[0.0, np.diff(np.log(price)) ** 2]
+    c = np.cumsum(r2)
+    rows = np.arange(len(price))
+    n = np.minimum(rows, days)
+    ms = (c - np.where(rows >= days, c[np.maximum(rows - days, 0)], 0.0)) / np.maximum(n, 1)
+    if len(ms) > 1:
+        ms[0] = ms[1]
+    return 0.5 * np.log(np.maximum(ms, 1e-12))
 
 
 @dataclass
@@ -114,6 +134,8 @@ def _raw_matrix(df: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
         if c == "gap":
             close = df["close"].to_numpy(float)
             return np.r_[0.0, np.log(df["open"].to_numpy(float)[1:] / close[:-1])]
+        if c == "volatility":
+            return trailing_volatility(df[columns[0]].to_numpy(float))
         return df[c].to_numpy(float)
     return np.stack([column(c) for c in columns], axis=1)
 
@@ -142,9 +164,15 @@ def fit_transform(df: pd.DataFrame, columns: tuple[str, ...], kind: str, train_e
     elif kind == "standard":
         s = StandardScaler().fit(raw)
         loc, scale = s.mean_, s.scale_
-    elif kind == "log_return":
+    elif kind == "log_return":  # returns keep their centre (0: a move); DERIVED inputs are standardised
         r = _returns(raw, columns)[1:]
         loc, scale = np.zeros(f), r.std(axis=0) if len(r) > 1 else np.ones(f)
+        derived = [j for j, c in enumerate(columns) if c in DERIVED]
+        if len(r) > 1:
+            loc[derived] = r[:, derived].mean(axis=0)
+        for j, c in enumerate(columns):
+            if c == "volatility":  # in the target's own unit: 0 when the last year moved as the train rows did
+                loc[j], scale[j] = np.log(scale[0]) if len(r) > 1 else 0.0, 1.0
     else:  # window: prices need nothing; volume (log) is standardised
         loc, scale = np.zeros(f), np.ones(f)
         for j, c in enumerate(columns):
@@ -198,7 +226,7 @@ def series_windows(df: pd.DataFrame, tf: SeriesTransform, window: int, horizon: 
         return Windows.empty(window, horizon, len(tf.columns))
     price = raw[:, 0]
     if tf.kind == "log_return":
-        base = _returns(raw, tf.columns) / tf.scale
+        base = (_returns(raw, tf.columns) - tf.loc) / tf.scale
     elif tf.kind == "window":
         base = raw
     else:
@@ -341,15 +369,34 @@ def windows_to_price(pred: np.ndarray, w: Windows, transforms: list[SeriesTransf
     return out
 
 
-def shrink_to_persistence(prices: np.ndarray, last: np.ndarray, weight: float, mid: int) -> np.ndarray:
-    """Blend the median forecast with persistence: median' = last + weight * (median - last).
+def shrink_to(prices: np.ndarray, anchor: np.ndarray, weight: float, mid: int) -> np.ndarray:
+    """Blend the median forecast with an anchor: median' = anchor + weight * (median - anchor).
 
-    ``prices`` (N, H, Q) in price units, ``last`` (N,) the last observed close. Every quantile
-    moves with the median, so band widths stay as the model predicted them."""
+    ``prices`` (N, H, Q) in price units; ``anchor`` (N,) the last observed close (persistence) or
+    (N, H) a price per step (``drift_anchor``). Every quantile moves with the median, so band
+    widths stay as the model predicted them."""
     if weight == 1.0:
         return prices
-    shift = (1.0 - weight) * (prices[..., mid] - last[:, None])  # (N, H)
+    anchor = anchor[:, None] if anchor.ndim == 1 else anchor
+    shift = (1.0 - weight) * (prices[..., mid] - anchor)  # (N, H)
     return prices - shift[..., None]
+
+
+def drift_anchor(price: np.ndarray, ends: np.ndarray, horizon: int, days: int = VOL_DAYS) -> np.ndarray:
+    """(N, H) the price at each end row moved by the median h-day log return of the trailing
+    ``days`` (the overlapping h-day returns between prices ``end - days .. end``, fewer near the
+    start, none before row h: no move): a random walk with drift, centred where the random-walk
+    baseline of bench/baselines.py centres its quantiles."""
+    logp, ends = np.log(price), np.asarray(ends, dtype=np.int64)
+    out = np.zeros((len(ends), horizon))
+    for h in range(1, horizon + 1):
+        moves = logp[h:] - logp[:-h]  # moves[j]: from row j to row j + h
+        full = ends >= days
+        if full.any() and len(moves) >= days - h + 1:  # the last `days` prices: moves[end - days .. end - h]
+            out[full, h - 1] = np.median(sliding_window_view(moves, days - h + 1)[ends[full] - days], axis=1)
+        for i in np.flatnonzero(~full & (ends >= h)):
+            out[i, h - 1] = np.median(moves[:ends[i] - h + 1])
+    return price[ends][:, None] * np.exp(out)
 
 
 def point_index(quantiles) -> int:
@@ -357,9 +404,21 @@ def point_index(quantiles) -> int:
     return list(quantiles).index(0.5) if quantiles else 0
 
 
-def ordered_forecast(prices: np.ndarray, last: np.ndarray, weight: float, mid: int) -> np.ndarray:
+CENTRES = ("persistence", "drift")  # what the median is blended with: bundle.json's data.point_centre
+
+
+def point_anchor(centre: str, price: np.ndarray, ends: np.ndarray, horizon: int) -> np.ndarray:
+    """The anchor ``ordered_forecast`` blends the median with, for windows ending at ``ends`` of a
+    series whose target prices are ``price``: the last close (N,), or ``drift_anchor``'s (N, H)."""
+    if centre not in CENTRES:
+        raise ValueError(f"point centre must be one of {CENTRES}, got {centre!r}")
+    return price[ends] if centre == "persistence" else drift_anchor(price, ends, horizon)
+
+
+def ordered_forecast(prices: np.ndarray, anchor: np.ndarray, weight: float, mid: int) -> np.ndarray:
     """Model outputs in price units (N, H, Q) -> the quantiles every path publishes and scores:
-    put in order along Q for each (window, step), then blended with persistence.
+    put in order along Q for each (window, step), then the median blended with ``anchor`` (the last
+    close, or ``drift_anchor``'s prices) by ``weight``.
 
     Sorting is the rearrangement of Chernozhukov, Fernandez-Val and Galichon (2010, "Quantile and
     probability curves without crossing", Econometrica 78(3)): ordered quantiles are never further
@@ -367,7 +426,7 @@ def ordered_forecast(prices: np.ndarray, last: np.ndarray, weight: float, mid: i
     t1 < t2 lowers a row's summed loss by (t2 - t1) * (a - b), whatever the actual value. The
     point forecast is the median after sorting; the blend then shifts every quantile of a (window,
     step) by the same amount, so the order survives it."""
-    return shrink_to_persistence(np.sort(prices, axis=-1), last, weight, mid)
+    return shrink_to(np.sort(prices, axis=-1), anchor, weight, mid)
 
 
 def fit_shrink(median: np.ndarray, actual: np.ndarray, last: np.ndarray, step: float = 0.05) -> float:

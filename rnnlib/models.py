@@ -77,25 +77,52 @@ class CharLM(nn.Module):
         return logits[:, -1], hidden
 
 
+HEADS = ("quantiles", "scale")
+
+
 class Forecaster(nn.Module):
     """Windows of features -> backbone -> ``horizon`` steps x ``n_outputs`` (quantiles or 1 point).
 
     The head reads the last hidden state; outputs are in the transformed target space
     (see ``rnnlib.features``), one column per quantile in the order they were given.
+
+    ``head="quantiles"`` gives each (step, quantile) its own output. ``head="scale"`` gives each
+    step a location and a positive scale, and quantile j is location + scale * z_j, with offsets
+    z learned once for all windows and increasing by construction (a cumulative sum of positive
+    gaps): the quantiles never cross, and what varies from window to window is the centre and
+    the spread of the distribution, not its shape (two numbers a step where the other head
+    learns one per quantile).
     """
 
     def __init__(self, n_features: int, horizon: int = 5, n_outputs: int = 3, hidden: int = 64,
-                 layers: int = 2, dropout: float = 0.0, cell: str = "lstm"):
+                 layers: int = 2, dropout: float = 0.0, cell: str = "lstm", head: str = "quantiles"):
         super().__init__()
-        self.n_features, self.horizon, self.n_outputs = n_features, horizon, n_outputs
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if head == "scale" and n_outputs < 2:
+            raise ValueError("head 'scale' needs 2 or more quantiles")
+        self.n_features, self.horizon, self.n_outputs, self.head_kind = n_features, horizon, n_outputs, head
         self.backbone = Backbone(cell, n_features, hidden, layers, dropout)
         self.drop = nn.Dropout(dropout)  # before the head; the backbone drops between layers
-        self.head = nn.Linear(hidden, horizon * n_outputs)
+        self.head = nn.Linear(hidden, horizon * (n_outputs if head == "quantiles" else 2))
+        if head == "scale":
+            # softplus(0.54) = 1: offsets start 1 apart, centred on 0
+            self.offset_gaps = nn.Parameter(torch.full((n_outputs - 1,), 0.5413))
+
+    def offsets(self) -> torch.Tensor:
+        """The scale head's quantile offsets z (n_outputs,), increasing, centred on 0."""
+        z = torch.cat([self.offset_gaps.new_zeros(1), torch.cumsum(nn.functional.softplus(self.offset_gaps), 0)])
+        return z - z.mean()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, W, F) -> (B, horizon, n_outputs)
         out, _ = self.backbone(x)
-        return self.head(self.drop(out[:, -1])).view(-1, self.horizon, self.n_outputs)
+        h = self.head(self.drop(out[:, -1]))
+        if self.head_kind == "quantiles":
+            return h.view(-1, self.horizon, self.n_outputs)
+        loc, log_scale = h.view(-1, self.horizon, 2).unbind(-1)
+        scale = torch.exp(log_scale.clamp(-20.0, 20.0))
+        return loc.unsqueeze(-1) + scale.unsqueeze(-1) * self.offsets()
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:

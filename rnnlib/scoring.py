@@ -6,7 +6,8 @@ outputs are mapped back to each series' prices with its own transform. Output co
 forecast mode (one row per ticker and step)
     ticker, as_of (last input date), step (1..horizon), date (the step-th business day after
     as_of; exchange holidays are not modelled), last_close, forecast (the point forecast: the
-    median, blended with persistence by the bundle's point_weight), lo_80 / hi_80 (the band
+    median, blended with persistence by the bundle's point_weight, or moved to a random walk with
+    drift when its point_centre is drift), lo_80 / hi_80 (the band
     from the outer quantiles; the number is its width in percent), one column per quantile
     the bundle predicts, named by ``quantile_column`` (q10, q50, q90; q97.5), scaler ("bundle":
     fitted at training time; "history": fitted here on the series' own past)
@@ -37,6 +38,7 @@ from .features import (
     fit_transform,
     naive_scale,
     ordered_forecast,
+    point_anchor,
     point_index,
     series_windows,
     source_columns,
@@ -151,7 +153,8 @@ def score_histories(bundle: Bundle, hist: Histories, *, mode: str = "forecast", 
     frames, metric_rows = [], []
     for w, (ticker, df, tf, scaler, fit_end) in zip(parts, meta):
         m = pooled.sid == w.sid[0]
-        prices = ordered_forecast(to_price(out[m].astype(np.float64), w.last, tf), w.last,
+        anchor = point_anchor(d.get("point_centre", "persistence"), df[d["target"]].to_numpy(float), w.end, horizon)
+        prices = ordered_forecast(to_price(out[m].astype(np.float64), w.last, tf), anchor,
                                   d.get("point_weight", 1.0), point_index(d["quantiles"]))
         frame, metrics = _rows(mode, ticker, df, w, prices, d, scaler, fit_end)
         frames.append(frame)

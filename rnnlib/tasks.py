@@ -32,6 +32,7 @@ from .features import (
     make_forecast_data,
     min_rows,
     ordered_forecast,
+    point_anchor,
     point_index,
     source_columns,
     windows_to_price,
@@ -194,7 +195,7 @@ class ForecastTask:
         m = self.cfg.model
         return dict(n_features=self.data.n_features, horizon=self.d.horizon,
                     n_outputs=max(1, len(self.quantiles)), hidden=m.hidden, layers=m.layers,
-                    dropout=m.dropout, cell=m.cell)
+                    dropout=m.dropout, cell=m.cell, head=m.head)
 
     def build_model(self) -> Forecaster:
         return Forecaster(**self.model_args())
@@ -227,18 +228,37 @@ class ForecastTask:
     def point_index(self) -> int:
         return point_index(self.quantiles)
 
-    def _prices(self, model, w, weight: float) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted prices (N, H, Q), ordered and blended with persistence by ``weight`` as
+    @property
+    def point_centre(self) -> str:
+        """What the median is blended with (``features.CENTRES``)."""
+        return "drift" if self.d.point_shrink == "drift" else "persistence"
+
+    def _anchor(self, w, centre: str) -> np.ndarray:
+        """``point_anchor`` of each window, from its own series."""
+        if centre == "persistence":
+            return w.last
+        out = np.empty((len(w), self.d.horizon))
+        for sid in np.unique(w.sid):
+            m = w.sid == sid
+            price = self.hist.series[self.data.tickers[sid]][self.d.target].to_numpy(float)
+            out[m] = point_anchor(centre, price, w.end[m], self.d.horizon)
+        return out
+
+    def _prices(self, model, w, weight: float, centre: str = "persistence") -> tuple[np.ndarray, np.ndarray]:
+        """(predicted prices (N, H, Q), ordered and blended with ``centre`` by ``weight`` as
         scoring does, actual prices (N, H))."""
         pred = windows_to_price(loop.predict(model, w.x), w, self.data.transforms)
-        return (ordered_forecast(pred, w.last, weight, self.point_index()),
+        return (ordered_forecast(pred, self._anchor(w, centre), weight, self.point_index()),
                 windows_to_price(w.y, w, self.data.transforms))
 
     def calibrate(self, model) -> float:
         """Fit the median's blend weight with persistence on the validation windows
-        (``data.point_shrink: val``); 1.0 (the model alone) when off."""
+        (``data.point_shrink: val``); 1.0 (the model alone) when off; 0.0 for drift (the median is
+        the drift forecast)."""
         w = self.data.val
-        if self.d.point_shrink == "off" or len(w) == 0:
+        if self.d.point_shrink == "drift":
+            self.point_weight = 0.0
+        elif self.d.point_shrink == "off" or len(w) == 0:
             self.point_weight = 1.0
         else:
             prices, actual = self._prices(model, w, 1.0)
@@ -250,7 +270,7 @@ class ForecastTask:
         w = self.data.test
         if len(w) == 0:
             return {}
-        prices, actual = self._prices(model, w, self.point_weight)
+        prices, actual = self._prices(model, w, self.point_weight, self.point_centre)
         lo = hi = None
         res = {}
         if len(self.quantiles) >= 3:
@@ -295,7 +315,7 @@ class ForecastTask:
         return dict(
             data={"target": d.target, "columns": list(self.data.columns), "transform": d.transform,
                   "window": d.window, "horizon": d.horizon, "quantiles": list(self.quantiles),
-                  "max_jump": d.max_jump, "point_weight": self.point_weight},
+                  "max_jump": d.max_jump, "point_weight": self.point_weight, "point_centre": self.point_centre},
             transforms={**{t: SeriesTransform.from_dict(v) for t, v in self.transforms_elsewhere.items()},
                         **dict(zip(self.data.tickers, self.data.transforms))})
 

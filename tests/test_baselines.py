@@ -114,3 +114,21 @@ def test_figures_reward_true_quantiles_over_shifted_ones():
     assert wide["band_width"] == pytest.approx(2 * good["band_width"])
     assert good["below"]["q10"] == pytest.approx(0.1, abs=0.01)
     assert good["rmae"] == pytest.approx(1.0) and shifted["rmae"] > 1  # a median of 100 is persistence itself
+
+
+def test_drift_anchor_is_the_random_walk_baselines_median():
+    """``point_shrink: drift`` centres the median where the random-walk baseline centres its
+    quantiles: the median h-day log return of the trailing year, from the past only."""
+    from rnnlib.features import drift_anchor, point_anchor
+
+    rng = np.random.default_rng(3)
+    prices = 50 * np.exp(np.cumsum(rng.normal(0.001, 0.02, 700)))
+    ends = np.array([60, 100, 251, 252, 253, 400, 694])
+    want = baselines.random_walk_quantiles(prices, ends, 5, [0.5])[..., 0]
+    np.testing.assert_allclose(drift_anchor(prices, ends, 5), want, rtol=1e-12)
+    np.testing.assert_allclose(point_anchor("drift", prices, ends, 5), want, rtol=1e-12)
+    changed = prices.copy()
+    changed[401:] *= 3  # what comes after an end never moves its anchor
+    np.testing.assert_array_equal(drift_anchor(changed, ends[:6], 5), drift_anchor(prices, ends[:6], 5))
+    assert (drift_anchor(prices, np.array([0]), 5) == prices[0]).all()  # no past move: no drift
+    np.testing.assert_array_equal(point_anchor("persistence", prices, ends, 5), prices[ends])

@@ -71,6 +71,8 @@ def test_cross_field_checks():
     with pytest.raises(ConfigError, match="must include 0.5"):
         job_from_dict({"data": {"quantiles": [0.1, 0.9]}})
     assert job_from_dict({"data": {"quantiles": []}}).data.quantiles == ()
+    with pytest.raises(ConfigError, match="model.head: scale spreads quantiles around a location"):
+        job_from_dict({"model": {"head": "scale"}, "data": {"quantiles": []}})
 
 
 def test_dotted_overrides_are_typed_as_yaml():

@@ -122,7 +122,34 @@ def test_range_and_gap_are_the_days_log_ratios_read_from_their_columns(series):
     assert raw[0, 2] == 0 and (raw[:, 1] >= 0).all()
     tf = fit_transform(df, ("close", "range", "gap"), "log_return", 700)
     w = series_windows(df, tf, window=10, horizon=3)  # a ratio is an input as it is, scaled, never differenced
-    np.testing.assert_allclose(w.x[0, :, 1], raw[w.end[0] - 9:w.end[0] + 1, 1] / tf.scale[1], rtol=1e-5)
+    np.testing.assert_allclose(w.x[0, :, 1], (raw[w.end[0] - 9:w.end[0] + 1, 1] - tf.loc[1]) / tf.scale[1],
+                               rtol=1e-5, atol=1e-6)
+    assert tf.loc[0] == 0 and tf.loc[1] == pytest.approx(raw[1:700, 1].mean())  # a return keeps 0 as its centre
+
+
+def test_volatility_is_the_trailing_years_rms_return_up_to_each_day_and_never_ahead():
+    from rnnlib.features import VOL_DAYS, _raw_matrix, source_columns, trailing_volatility
+
+    df = load_histories(sample_stocks_dir() / "KO_data.csv", needed=("close",)).series["KO"]
+    p = df["close"].to_numpy(float)
+    r = np.diff(np.log(p))  # r[k - 1] is the return into day k
+    v = trailing_volatility(p)
+    for k in (1, 5, VOL_DAYS, VOL_DAYS + 1, len(p) - 1):
+        past = r[max(0, k - VOL_DAYS):k]
+        assert v[k] == pytest.approx(np.log(np.sqrt(np.mean(past ** 2))), rel=1e-9), k
+    assert v[0] == v[1]
+    changed = p.copy()
+    changed[600:] *= np.linspace(1, 3, len(p) - 600)  # a different future leaves the past alone
+    np.testing.assert_array_equal(trailing_volatility(changed)[:600], v[:600])
+    # made from the target, whichever it is, so loading reads nothing more for it
+    assert source_columns(("close", "volatility")) == ("close",)
+    np.testing.assert_array_equal(_raw_matrix(df, ("close", "volatility"))[:, 1], v)
+    tf = fit_transform(df, ("close", "volatility"), "log_return", 700)
+    w = series_windows(df, tf, window=10, horizon=3)
+    # the log of the trailing year's volatility over the train rows' (the target's unit): near 0
+    assert tf.loc[1] == pytest.approx(np.log(tf.scale[0])) and tf.scale[1] == 1
+    np.testing.assert_allclose(w.x[:, -1, 1], v[w.end] - np.log(tf.scale[0]), rtol=1e-5, atol=1e-6)
+    assert abs(np.median(w.x[:700, -1, 1])) < 0.5
 
 def test_split_ends_keep_targets_inside_their_part(series):
     df = series["JNJ"]
@@ -151,7 +178,7 @@ def test_forecast_data_pools_series_with_their_own_scalers(series):
 
 
 def test_fit_shrink_picks_the_validation_blend():
-    from rnnlib.features import fit_shrink, shrink_to_persistence
+    from rnnlib.features import fit_shrink, shrink_to
 
     rng = np.random.default_rng(0)
     last = np.full(2000, 100.0)
@@ -161,6 +188,6 @@ def test_fit_shrink_picks_the_validation_blend():
     good = actual + rng.normal(0, 0.3, (2000, 3))  # close to the truth: keep the model
     assert fit_shrink(good, actual, last) >= 0.9
     prices = np.stack([useless - 1, useless, useless + 1], axis=-1)
-    shrunk = shrink_to_persistence(prices, last, 0.0, 1)
+    shrunk = shrink_to(prices, last, 0.0, 1)
     np.testing.assert_allclose(shrunk[..., 1], np.broadcast_to(last[:, None], (2000, 3)))
     np.testing.assert_allclose(shrunk[..., 2] - shrunk[..., 0], 2.0)

@@ -86,3 +86,30 @@ def test_forecaster_dropout_reaches_the_head_with_one_layer():
     assert not torch.equal(m(x), m(x))  # dropout active in training, even with one layer
     m.eval()
     assert torch.equal(m(x), m(x))
+
+
+def test_scale_head_quantiles_never_cross_and_spread_with_the_noise():
+    """y = sigma * noise, sigma told by the input: the scale head learns a band as wide as sigma."""
+    torch.manual_seed(0)
+    m = Forecaster(n_features=1, horizon=2, n_outputs=3, hidden=8, layers=1, head="scale")
+    q = torch.tensor([0.1, 0.5, 0.9])
+    opt = torch.optim.Adam(m.parameters(), lr=0.02)
+    for _ in range(300):
+        sigma = torch.where(torch.rand(256, 1) < 0.5, 0.5, 2.0)
+        x = sigma.expand(256, 5).unsqueeze(-1)
+        y = sigma * torch.randn(256, 2)
+        opt.zero_grad()
+        pinball_loss(m(x), y, q).backward()
+        opt.step()
+    with torch.no_grad():
+        out = m(torch.tensor([0.5, 2.0]).view(2, 1, 1).expand(2, 5, 1))
+        wild = m(100 * torch.randn(64, 5, 1))
+    width = out[..., 2] - out[..., 0]  # the true 80% band: 2.56 sigma
+    assert (width[1] / width[0]).mean() == pytest.approx(4.0, rel=0.25)
+    assert width[1].mean() == pytest.approx(2.56 * 2.0, rel=0.25)
+    assert (wild.diff(dim=-1) > 0).all()  # increasing by construction, whatever the input
+
+
+def test_scale_head_needs_two_quantiles():
+    with pytest.raises(ValueError, match="2 or more"):
+        Forecaster(n_features=1, n_outputs=1, head="scale")

@@ -9,9 +9,9 @@ import torch
 
 from rnnlib import publish
 from rnnlib.bundle import load_bundle, save_bundle
-from rnnlib.config import job_from_dict
+from rnnlib.config import job_from_dict, to_dict
 from rnnlib.datasets import sample_stocks_dir
-from rnnlib.features import series_windows, shrink_to_persistence, to_price, windows_to_price
+from rnnlib.features import drift_anchor, series_windows, shrink_to, to_price, windows_to_price
 from rnnlib.fit import fit
 from rnnlib.loop import predict
 from rnnlib.metrics import pinball
@@ -61,7 +61,7 @@ def test_backtest_equals_direct_rnnlib_predictions(bundle):
     raw = np.sort(to_price(predict(bundle.model, w.x).astype(np.float64), w.last, tf), axis=-1)  # in order
     weight = bundle.data["point_weight"]  # the blend with persistence fitted on validation at training
     assert 0.0 <= weight <= 1.0
-    direct = shrink_to_persistence(raw, w.last, weight, 1)
+    direct = shrink_to(raw, w.last, weight, 1)
     np.testing.assert_allclose(bt.forecast.to_numpy(), direct[..., 1].ravel(), rtol=1e-6)  # the median
     np.testing.assert_allclose(bt[["q10", "q50", "q90"]].to_numpy(), direct.reshape(-1, 3), rtol=1e-6)
     np.testing.assert_allclose(direct[..., 1] - direct[..., 0], raw[..., 1] - raw[..., 0])  # band width kept
@@ -132,7 +132,7 @@ def test_every_quantile_a_column_in_order(untrained, mode):
     w = series_windows(df, tf, 20, 5, ends, with_target=False)
     raw = to_price(predict(model, w.x).astype(np.float64), w.last, tf)  # (N, H, Q)
     assert (np.diff(raw, axis=-1) < 0).any()
-    np.testing.assert_allclose(_quantiles_of(ko), shrink_to_persistence(np.sort(raw, axis=-1), w.last, 0.5, 2),
+    np.testing.assert_allclose(_quantiles_of(ko), shrink_to(np.sort(raw, axis=-1), w.last, 0.5, 2),
                                rtol=1e-6)
     # the same columns, in the same order, when nothing can be scored
     empty = score_files(bundle, [KO], mode=mode, as_of="2013-03-01").forecasts
@@ -162,7 +162,7 @@ def test_training_metrics_use_the_ordered_quantiles(untrained):
     w = task.data.test
     raw = windows_to_price(predict(model, w.x), w, task.data.transforms)
     actual = windows_to_price(w.y, w, task.data.transforms)
-    ordered = shrink_to_persistence(np.sort(raw, axis=-1), w.last, 0.5, 2)
+    ordered = shrink_to(np.sort(raw, axis=-1), w.last, 0.5, 2)
     m = task.final_metrics(model)
     assert m["pinball"] == pytest.approx(pinball(actual, ordered, QUANTILES), rel=1e-9)
     inside = (actual >= ordered[..., 0]) & (actual <= ordered[..., -1])
@@ -170,6 +170,32 @@ def test_training_metrics_use_the_ordered_quantiles(untrained):
     # the raw outputs cross, and crossing costs pinball loss: sorting (the rearrangement) takes it back
     assert (np.diff(raw, axis=-1) < 0).any()
     assert pinball(actual, np.sort(raw, axis=-1), QUANTILES) < pinball(actual, raw, QUANTILES)
+
+
+def test_drift_centre_puts_the_median_on_the_random_walk_with_drift_in_scoring_and_training(untrained, tmp_path):
+    task, model, _ = untrained
+    drift = ForecastTask(job_from_dict({**to_dict(task.cfg), "data": {**to_dict(task.cfg)["data"],
+                                                                      "point_shrink": "drift"}}))
+    assert drift.calibrate(model) == 0.0
+    bundle = load_bundle(save_bundle(tmp_path / "model", model, task="forecast", model_args=drift.model_args(),
+                                     **drift.bundle_kwargs()), task="forecast")
+    assert bundle.data["point_centre"] == "drift" and bundle.data["point_weight"] == 0.0
+    res = score_files(bundle, [KO], mode="backtest", backtest_days=60, step=5)
+    df = res.hist.series["KO"]
+    ends = np.flatnonzero(df.date.isin(res.forecasts.origin.unique()).to_numpy())
+    q = _quantiles_of(res.forecasts)
+    anchor = drift_anchor(df.close.to_numpy(float), ends, 5)
+    np.testing.assert_allclose(q[..., 2], anchor, rtol=1e-9)
+    assert np.abs(anchor / df.close.to_numpy()[ends, None] - 1).max() > 1e-4  # a drift, not the last close
+    tf = bundle.transforms["KO"]  # the band is the model's own, moved with its median
+    raw = np.sort(to_price(predict(model, series_windows(df, tf, 20, 5, ends, with_target=False).x)
+                           .astype(np.float64), df.close.to_numpy()[ends], tf), axis=-1)
+    np.testing.assert_allclose(q - q[..., 2:3], raw - raw[..., 2:3], rtol=1e-6, atol=1e-6)
+    # training's test metrics take the same path
+    w = drift.data.test
+    actual = windows_to_price(w.y, w, drift.data.transforms)
+    assert drift.final_metrics(model)["model"]["mae"] == pytest.approx(
+        np.abs(actual - drift._anchor(w, "drift")).mean(), rel=1e-9)
 
 
 def test_publish_commit_once_verify_and_corruption(tmp_path):
