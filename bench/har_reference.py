@@ -1,0 +1,120 @@
+"""How much pinball skill over the random walk the S&P test year allows a volatility model (issue 17).
+
+The forecaster's bands are judged against a random walk with a trailing year's empirical quantiles
+(bench/baselines.py). This script fits what a quant would build to beat that band on purpose, and
+reports its skill on exactly the protocol's points, so the model's figures can be read against
+what the data gives:
+
+    HAR-RV (Corsi 2009, "A simple approximate long-memory model of realized volatility", J. Fin.
+    Econometrics 7(2)) on daily data: log |h-day log return| / sqrt(h) regressed on the logs of
+    the series' root mean square daily return over the last 5, 22, 63 and 252 days and, in the
+    "+ range" row, its mean log(high/low) over the last 1, 5, 22 and 252 days (Parkinson 1980);
+    pooled over every series and every origin whose target lies before the test period (leak
+    free), quantiles = exp(fit) * sqrt(h) * the quantiles of the standardised training returns.
+
+Test points as forecast_quality.py makes them: origins every `horizon` days from the day before
+the test period, targets inside it, origins with at least 60 past returns (a handful more points
+than its table, which also needs the model's forecast and a GARCH fit at each).
+
+    python bench/har_reference.py [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from baselines import MIN_RETURNS, TRADING_YEAR, random_walk_quantiles  # noqa: E402
+from common import machine, write  # noqa: E402
+from forecast_quality import TEST_DAYS  # noqa: E402
+from sklearn.linear_model import LinearRegression  # noqa: E402
+
+from rnnlib.stocks import load_histories  # noqa: E402
+from rnnlib.tables import table  # noqa: E402
+
+QUANTILES, HORIZON = np.array([0.1, 0.5, 0.9]), 5
+VOL = {"rv5": 5, "rv22": 22, "rv63": 63, "rv252": TRADING_YEAR}
+RANGE = {"rg1": 1, "rg5": 5, "rg22": 22, "rg252": TRADING_YEAR}
+
+
+def features(df: pd.DataFrame) -> pd.DataFrame:
+    """Per row t, from rows up to t only: log RMS daily return and log mean range over trailing windows."""
+    r = pd.Series(np.r_[np.nan, np.diff(np.log(df["close"].to_numpy(float)))])
+    rg = pd.Series(np.log(df["high"].to_numpy(float) / df["low"].to_numpy(float)))
+    with np.errstate(divide="ignore"):  # a day without a move: log 0, dropped below
+        out = {k: np.log(np.sqrt((r ** 2).rolling(n, min_periods=min(n, 5)).mean())) for k, n in VOL.items()}
+        out |= {k: np.log(rg.rolling(n, min_periods=min(n, 5)).mean()) for k, n in RANGE.items()}
+    return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan)
+
+
+def points(hist, test_start: pd.Timestamp) -> pd.DataFrame:
+    """Training points (every origin whose targets all precede the test period) and test points
+    (origins every HORIZON days from the day before it, as the backtest makes them)."""
+    rows = []
+    for ticker, df in sorted(hist.series.items()):
+        price, f = df["close"].to_numpy(float), features(df)
+        n, t0 = len(df), int(np.searchsorted(df["date"].to_numpy(), np.datetime64(test_start)))
+        for part, origins in (("train", np.arange(MIN_RETURNS, t0 - HORIZON)),
+                              ("test", np.arange(max(t0 - 1, 0), n - 1, HORIZON))):
+            origins = origins[origins >= MIN_RETURNS]
+            if not len(origins):
+                continue
+            rw = random_walk_quantiles(price, origins, HORIZON, list(QUANTILES)) if part == "test" else None
+            for h in range(1, HORIZON + 1):
+                ok = origins + h < n
+                o = origins[ok]
+                frame = f.iloc[o].reset_index(drop=True).assign(
+                    part=part, ticker=ticker, h=h, last=price[o], actual=price[o + h])
+                if rw is not None:
+                    frame[["rw10", "rw50", "rw90"]] = rw[ok, h - 1]
+                rows.append(frame)
+    return pd.concat(rows, ignore_index=True).dropna(subset=[*VOL, *RANGE])
+
+
+def pinball(actual: np.ndarray, q: np.ndarray, last: np.ndarray) -> float:
+    d = actual[:, None] - q
+    return float((np.maximum(QUANTILES * d, (QUANTILES - 1) * d).mean(axis=1) / last).mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/stocks/sp500_5yr"))
+    a = p.parse_args()
+    t0 = time.perf_counter()
+    hist = load_histories(a.data, min_rows=1, needed=("close", "high", "low"))
+    dates = sorted(set().union(*(set(df["date"]) for df in hist.series.values())))
+    test_start = dates[-TEST_DAYS]
+    pts = points(hist, test_start)
+    train, test = pts[pts["part"] == "train"], pts[pts["part"] == "test"]
+    moved = np.log(train["actual"] / train["last"]).to_numpy()  # the training points' h-day log returns
+    actual, last = test["actual"].to_numpy(), test["last"].to_numpy()
+    quantiles = {"random walk (trailing year)": test[["rw10", "rw50", "rw90"]].to_numpy()}
+    for name, cols in (("HAR-RV", list(VOL)), ("HAR-RV + range", [*VOL, *RANGE])):
+        root_h = np.sqrt(train["h"].to_numpy())
+        fit = LinearRegression().fit(train[cols], np.log(np.abs(moved) / root_h + 1e-5))
+        z = np.quantile(moved / (np.exp(fit.predict(train[cols])) * root_h), QUANTILES)
+        scale = np.exp(fit.predict(test[cols])) * np.sqrt(test["h"].to_numpy())
+        quantiles[name] = last[:, None] * np.exp(scale[:, None] * z)
+    rows, out = [], {}
+    base = pinball(actual, quantiles["random walk (trailing year)"], last)
+    for name, q in quantiles.items():
+        pb = pinball(actual, q, last)
+        cover = float(((actual >= q[:, 0]) & (actual <= q[:, -1])).mean())
+        width = float(((q[:, -1] - q[:, 0]) / last).mean())
+        rows.append([name, pb, f"{1 - pb / base:+.2%}", f"{cover:.1%}", f"{width:.2%}"])
+        out[name] = {"pinball": pb, "skill_rw": 1 - pb / base, "coverage": cover, "band_width": width}
+    print(f"{a.data}: {len(test):,} test points ({test['ticker'].nunique()} tickers) from {test_start.date()}, "
+          f"fitted on {len(train):,} earlier points; {time.perf_counter() - t0:.0f} s\n")
+    print(table(rows, ["method", "pinball", "skill vs RW", "coverage 80", "band width"]))
+    write("har_reference", {"machine": machine(), "data": a.data, "test_points": len(test), **out})
+
+
+if __name__ == "__main__":
+    main()
