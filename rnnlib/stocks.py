@@ -73,6 +73,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .features import DERIVED
 from .sources import ROW, Listing, _excerpt, delimiter_of, list_source, printable, read_entries
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
@@ -390,6 +391,11 @@ def _missing_reason(info: dict, delimiter: str, suffix: str = ".csv") -> str:
         return (f"{head}. It has an adjusted close ({printable(adjusted, 40)}): forecast that with "
                 "data.target=adj_close data.features=[] (the target is always an input), or read it as the "
                 f"close with data.columns={{{printable(adjusted, 40)}: close}} (score: columns)")
+    inputs = [name for name, made_of in DERIVED.items() if set(made_of) & set(missing)]
+    if inputs and "close" not in missing and set(missing) <= {c for name in inputs for c in DERIVED[name]}:
+        return (f"{head}, which the input(s) {', '.join(inputs)} of data.features are made from. Map yours with "
+                "data.columns (score: columns), or train without those inputs (data.features=[close, volatility] "
+                "needs the close alone)")
     return f"{head}. Map yours with data.columns (score: columns), e.g. {{Price: close}}"
 
 

@@ -137,3 +137,14 @@ def test_copied_folder_with_colon_name(tmp_path):
     h = load_histories(tmp_path, min_rows=10)
     # the Name column inside the file wins over the file name
     assert list(h.series) == ["KO"]
+
+
+def test_a_close_only_feed_is_told_which_input_needs_high_and_low(tmp_path):
+    from rnnlib.features import source_columns
+
+    (tmp_path / "KO.csv").write_text("date,close\n2020-01-02,10\n2020-01-03,10.5\n")
+    h = load_histories(tmp_path, needed=source_columns(("close", "range", "volatility")), min_rows=1)
+    why = reasons(h)
+    assert not h.series and "missing column(s) high, low; found date, close" in why
+    assert "the input(s) range of data.features" in why and "data.features=[close, volatility]" in why
+    assert load_histories(tmp_path, needed=source_columns(("close", "volatility")), min_rows=1).series
