@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
-    """A Markdown table with aligned columns; floats with 4 decimals (4 significant digits when tiny or huge)."""
-    def cell(v):
-        if isinstance(v, float):
-            return "-" if v != v else f"{v:.4f}" if 0.01 <= abs(v) < 1e4 else f"{v:.4g}"
-        return str(v)
+def cell(v) -> str:
+    """A value as ``table`` writes it: floats with 4 decimals (4 significant digits when tiny or
+    huge, "-" for NaN), anything else as ``str`` does."""
+    if isinstance(v, float):
+        return "-" if v != v else f"{v:.4f}" if 0.01 <= abs(v) < 1e4 else f"{v:.4g}"
+    return str(v)
 
+
+def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
+    """A Markdown table with aligned columns, each value written by ``cell``."""
     body = [[cell(v) for v in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in body)) if body else len(str(h)) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(str(v).ljust(w) for v, w in zip(vals, widths)) + " |"

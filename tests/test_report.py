@@ -19,6 +19,7 @@ from jobhelpers import cli_run, run
 
 from rnnlib import publish, storage
 from rnnlib.datasets import sample_stocks_dir
+from rnnlib.tables import cell
 
 pytestmark = [pytest.mark.slow(seconds=40), pytest.mark.timeout(600)]
 
@@ -128,8 +129,8 @@ def table_rows(md: str, header: str) -> list[list[str]]:
 
 
 def f4(v: float) -> str:
-    """A figure as the report's tables write it (rnnlib.tables.table)."""
-    return "-" if v != v else f"{v:.4f}"
+    """A figure as the report's tables write it."""
+    return cell(float(v))
 
 
 def test_report_figures_equal_the_artefacts(search, score_run, histories, tmp_path):
