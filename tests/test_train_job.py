@@ -63,7 +63,7 @@ def test_forecast_two_workers_export_and_idempotent_rerun(tmp_path, stale_ray_ad
     assert m["data"] == data and d.name == run_name(cfg, data) and data["series"] == 26
     assert (d / "loss.png").read_bytes()[:4] == b"\x89PNG"
     b = load_bundle(d / "model", task="forecast")
-    x = np.random.default_rng(0).normal(size=(4, 20, 1)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(4, 20, 3)).astype(np.float32)  # close, range, volatility
     assert predict(b.model, x).shape == (4, 5, 3)
     # each worker read its own 13 series; a checkpoint (saved by worker 0) holds every series' scaler
     assert "each worker reads its own 13-13 series" in r.stdout
