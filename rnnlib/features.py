@@ -170,15 +170,15 @@ def fit_transform(df: pd.DataFrame, columns: tuple[str, ...], kind: str, train_e
         derived = [j for j, c in enumerate(columns) if c in DERIVED]
         if len(r) > 1:
             loc[derived] = r[:, derived].mean(axis=0)
-        for j, c in enumerate(columns):
-            if c == "volatility":  # in the target's own unit: 0 when the last year moved as the train rows did
-                loc[j], scale[j] = np.log(scale[0]) if len(r) > 1 else 0.0, 1.0
     else:  # window: prices need nothing; volume (log) is standardised
         loc, scale = np.zeros(f), np.ones(f)
         for j, c in enumerate(columns):
             if c == "volume" or c in DERIVED:
                 loc[j], scale[j] = raw[:, j].mean(), raw[:, j].std()
     scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+    if kind == "log_return":  # volatility in the target's own unit: 0 when the last year moved as the train rows did
+        vol = [j for j, c in enumerate(columns) if c == "volatility"]
+        loc[vol], scale[vol] = np.log(scale[0]), 1.0
     return SeriesTransform(kind, tuple(columns), np.asarray(loc, float), np.asarray(scale, float))
 
 
@@ -392,7 +392,7 @@ def drift_anchor(price: np.ndarray, ends: np.ndarray, horizon: int, days: int = 
     for h in range(1, horizon + 1):
         moves = logp[h:] - logp[:-h]  # moves[j]: from row j to row j + h
         full = ends >= days
-        if full.any() and len(moves) >= days - h + 1:  # the last `days` prices: moves[end - days .. end - h]
+        if full.any():  # the last `days` + 1 prices: moves[end - days .. end - h]
             out[full, h - 1] = np.median(sliding_window_view(moves, days - h + 1)[ends[full] - days], axis=1)
         for i in np.flatnonzero(~full & (ends >= h)):
             out[i, h - 1] = np.median(moves[:ends[i] - h + 1])

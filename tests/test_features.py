@@ -150,6 +150,9 @@ def test_volatility_is_the_trailing_years_rms_return_up_to_each_day_and_never_ah
     assert tf.loc[1] == pytest.approx(np.log(tf.scale[0])) and tf.scale[1] == 1
     np.testing.assert_allclose(w.x[:, -1, 1], v[w.end] - np.log(tf.scale[0]), rtol=1e-5, atol=1e-6)
     assert abs(np.median(w.x[:700, -1, 1])) < 0.5
+    flat = df.assign(close=10.0)  # a price that never moved: no -inf, however unfitted
+    tf = fit_transform(flat, ("close", "volatility"), "log_return", 700)
+    assert tf.loc[1] == 0 and np.isfinite(series_windows(flat, tf, window=10, horizon=3).x).all()
 
 def test_split_ends_keep_targets_inside_their_part(series):
     df = series["JNJ"]
