@@ -217,7 +217,7 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, share
     by ticker; forecasts equal the per-ticker layout's row for row, each series scored once."""
     from layouts import write_layout
 
-    raw = {f.name.split("_")[0]: pd.read_csv(f, dtype=str).drop(columns="Name").iloc[-300:]
+    raw = {f.name.split("_")[0]: pd.read_csv(f, dtype=str).drop(columns="Name").iloc[-160:]
            for f in sorted(sample_stocks_dir().glob("*.csv"))[:8]}
     runs = {}
     for layout in ("per_ticker", "hive_daily"):
@@ -228,14 +228,14 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, share
         assert r.returncode == 0, r.stderr[-3000:]
         assert f"({'long' if layout == 'hive_daily' else layout} layout)" in r.stdout
         runs[layout] = only_run(tmp_path / "out" / layout)
-    assert len(list((tmp_path / "hive_daily").glob("date=*"))) == 300
+    assert len(list((tmp_path / "hive_daily").glob("date=*"))) == 160
     key = ["ticker", "origin", "step"]
     a, b = (read_published(runs[k]).sort_values(key, ignore_index=True) for k in ("per_ticker", "hive_daily"))
     assert len(a) > 0 and not b.duplicated(key).any()
     pd.testing.assert_frame_equal(a, b)
     counts = {k: publish.read_manifest(u)[1]["counts"] for k, u in runs.items()}
     assert counts["hive_daily"]["rows_in"] == counts["per_ticker"]["rows_in"] == sum(map(len, raw.values()))
-    assert counts["hive_daily"]["files"] == 300 and counts["per_ticker"]["files"] == 8
+    assert counts["hive_daily"]["files"] == 160 and counts["per_ticker"]["files"] == 8
     assert counts["hive_daily"]["series_scored"] == counts["per_ticker"]["series_scored"] == 8
     # backtest: a window per origin, as many as the forecasts' (ticker, origin) pairs and the metrics' windows
     windows = read_published(runs["per_ticker"], "metrics")["windows"].sum()
