@@ -34,6 +34,28 @@ def test_forecast_bundle_round_trip_predicts_identically(forecast_bundle):
     assert b.meta["versions"]["torch"].startswith("2.")
 
 
+def test_scale_head_and_drift_centre_round_trip_and_a_bad_head_is_named(tmp_path):
+    cfg = {**FORECAST, "model": {**FORECAST["model"], "head": "scale"},
+           "data": {**FORECAST["data"], "point_shrink": "drift"}}
+    res = fit(job_from_dict(cfg), out=tmp_path / "model", log=lambda s: None)
+    b = load_bundle(tmp_path / "model", task="forecast")
+    assert b.meta["model"]["args"]["head"] == "scale" and b.data["point_centre"] == "drift"
+    x = res.task.data.test.x[:200]
+    np.testing.assert_array_equal(predict(res.model, x), predict(b.model, x))
+    torch.testing.assert_close(b.model.offsets(), res.model.offsets(), rtol=0, atol=0)  # learned, and kept
+    assert not torch.allclose(b.model.offsets(), torch.tensor([-1.0, 0.0, 1.0]), atol=1e-3)  # moved off its init
+    for key, value, expect in (("head", "mixture", "model.args.head"), ("point_centre", "trend", "data.point_centre")):
+        meta = json.loads((tmp_path / "model" / "bundle.json").read_text())
+        (meta["model"]["args"] if key == "head" else meta["data"])[key] = value
+        meta["meta_sha256"] = meta_digest(meta)
+        (tmp_path / "model" / "bundle.json").write_text(json.dumps(meta))
+        with pytest.raises(BundleError, match=expect):
+            load_bundle(tmp_path / "model")
+        meta["model"]["args"]["head"], meta["data"]["point_centre"] = "scale", "drift"
+        meta["meta_sha256"] = meta_digest(meta)
+        (tmp_path / "model" / "bundle.json").write_text(json.dumps(meta))
+
+
 def test_text_bundle_round_trip(tmp_path):
     cfg = job_from_dict({"task": "text", "model": {"hidden": 16, "layers": 1, "embed": 8},
                          "train": {"epochs": 1, "max_batches": 2}})
