@@ -11,8 +11,10 @@ day over each series' last 250 days:
     running Ray (ray.init excluded): the per-ticker CSVs from a local folder; the same rows as one
     Parquet file per trading day (Hive `date=` folders: the long layout, grouped by ticker with a
     Ray Data hash shuffle); the per-ticker CSVs read from and published to moto S3 on 127.0.0.1
-    (uploaded there first). Each job's windows are its own count: the metrics parts its manifest
-    lists, checked against the manifest's forecast rows; the manifest's input is the source given.
+    (uploaded there first); and four copies of the per-ticker CSVs under new tickers, which with
+    the first job splits a job's time into what it costs whatever its size and what each window
+    adds. Each job's windows are its own count: the metrics parts its manifest lists, checked
+    against the manifest's forecast rows; the manifest's input is the source given.
 Then, with that Ray stopped (no process of it left), forecast mode at 505 and 5,050 series (the
 histories repeated under new tickers), each `rnnjobs score` a process with its own Ray: wall
 time and peak memory (RSS summed over the job's process and every process it started).
@@ -159,10 +161,15 @@ def moto_s3():
         yield boto3.client("s3")
 
 
-def backtest_jobs(src: Path, work: Path, batch: int) -> tuple[dict, dict]:
-    """(c): `rnnjobs score` in backtest mode on three layouts of the same rows, inside one Ray
-    started here (its start not timed) and stopped at the end, so that none of its processes is
-    alive during the memory measurements. Returns ({label: windows/s}, {label: windows})."""
+SCALED = "per-ticker CSV x4 (4 copies under new tickers), local"
+
+
+def backtest_jobs(src: Path, work: Path, batch: int) -> tuple[dict, dict, dict]:
+    """(c): `rnnjobs score` in backtest mode on three layouts of the same rows, and on four times
+    the per-ticker files (what a job costs whatever its size, and what each window adds), inside
+    one Ray started here (its start not timed) and stopped at the end, so that none of its
+    processes is alive during the memory measurements. Returns ({label: windows/s}, {label:
+    windows}, {label: seconds})."""
     import ray
 
     from jobs.ray_setup import init_ray
@@ -176,8 +183,9 @@ def backtest_jobs(src: Path, work: Path, batch: int) -> tuple[dict, dict]:
     jobs = {"per-ticker CSV, local folder": (str(src), str(work / "out-local")),
             f"one Parquet file per day ({len(list(daily.glob('date=*')))} files), local": (
                 str(daily), str(work / "out-daily")),
-            "per-ticker CSV, moto S3 in and out": ("s3://bench/histories/", "s3://bench/out")}
-    rates, windows = {}, {}
+            "per-ticker CSV, moto S3 in and out": ("s3://bench/histories/", "s3://bench/out"),
+            SCALED: (str(replicate(src, work / "x4", 4)), str(work / "out-x4"))}
+    rates, windows, seconds = {}, {}, {}
     with moto_s3() as s3:  # the credentials are in the environment before Ray starts its workers
         s3.create_bucket(Bucket="bench")
         for f in sorted(src.glob("*.csv")):
@@ -190,12 +198,12 @@ def backtest_jobs(src: Path, work: Path, batch: int) -> tuple[dict, dict]:
                 secs = time.perf_counter() - start
                 windows[label], manifest = scored_windows(output)
                 assert manifest["input"]["uri"] == source, (manifest["input"], source)  # what it read
-                rates[label] = windows[label] / secs
+                rates[label], seconds[label] = windows[label] / secs, secs
         finally:
             ray.shutdown()
     _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=30)
     assert not left, f"processes of this benchmark's Ray still running: {[p.name() for p in left]}"
-    return rates, windows
+    return rates, windows, seconds
 
 
 def main() -> None:
@@ -230,8 +238,13 @@ def main() -> None:
     best_batch = max(ceilings, key=ceilings.get)
     ceiling = ceilings[best_batch]
 
-    job_rate, job_windows = backtest_jobs(src, work, best_batch)
+    job_rate, job_windows, job_seconds = backtest_jobs(src, work, best_batch)
+    scaled_windows = job_windows.pop(SCALED)
     assert len(set(job_windows.values())) == 1, f"the layouts scored different windows: {job_windows}"
+    assert scaled_windows == 4 * n, f"4 copies scored {scaled_windows} windows, not 4 x {n}"
+    # job seconds = fixed + windows / marginal rate, from the per-ticker job at 1x and 4x
+    t1, t4 = job_seconds["per-ticker CSV, local folder"], job_seconds[SCALED]
+    fixed, marginal = (4 * t1 - t4) / 3, 3 * n / (t4 - t1)
 
     rows = [("(a) one forward call per window", round(per_window), per_window / ceiling, "-"),
             (f"(b) batched PyTorch, batch {best_batch}, {threads} threads", round(ceiling), 1.0,
@@ -246,6 +259,9 @@ def main() -> None:
     print(f"windows each job scored (its metrics parts, as its manifest lists them): "
           f"{next(iter(job_windows.values()))} (the ceiling's: {n}); "
           f"daily Parquet / per-ticker CSV: {by_day / per_ticker:.2f}x")
+    print(f"per-ticker CSV at 1x and 4x the windows: {fixed:.1f} s a job whatever its size (listing, actors "
+          f"starting, the first batch), then {marginal:.0f} windows/s = {marginal / ceiling:.2f}x (b) for each "
+          "window more")
 
     scale = {}
     copies = 2 if args.quick else 10
@@ -260,7 +276,9 @@ def main() -> None:
           f"{big['files'] / base['files']:.0f}x the series")
     out = write("score_throughput", {"source": str(src), "windows": n, "flops_per_window": flops,
                                      "matmul_gflops": gflops, "per_window": per_window, "ceilings": ceilings,
-                                     "jobs": job_rate, "job_windows": job_windows, "forecast_scale": scale})
+                                     "jobs": job_rate, "job_windows": job_windows, "job_seconds": job_seconds,
+                                     "job_fixed_seconds": fixed, "job_marginal_rate": marginal,
+                                     "forecast_scale": scale})
     print(f"\nresults: {out}")
     shutil.rmtree(work, ignore_errors=True)
 
