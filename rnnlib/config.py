@@ -408,6 +408,9 @@ def _check_job(cfg: JobConfig, problems: list[str]) -> None:
                 problems.append(f"data.quantiles: {list(d.quantiles)} must be increasing, distinct and in (0, 1)")
             elif 0.5 not in d.quantiles:
                 problems.append(f"data.quantiles: {list(d.quantiles)} must include 0.5 (the point forecast)")
+        if d.point_shrink == "drift" and len(d.quantiles) < 3:
+            problems.append(f"data.point_shrink: drift keeps the model's band around a random walk with drift, but "
+                            f"data.quantiles {list(d.quantiles)} has no band; give 3 or more, or use val or off")
         if cfg.model.head == "scale" and len(d.quantiles) < 2:
             problems.append(f"model.head: scale spreads quantiles around a location, but data.quantiles is "
                             f"{list(d.quantiles)}; give 2 or more, or use model.head: quantiles")

@@ -73,6 +73,8 @@ def test_cross_field_checks():
     assert job_from_dict({"data": {"quantiles": []}}).data.quantiles == ()
     with pytest.raises(ConfigError, match="model.head: scale spreads quantiles around a location"):
         job_from_dict({"model": {"head": "scale"}, "data": {"quantiles": []}})
+    with pytest.raises(ConfigError, match="data.point_shrink: drift keeps the model's band"):
+        job_from_dict({"data": {"quantiles": [], "point_shrink": "drift"}})
 
 
 def test_dotted_overrides_are_typed_as_yaml():
