@@ -69,9 +69,9 @@ from rnnlib.tables import table  # noqa: E402
 TEST_DAYS, VAL_DAYS = 250, 250
 
 
-def split_dates(source: str, val_days: int = VAL_DAYS) -> tuple[str, str]:
-    """The first date of the last TEST_DAYS trading days, and of the ``val_days`` before them."""
-    hist = load_histories(source, min_rows=1)
+def split_dates(hist, val_days: int = VAL_DAYS) -> tuple[str, str]:
+    """The first date of the ``val_days`` trading days before the last TEST_DAYS, and of those last
+    TEST_DAYS, over every series of ``hist``."""
     dates = sorted(set().union(*(set(df["date"]) for df in hist.series.values())))
     return (str(dates[-TEST_DAYS - val_days].date()), str(dates[-TEST_DAYS].date()))
 
@@ -266,7 +266,7 @@ def main() -> None:
     a = p.parse_args()
     data = str(sample_stocks_dir()) if a.quick else a.data
     overrides = [*(["train.epochs=2"] if a.quick else []), *a.overrides, "data.point_shrink=val"]
-    val_start, test_start = split_dates(data, a.val_days)
+    val_start, test_start = split_dates(load_histories(data, min_rows=1), a.val_days)
     job = lambda seed: load_job(a.config, [f"data.path={data}", f"data.val_start={val_start}",
                                            f"data.test_start={test_start}", *overrides, f"train.seed={seed}"])
     first = job(a.seeds[0])

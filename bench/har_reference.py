@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from baselines import MIN_RETURNS, TRADING_YEAR, random_walk_quantiles  # noqa: E402
 from common import machine, write  # noqa: E402
-from forecast_quality import TEST_DAYS  # noqa: E402
+from forecast_quality import quality, split_dates  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
 from rnnlib.stocks import load_histories  # noqa: E402
@@ -78,20 +78,14 @@ def points(hist, test_start: pd.Timestamp) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True).dropna(subset=[*VOL, *RANGE])
 
 
-def pinball(actual: np.ndarray, q: np.ndarray, last: np.ndarray) -> float:
-    d = actual[:, None] - q
-    return float((np.maximum(QUANTILES * d, (QUANTILES - 1) * d).mean(axis=1) / last).mean())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/stocks/sp500_5yr"))
     a = p.parse_args()
     t0 = time.perf_counter()
     hist = load_histories(a.data, min_rows=1, needed=("close", "high", "low"))
-    dates = sorted(set().union(*(set(df["date"]) for df in hist.series.values())))
-    test_start = dates[-TEST_DAYS]
-    pts = points(hist, test_start)
+    _, test_start = split_dates(hist)
+    pts = points(hist, pd.Timestamp(test_start))
     train, test = pts[pts["part"] == "train"], pts[pts["part"] == "test"]
     moved = np.log(train["actual"] / train["last"]).to_numpy()  # the training points' h-day log returns
     actual, last = test["actual"].to_numpy(), test["last"].to_numpy()
@@ -102,15 +96,14 @@ def main() -> None:
         z = np.quantile(moved / (np.exp(fit.predict(train[cols])) * root_h), QUANTILES)
         scale = np.exp(fit.predict(test[cols])) * np.sqrt(test["h"].to_numpy())
         quantiles[name] = last[:, None] * np.exp(scale[:, None] * z)
+    figs = {name: quality(actual, last, q, list(QUANTILES)) for name, q in quantiles.items()}  # as forecast_quality
+    base = figs["random walk (trailing year)"]["pinball"]
     rows, out = [], {}
-    base = pinball(actual, quantiles["random walk (trailing year)"], last)
-    for name, q in quantiles.items():
-        pb = pinball(actual, q, last)
-        cover = float(((actual >= q[:, 0]) & (actual <= q[:, -1])).mean())
-        width = float(((q[:, -1] - q[:, 0]) / last).mean())
-        rows.append([name, pb, f"{1 - pb / base:+.2%}", f"{cover:.1%}", f"{width:.2%}"])
-        out[name] = {"pinball": pb, "skill_rw": 1 - pb / base, "coverage": cover, "band_width": width}
-    print(f"{a.data}: {len(test):,} test points ({test['ticker'].nunique()} tickers) from {test_start.date()}, "
+    for name, f in figs.items():
+        rows.append([name, f["pinball"], f"{1 - f['pinball'] / base:+.2%}", f"{f['coverage']:.1%}",
+                     f"{f['band_width']:.2%}"])
+        out[name] = {**{k: f[k] for k in ("pinball", "coverage", "band_width")}, "skill_rw": 1 - f["pinball"] / base}
+    print(f"{a.data}: {len(test):,} test points ({test['ticker'].nunique()} tickers) from {test_start}, "
           f"fitted on {len(train):,} earlier points; {time.perf_counter() - t0:.0f} s\n")
     print(table(rows, ["method", "pinball", "skill vs RW", "coverage 80", "band width"]))
     write("har_reference", {"machine": machine(), "data": a.data, "test_points": len(test), **out})

@@ -389,9 +389,9 @@ def drift_anchor(price: np.ndarray, ends: np.ndarray, horizon: int, days: int = 
     baseline of bench/baselines.py centres its quantiles."""
     logp, ends = np.log(price), np.asarray(ends, dtype=np.int64)
     out = np.zeros((len(ends), horizon))
+    full = ends >= days
     for h in range(1, horizon + 1):
         moves = logp[h:] - logp[:-h]  # moves[j]: from row j to row j + h
-        full = ends >= days
         if full.any():  # the last `days` + 1 prices: moves[end - days .. end - h]
             out[full, h - 1] = np.median(sliding_window_view(moves, days - h + 1)[ends[full] - days], axis=1)
         for i in np.flatnonzero(~full & (ends >= h)):
