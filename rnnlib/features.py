@@ -31,7 +31,6 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 TRANSFORMS = ("log_return", "window", "minmax", "standard")
 # A series' transform and MASE scale are fitted on its train rows, or on its first MIN_FIT_ROWS
@@ -158,6 +157,10 @@ def fit_transform(df: pd.DataFrame, columns: tuple[str, ...], kind: str, train_e
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {kind!r}")
     raw = _raw_matrix(df, columns)[:train_end]
     f = len(columns)
+    if kind in ("minmax", "standard"):
+        # Imported here: scikit-learn costs 0.8 s at import, paid by every Ray worker that unpickles
+        # a scoring or training function, and only these two (non-default) transforms use it.
+        from sklearn.preprocessing import MinMaxScaler, StandardScaler
     if kind == "minmax":
         s = MinMaxScaler().fit(raw)
         loc, scale = s.data_min_, s.data_range_
