@@ -176,7 +176,10 @@ def run(config: str, overrides: list[str]) -> int:
                 "date_format": cfg.date_format}
     endpoint = storage.endpoint(cfg.endpoint_url)  # as the driver resolved it; never credentials
     start = time.perf_counter()
-    ds = ray.data.from_items([{"entry": e.to_json()} for e in listing.entries])
+    # One block per batch of files, each block one call (batch_size=None): batches cut from
+    # Ray's own blocks left a call of one or two files after most full ones.
+    ds = ray.data.from_items([{"entry": e.to_json()} for e in listing.entries],
+                             override_num_blocks=max(1, -(-len(listing.entries) // cfg.files_per_batch)))
     # A GPU pool starts with one actor and grows to `actors` as GPUs are free: a fixed pool larger
     # than the cluster's GPUs would wait for ever.
     pool = dict(min_size=1, max_size=cfg.actors) if cfg.gpu else dict(size=cfg.actors)
@@ -184,11 +187,11 @@ def run(config: str, overrides: list[str]) -> int:
                       num_gpus=1 if cfg.gpu else 0)
     kwargs = {"model": model_uri, "run_uri": run_uri, "attempt": attempt, "endpoint_url": endpoint, "gpu": cfg.gpu}
     if layout == "per_ticker":
-        ds = ds.map_batches(ScoreBatch, batch_size=cfg.files_per_batch, batch_format="pandas",
+        ds = ds.map_batches(ScoreBatch, batch_size=None, batch_format="pandas",
                             fn_constructor_kwargs={**kwargs, "settings": settings}, **actor_args)
     else:
         files = [e.uri for e in listing.entries]
-        ds = ds.map_batches(read_rows_batch, batch_size=cfg.files_per_batch, batch_format="pandas",
+        ds = ds.map_batches(read_rows_batch, batch_size=None, batch_format="pandas",
                             fn_kwargs={"files": files, "needed": source_columns(tuple(bundle.data["columns"])),
                                        "endpoint_url": endpoint, **{k: settings[k] for k in _READ_KEYS}})
         blocks = max(2 * cfg.actors, min(256, len(files) // cfg.files_per_batch))
