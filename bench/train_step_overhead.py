@@ -1,0 +1,155 @@
+"""Where Ray Train's per-step overhead comes from (issue 15): the same training epochs, timed in
+the places a step can run.
+
+bench/train_throughput.py measures Ray Train with one worker at 0.81-0.92x the plain loop for
+the forecaster (about 10 ms more per optimizer step), with identical code on both sides:
+rnnlib.fit.run_epoch, one worker, no DDP wrapper at world size 1 (prepare_model wraps only when
+the world is larger), checkpoint and report outside the timed training seconds. What differs is
+where the loop runs: Train V2 runs the training function in a thread of the worker actor
+(``TrainingThread``), not in the process's main thread, and torch's CPU kernels use OpenMP,
+whose thread team belongs to the thread that starts a parallel region.
+
+This runs one workload (forecaster, LSTM 2x64, 60-day windows, batch 256, the bundled sample;
+epochs, the first not timed) in six places, in rotated rounds (this machine drifts by 10-20%
+over minutes), each with all cores (2 torch threads here):
+
+- this process, its main thread; and a second thread of this process;
+- a Ray actor's main thread (the actor method); a thread the actor starts; the same after the
+  actor's main thread ran one torch matrix product (so that thread owns an OpenMP team first);
+- Ray Train, one worker (the training function in its TrainingThread).
+
+    python bench/train_step_overhead.py [--epochs 3] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from common import machine, write  # noqa: E402
+
+from rnnlib.tables import table  # noqa: E402
+
+CORES = os.cpu_count() or 2
+JOB = {"task": "forecast", "model": {"cell": "lstm", "hidden": 64, "layers": 2},
+       "data": {"window": 60, "horizon": 5}, "train": {"batch_size": 256, "patience": 0}}
+
+
+def epochs(n: int) -> tuple[list[float], int, int]:
+    """(training seconds of epochs 2..n, optimizer steps per epoch, torch threads) of the workload
+    in the calling thread."""
+    from rnnlib.config import job_from_dict
+    from rnnlib.fit import TrainState, make_optimizer, run_epoch
+    from rnnlib.loop import seed_everything
+    from rnnlib.tasks import make_task
+
+    cfg = job_from_dict({**JOB, "train": {**JOB["train"], "epochs": n}})
+    task = make_task(cfg)
+    seed_everything(0)
+    model = task.build_model()
+    opt, state, secs = make_optimizer(model, cfg), TrainState(), []
+    while not state.done(cfg):
+        tr, val, total, train_s = run_epoch(model, opt, task, cfg, state)
+        state.record(tr, val, total, train_s)
+        secs.append(train_s)
+    return secs[1:], len(list(task.train_batches(0))), torch.get_num_threads()
+
+
+def in_thread(n: int, main_first: bool = False):
+    """``epochs`` in a new thread; ``main_first``: the calling thread runs one parallel op first."""
+    if main_first:
+        torch.mm(torch.randn(1000, 1000), torch.randn(1000, 1000))
+    out = []
+    t = threading.Thread(target=lambda: out.append(epochs(n)))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def ray_actor(n: int, where: str):
+    import ray
+
+    @ray.remote(num_cpus=CORES)
+    class Runner:
+        def run(self, where: str):
+            return epochs(n) if where == "main" else in_thread(n, main_first=where == "thread after main op")
+
+    actor = Runner.remote()
+    try:
+        return ray.get(actor.run.remote(where))
+    finally:
+        ray.kill(actor)
+
+
+def _train_fn(config: dict) -> None:
+    import json
+
+    import ray.train
+
+    secs, steps, threads = epochs(config["epochs"])
+    Path(config["out"]).write_text(json.dumps([secs, steps, threads]))
+    ray.train.report({"done": 1})
+
+
+def ray_train(n: int):
+    import json
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        TorchTrainer(_train_fn, train_loop_config={"epochs": n, "out": str(out)},
+                     scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": CORES}),
+                     run_config=ray.train.RunConfig(storage_path=tmp, name="overhead")).fit()
+        return tuple(json.loads(out.read_text()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is not timed")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of every place, in a rotated order")
+    args = ap.parse_args()
+    from jobs.ray_setup import init_ray
+
+    init_ray(num_cpus=CORES)
+    n = args.epochs
+    places = {
+        "this process, main thread": lambda: epochs(n),
+        "this process, a second thread": lambda: in_thread(n),
+        "Ray actor, main thread": lambda: ray_actor(n, "main"),
+        "Ray actor, a thread it starts": lambda: ray_actor(n, "thread"),
+        "Ray actor, a thread, after a main-thread op": lambda: ray_actor(n, "thread after main op"),
+        "Ray Train 1 worker (TrainingThread)": lambda: ray_train(n),
+    }
+    secs, steps, threads = {p: [] for p in places}, 0, {}
+    for r in range(args.rounds):
+        order = list(places)[r % len(places):] + list(places)[:r % len(places)]
+        for place in order:
+            s, steps, threads[place] = places[place]()
+            secs[place] += s
+            print(f"round {r + 1}: {place}: {', '.join(f'{x:.2f}' for x in s)} s", flush=True)
+    base = statistics.median(secs["this process, main thread"])
+    rows = [(p, threads[p], f"{statistics.median(s):.2f}", f"{1000 * statistics.median(s) / steps:.1f}",
+             f"{1000 * (statistics.median(s) - base) / steps:+.1f}", f"{base / statistics.median(s):.2f}")
+            for p, s in secs.items()]
+    m = machine()
+    print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}; {steps} steps an epoch, {args.epochs} epochs "
+          f"(first not timed), {args.rounds} rounds; median over rounds and epochs\n")
+    print(table(rows, ["where the loop runs", "torch threads", "s/epoch", "ms/step", "ms/step vs main",
+                       "x main thread"]))
+    out = write("train_step_overhead", {"epochs": n, "rounds": args.rounds, "steps": steps, "seconds": secs})
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()
