@@ -26,10 +26,12 @@ torch.set_num_threads again inside the thread (7.9-8.0 / 6.2); MALLOC_ARENA_MAX=
 thread allocates from the main arena (7.8-8.0 / 5.7-6.3); GOMP_SPINCOUNT 0, 30000, 3000000
 (8.8 / 8.5, 7.8 / 6.1, 8.7 / 6.7); OMP_PROC_BIND=false (8.0 / 6.1); OMP_WAIT_POLICY=PASSIVE
 (7.9 / 8.0) and ACTIVE (14.3 in the thread). With one torch thread the two places are equal
-(9.38 / 9.36 s), so the cost is in OpenMP's parallel regions started from a non-main thread
-while another thread's team exists: likely libgomp's shorter spin when it manages more threads
-than there are cores (a reading of its documented spin rules, not proven here). On machines with
-more cores than torch threads per worker it should shrink; a GPU step does not use OpenMP.
+(9.38 / 9.36 s), and with oneDNN off (torch.backends.mkldnn.enabled = False) the gap grows
+(11.6-11.8 / 6.3-6.7 s, ATen's own OpenMP loops doing the LSTM's work), so the cost is in
+OpenMP's parallel regions started from a non-main thread while another thread's team exists:
+likely libgomp's shorter spin when it manages more threads than there are cores (a reading of
+its documented spin rules, not proven here). On machines with more cores than torch threads per
+worker it should shrink; a GPU step does not use OpenMP.
 """
 
 from __future__ import annotations
