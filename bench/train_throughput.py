@@ -75,10 +75,10 @@ def ray_train(cfg, workers: int) -> tuple[list[float], list[float], int]:
 
     raw = to_dict(cfg)
     raw["train"]["keep_checkpoints"] = raw["train"]["epochs"]  # metrics_dataframe lists kept ones only
-    cfg = job_from_dict({**raw, "scaling": {"workers": workers, "cpus_per_worker": CORES // workers},
-                         "storage": tempfile.mkdtemp(prefix="bench-train-")})
-    result = build_trainer(cfg, f"bench-{cfg.task}-{workers}w").fit()
-    df = result.metrics_dataframe.sort_values("epoch")
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as storage:
+        cfg = job_from_dict({**raw, "scaling": {"workers": workers, "cpus_per_worker": CORES // workers},
+                             "storage": storage})
+        df = build_trainer(cfg, f"bench-{cfg.task}-{workers}w").fit().metrics_dataframe.sort_values("epoch")
     assert len(df) == cfg.train.epochs, "every epoch must be in the metrics"
     return list(df["train_seconds"]), list(df["started"].diff().dropna()), int(df["torch_threads"].iloc[-1])
 
