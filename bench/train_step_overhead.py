@@ -37,7 +37,6 @@ worker it should shrink; a GPU step does not use OpenMP.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -49,32 +48,22 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from common import machine, write  # noqa: E402
+from train_throughput import CONFIGS, CORES, items_per_epoch, plain  # noqa: E402
 
 from rnnlib.tables import table  # noqa: E402
 
-CORES = os.cpu_count() or 2
-JOB = {"task": "forecast", "model": {"cell": "lstm", "hidden": 64, "layers": 2},
-       "data": {"window": 60, "horizon": 5}, "train": {"batch_size": 256, "patience": 0}}
-
 
 def epochs(n: int) -> tuple[list[float], int, int]:
-    """(training seconds of epochs 2..n, optimizer steps per epoch, torch threads) of the workload
-    in the calling thread."""
+    """(training seconds of epochs 2..n, optimizer steps per epoch, torch threads) of
+    train_throughput's forecaster workload in the calling thread, its thread count untouched."""
     from rnnlib.config import job_from_dict
-    from rnnlib.fit import TrainState, make_optimizer, run_epoch
-    from rnnlib.loop import seed_everything
     from rnnlib.tasks import make_task
 
-    cfg = job_from_dict({**JOB, "train": {**JOB["train"], "epochs": n}})
+    forecast = CONFIGS["forecast"]
+    cfg = job_from_dict({**forecast, "train": {**forecast["train"], "epochs": n}})
     task = make_task(cfg)
-    seed_everything(0)
-    model = task.build_model()
-    opt, state, secs = make_optimizer(model, cfg), TrainState(), []
-    while not state.done(cfg):
-        tr, val, total, train_s = run_epoch(model, opt, task, cfg, state)
-        state.record(tr, val, total, train_s)
-        secs.append(train_s)
-    return secs[1:], len(list(task.train_batches(0))), torch.get_num_threads()
+    secs, _, threads = plain(cfg, task, threads=None)
+    return secs[1:], items_per_epoch(task, cfg)[1], threads
 
 
 def in_thread(n: int, main_first: bool = False):

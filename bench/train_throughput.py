@@ -53,9 +53,11 @@ def items_per_epoch(task, cfg) -> tuple[int, int]:
     return sum(int(y.numel() if cfg.task == "text" else len(y)) for _, y in batches), len(batches)
 
 
-def plain(cfg, task, threads: int = CORES) -> tuple[list[float], list[float], int]:
-    """(training seconds per epoch, wall seconds per epoch (training + validation), threads)."""
-    torch.set_num_threads(threads)
+def plain(cfg, task, threads: int | None = CORES) -> tuple[list[float], list[float], int]:
+    """(training seconds per epoch, wall seconds per epoch (training + validation), threads), in
+    the calling thread; ``threads``: torch's thread count to set first (None: leave it as it is)."""
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(0)
     model = task.build_model()
     opt = make_optimizer(model, cfg)
