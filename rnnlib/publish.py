@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import posixpath
+import time
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -37,6 +38,7 @@ from .jsoncheck import Problems, an, json_type
 
 SUCCESS = "_SUCCESS"
 LATEST = "LATEST"
+STALE_TEMP_S = 3600  # a temporary file older than this was left by a killed writer
 
 
 def parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -148,12 +150,20 @@ def commit(run_uri: str, attempt: str, manifest: dict, endpoint_url: str | None 
 
 
 def clean_unlisted(run_uri: str, endpoint_url: str | None = None) -> list[str]:
-    """After a commit: delete files of failed attempts that the manifest does not list."""
+    """After a commit: delete files of failed attempts that the manifest does not list.
+
+    A hidden file (``.name.<random>``) is a write in flight: another attempt, still running, is
+    about to move it into place (``storage.write_bytes``, ``storage.create_if_absent``); deleting
+    it would crash that attempt rather than let it learn that it lost. Only one older than
+    ``STALE_TEMP_S`` (left by a killed process) is removed."""
     manifest_name, manifest = read_manifest(run_uri, endpoint_url)
     keep = {f["path"] for f in manifest["files"]} | {manifest_name, SUCCESS}
+    now = time.time()
     removed = []
-    for uri, _, _ in storage.list_files(run_uri, recursive=True, endpoint_url=endpoint_url):
+    for uri, _, modified in storage.list_files(run_uri, recursive=True, endpoint_url=endpoint_url):
         rel = uri[len(run_uri.rstrip("/")) + 1:]
+        if posixpath.basename(rel).startswith(".") and now - modified < STALE_TEMP_S:
+            continue
         if rel not in keep:
             storage.delete(uri, endpoint_url)
             removed.append(rel)

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 
+import pandas as pd
 import pytest
 
 from rnnlib import storage
@@ -115,3 +116,33 @@ def test_create_if_absent_s3_race(moto_s3, atomic_conditional_puts):
     for key, outcomes in zip(keys, race([f"s3://race/{k}" for k in keys], endpoint).values()):
         assert_one_winner(outcomes, s3.get_object(Bucket="race", Key=key)["Body"].read())
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="race")["Contents"]) == keys
+
+
+def test_the_winners_cleanup_leaves_a_live_losers_write_in_flight(tmp_path, monkeypatch):
+    """The interleaving that failed the two-attempt score test once in CI (exit 1): attempt B has
+    written its _SUCCESS temporary file when attempt A commits and cleans the folder, then B links
+    it. B must learn that it lost, not crash on its vanished file; a temporary file a killed writer
+    left an hour ago is still cleaned."""
+    from rnnlib import publish
+
+    run = str(tmp_path / "run=abc")
+    df = pd.DataFrame({"a": [1, 2, 3]})
+    stale = tmp_path / "run=abc" / "forecasts" / ".part-dead.parquet.0123"
+    parts = {a: [publish.write_part(run, f"forecasts/part-{a}.parquet", df, "forecasts")] for a in ("A", "B")}
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * publish.STALE_TEMP_S,) * 2)
+    link, turns, won = os.link, [], []
+
+    def a_commits_first(src, dst):
+        if os.path.basename(dst) == publish.SUCCESS and not turns:  # B's link: A gets there first
+            turns.append("A")
+            won.append(publish.commit(run, "A", {"files": parts["A"]}))
+            removed = publish.clean_unlisted(run)  # all but B's write in flight
+            assert removed == ["forecasts/.part-dead.parquet.0123", "forecasts/part-B.parquet", "manifest-B.json"]
+        return link(src, dst)
+
+    monkeypatch.setattr(storage.os, "link", a_commits_first)
+    assert publish.commit(run, "B", {"files": parts["B"]}) is False and won == [True]
+    assert publish.read_manifest(run)[0] == "manifest-A.json"
+    left = sorted(str(p.relative_to(tmp_path / "run=abc")) for p in (tmp_path / "run=abc").rglob("*") if p.is_file())
+    assert left == ["_SUCCESS", "forecasts/part-A.parquet", "manifest-A.json"]
