@@ -198,7 +198,14 @@ def run(config: str, overrides: list[str]) -> int:
         # The shuffle runs to the end before the scoring actors start: its tasks need whole CPUs,
         # which a running actor pool can hold all of (a deadlock on a small cluster). The shuffled
         # blocks wait in Ray's object store (spread over the nodes, spilled to disk when full).
-        ds = ds.repartition(blocks, keys=["ticker"]).materialize()
+        ds = ds.repartition(blocks, keys=["ticker"])
+        # Ray Data reserves a share of the CPUs for each operator of a streaming pipeline, which ran
+        # these read tasks about one at a time on 2 CPUs; read then shuffle is a barrier, with
+        # nothing downstream to starve, so the reservation is off for this stage only.
+        reserve = ds.context.op_resource_reservation_enabled
+        ds.context.op_resource_reservation_enabled = False
+        ds = ds.materialize()
+        ds.context.op_resource_reservation_enabled = reserve
         ds = ds.map_batches(
             ScoreBlock, batch_size=None, batch_format="pyarrow",
             fn_constructor_kwargs={**kwargs, "settings": {**settings, "files": files}}, **actor_args)
