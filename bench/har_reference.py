@@ -9,6 +9,9 @@ what the data gives:
     Econometrics 7(2)) on daily data: log |h-day log return| / sqrt(h) regressed on the logs of
     the series' root mean square daily return over the last 5, 22, 63 and 252 days and, in the
     "+ range" row, its mean log(high/low) over the last 1, 5, 22 and 252 days (Parkinson 1980);
+    in the "+ market" row also the market's: the log RMS over the last 1, 5 and 22 days of the
+    day's mean log return over every series in the data, and the log of their mean range over
+    the last 1 and 5 days (the issue's market-wide input, leak-free: days up to the origin);
     pooled over every series and every origin whose target lies before the test period (leak
     free), quantiles = exp(fit) * sqrt(h) * the quantiles of the standardised training returns.
 
@@ -42,6 +45,7 @@ from rnnlib.tables import table  # noqa: E402
 QUANTILES, HORIZON = np.array([0.1, 0.5, 0.9]), 5
 VOL = {"rv5": 5, "rv22": 22, "rv63": 63, "rv252": TRADING_YEAR}
 RANGE = {"rg1": 1, "rg5": 5, "rg22": 22, "rg252": TRADING_YEAR}
+MARKET = {"mrv1": 1, "mrv5": 5, "mrv22": 22, "mrg1": 1, "mrg5": 5}  # the market's: mean over the series each day
 
 
 def features(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,12 +58,26 @@ def features(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan)
 
 
+def market(hist) -> pd.DataFrame:
+    """Per date, from that day and earlier: log RMS of the market's daily return (the mean log return
+    over every series trading that day) and log of the mean range over the series, over trailing days."""
+    daily = pd.concat([pd.DataFrame({"date": df["date"].to_numpy(),
+                                     "r": np.r_[np.nan, np.diff(np.log(df["close"].to_numpy(float)))],
+                                     "rg": np.log(df["high"].to_numpy(float) / df["low"].to_numpy(float))})
+                       for df in hist.series.values()]).groupby("date")[["r", "rg"]].mean().sort_index()
+    out = {k: np.log(np.sqrt((daily["r"] ** 2).rolling(n, min_periods=1).mean()))
+           for k, n in MARKET.items() if k.startswith("mrv")}
+    out |= {k: np.log(daily["rg"].rolling(n, min_periods=1).mean()) for k, n in MARKET.items() if k.startswith("mrg")}
+    return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan)
+
+
 def points(hist, test_start: pd.Timestamp) -> pd.DataFrame:
     """Training points (every origin whose targets all precede the test period) and test points
     (origins every HORIZON days from the day before it, as the backtest makes them)."""
-    rows = []
+    rows, m = [], market(hist)
     for ticker, df in sorted(hist.series.items()):
-        price, f = df["close"].to_numpy(float), features(df)
+        price = df["close"].to_numpy(float)
+        f = pd.concat([features(df), m.reindex(df["date"].to_numpy()).reset_index(drop=True)], axis=1)
         n, t0 = len(df), int(np.searchsorted(df["date"].to_numpy(), np.datetime64(test_start)))
         for part, origins in (("train", np.arange(MIN_RETURNS, t0 - HORIZON)),
                               ("test", np.arange(max(t0 - 1, 0), n - 1, HORIZON))):
@@ -75,7 +93,7 @@ def points(hist, test_start: pd.Timestamp) -> pd.DataFrame:
                 if rw is not None:
                     frame[["rw10", "rw50", "rw90"]] = rw[ok, h - 1]
                 rows.append(frame)
-    return pd.concat(rows, ignore_index=True).dropna(subset=[*VOL, *RANGE])
+    return pd.concat(rows, ignore_index=True).dropna(subset=[*VOL, *RANGE, *MARKET])
 
 
 def main() -> None:
@@ -90,7 +108,8 @@ def main() -> None:
     moved = np.log(train["actual"] / train["last"]).to_numpy()  # the training points' h-day log returns
     actual, last = test["actual"].to_numpy(), test["last"].to_numpy()
     quantiles = {"random walk (trailing year)": test[["rw10", "rw50", "rw90"]].to_numpy()}
-    for name, cols in (("HAR-RV", list(VOL)), ("HAR-RV + range", [*VOL, *RANGE])):
+    for name, cols in (("HAR-RV", list(VOL)), ("HAR-RV + range", [*VOL, *RANGE]),
+                       ("HAR-RV + range + market", [*VOL, *RANGE, *MARKET])):
         root_h = np.sqrt(train["h"].to_numpy())
         fit = LinearRegression().fit(train[cols], np.log(np.abs(moved) / root_h + 1e-5))
         z = np.quantile(moved / (np.exp(fit.predict(train[cols])) * root_h), QUANTILES)
