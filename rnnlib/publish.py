@@ -152,17 +152,17 @@ def commit(run_uri: str, attempt: str, manifest: dict, endpoint_url: str | None 
 def clean_unlisted(run_uri: str, endpoint_url: str | None = None) -> list[str]:
     """After a commit: delete files of failed attempts that the manifest does not list.
 
-    A hidden file (``.name.<random>``) is a write in flight: another attempt, still running, is
-    about to move it into place (``storage.write_bytes``, ``storage.create_if_absent``); deleting
-    it would crash that attempt rather than let it learn that it lost. Only one older than
-    ``STALE_TEMP_S`` (left by a killed process) is removed."""
+    A temporary file (``storage.is_temporary``) may be a write in flight: another attempt, still
+    running, is about to move it into place; deleting it would crash that attempt rather than let
+    it learn that it lost. Only one older than ``STALE_TEMP_S`` (a killed writer's) is removed; a
+    younger one a killed writer left stays, hidden, and ``verify`` does not count it."""
     manifest_name, manifest = read_manifest(run_uri, endpoint_url)
     keep = {f["path"] for f in manifest["files"]} | {manifest_name, SUCCESS}
     now = time.time()
     removed = []
     for uri, _, modified in storage.list_files(run_uri, recursive=True, endpoint_url=endpoint_url):
         rel = uri[len(run_uri.rstrip("/")) + 1:]
-        if posixpath.basename(rel).startswith(".") and now - modified < STALE_TEMP_S:
+        if storage.is_temporary(rel) and now - modified < STALE_TEMP_S:
             continue
         if rel not in keep:
             storage.delete(uri, endpoint_url)
@@ -338,14 +338,16 @@ def _file_problems(run_uri: str, f: dict, endpoint_url: str | None) -> list[str]
 
 
 def _unlisted(run_uri: str, listed: set[str], endpoint_url: str | None) -> list[str]:
-    """Files in the run folder the manifest does not list: a reader that globs the folder reads them."""
+    """Files in the run folder the manifest does not list: a reader that globs the folder reads them
+    (not a temporary file, which is hidden from it; see ``clean_unlisted``)."""
     base = len(run_uri.rstrip("/")) + 1
     try:
         found = storage.list_files(run_uri, recursive=True, endpoint_url=endpoint_url)
     except (UserError, OSError) as e:
         return [f"the run folder cannot be listed ({e})"]
     return [f"{uri[base:]}: in the run folder but not in the manifest; readers that trust the manifest skip it, "
-            "but one that globs the folder would read it" for uri, _, _ in found if uri[base:] not in listed]
+            "but one that globs the folder would read it" for uri, _, _ in found
+            if uri[base:] not in listed and not storage.is_temporary(uri)]
 
 
 def _first_line(e: Exception) -> str:

@@ -144,12 +144,26 @@ def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
         raise UserError(f"{uri}: not found") from None
 
 
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{32}")  # .<name>.<uuid hex>, or .<name>.<pid>.<uuid hex>
+
+
+def temporary_name(name: str) -> str:
+    """The hidden name a local write is staged under before it is moved or linked into place."""
+    return f".{name}.{uuid.uuid4().hex}"
+
+
+def is_temporary(path: str) -> bool:
+    """A file staged by ``write_bytes`` or ``create_if_absent`` (hidden: readers that list a
+    folder, pyarrow's and Spark's among them, skip it): a write in flight, or a killed writer's."""
+    return _TEMPORARY.fullmatch(posixpath.basename(path)) is not None
+
+
 def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
     """Write a whole object: on S3 one PUT; locally a temporary file renamed into place, so a
     reader never sees a half-written file."""
     fs, path = filesystem(uri, endpoint_url)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    target = path if is_s3(uri) else f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.{uuid.uuid4().hex}"
+    target = path if is_s3(uri) else f"{posixpath.dirname(path)}/{temporary_name(posixpath.basename(path))}"
     with fs.open_output_stream(target) as f:
         f.write(data)
     if target != path:
@@ -245,7 +259,7 @@ def create_if_absent(uri: str, data: bytes, endpoint_url: str | None = None) -> 
             raise
     target = Path(filesystem(uri)[1])
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")  # unique across threads too
+    tmp = target.with_name(temporary_name(f"{target.name}.{os.getpid()}"))  # unique across threads too
     tmp.write_bytes(data)
     try:
         os.link(tmp, target)

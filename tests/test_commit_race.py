@@ -121,28 +121,32 @@ def test_create_if_absent_s3_race(moto_s3, atomic_conditional_puts):
 def test_the_winners_cleanup_leaves_a_live_losers_write_in_flight(tmp_path, monkeypatch):
     """The interleaving that failed the two-attempt score test once in CI (exit 1): attempt B has
     written its _SUCCESS temporary file when attempt A commits and cleans the folder, then B links
-    it. B must learn that it lost, not crash on its vanished file; a temporary file a killed writer
-    left an hour ago is still cleaned."""
+    it. B must learn that it lost, not crash on its vanished file (FileNotFoundError before the
+    fix). A temporary file a killed writer left an hour ago is cleaned; one it left a minute ago
+    stays (it may be a live write), hidden, and verify does not count it."""
     from rnnlib import publish
 
-    run = str(tmp_path / "run=abc")
-    df = pd.DataFrame({"a": [1, 2, 3]})
-    stale = tmp_path / "run=abc" / "forecasts" / ".part-dead.parquet.0123"
+    folder = tmp_path / "run=abc"
+    run, df = str(folder), pd.DataFrame({"a": [1, 2, 3]})
     parts = {a: [publish.write_part(run, f"forecasts/part-{a}.parquet", df, "forecasts")] for a in ("A", "B")}
-    stale.write_bytes(b"half")
-    os.utime(stale, (time.time() - 2 * publish.STALE_TEMP_S,) * 2)
-    link, turns, won = os.link, [], []
+    stale, young = (folder / "forecasts" / storage.temporary_name(f"part-{k}.parquet") for k in ("old", "new"))
+    for f, age in ((stale, 2 * publish.STALE_TEMP_S), (young, 60)):
+        f.write_bytes(b"half")
+        os.utime(f, (time.time() - age,) * 2)
+    link, turns, won, removed = os.link, [], [], []
 
     def a_commits_first(src, dst):
         if os.path.basename(dst) == publish.SUCCESS and not turns:  # B's link: A gets there first
-            turns.append("A")
+            turns.append("A")  # A's own link below goes straight through
             won.append(publish.commit(run, "A", {"files": parts["A"]}))
-            removed = publish.clean_unlisted(run)  # all but B's write in flight
-            assert removed == ["forecasts/.part-dead.parquet.0123", "forecasts/part-B.parquet", "manifest-B.json"]
+            removed.extend(publish.clean_unlisted(run))
         return link(src, dst)
 
     monkeypatch.setattr(storage.os, "link", a_commits_first)
     assert publish.commit(run, "B", {"files": parts["B"]}) is False and won == [True]
+    assert removed == [f"forecasts/{stale.name}", "forecasts/part-B.parquet", "manifest-B.json"]
     assert publish.read_manifest(run)[0] == "manifest-A.json"
-    left = sorted(str(p.relative_to(tmp_path / "run=abc")) for p in (tmp_path / "run=abc").rglob("*") if p.is_file())
-    assert left == ["_SUCCESS", "forecasts/part-A.parquet", "manifest-A.json"]
+    left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert left == ["_SUCCESS", f"forecasts/{young.name}", "forecasts/part-A.parquet", "manifest-A.json"]
+    v = publish.verify(run)
+    assert v.ok and v.checked == 1, v.problems
