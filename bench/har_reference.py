@@ -65,9 +65,11 @@ def market(hist) -> pd.DataFrame:
                                      "r": np.r_[np.nan, np.diff(np.log(df["close"].to_numpy(float)))],
                                      "rg": np.log(df["high"].to_numpy(float) / df["low"].to_numpy(float))})
                        for df in hist.series.values()]).groupby("date")[["r", "rg"]].mean().sort_index()
-    out = {k: np.log(np.sqrt((daily["r"] ** 2).rolling(n, min_periods=1).mean()))
-           for k, n in MARKET.items() if k.startswith("mrv")}
-    out |= {k: np.log(daily["rg"].rolling(n, min_periods=1).mean()) for k, n in MARKET.items() if k.startswith("mrg")}
+    with np.errstate(divide="ignore"):  # a day without a move: log 0, dropped below
+        out = {k: np.log(np.sqrt((daily["r"] ** 2).rolling(n, min_periods=1).mean()))
+               for k, n in MARKET.items() if k.startswith("mrv")}
+        out |= {k: np.log(daily["rg"].rolling(n, min_periods=1).mean())
+                for k, n in MARKET.items() if k.startswith("mrg")}
     return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan)
 
 

@@ -34,11 +34,11 @@ its documented spin rules, not proven here). On machines with more cores than to
 worker it should shrink; a GPU step does not use OpenMP.
 
 ``--openmp-lib`` adds two rows with Intel's OpenMP runtime preloaded (LD_PRELOAD, through the
-Ray processes' runtime_env) in place of torch's libgomp: one 2-round run on 2 cores gave Ray
-Train 0.90x (0.84x with libgomp, side by side) and the thread after a main-thread op 0.80x
-(0.71x). A gain, not the whole gap; not shipped: intel-openmp is a 50 MB wheel (180 MB
-installed, three more packages) for a case (one worker on all of a node's cores) that a cluster
-with more cores than a worker's threads does not meet.
+Ray processes' runtime_env) in place of torch's libgomp (the table's OpenMP column says which
+runtime each row ran with). On 2 cores the thread after a main-thread op gained in both runs
+(0.80x vs 0.71x over 2 rounds; 0.85x vs 0.66x in a 1-round, 1-timed-epoch run), Ray Train did
+not reliably (0.90x vs 0.84x; then 0.73x vs 0.79x). Not shipped: no reliable gain where it
+matters, and intel-openmp is a 50 MB wheel (180 MB installed, three more packages).
 
     pip download --no-deps intel-openmp  # the wheel's intel_openmp-*.data/data/lib/libiomp5.so
 """
@@ -62,9 +62,17 @@ from train_throughput import CONFIGS, CORES, items_per_epoch, plain  # noqa: E40
 from rnnlib.tables import table  # noqa: E402
 
 
-def epochs(n: int) -> tuple[list[float], int, int]:
-    """(training seconds of epochs 2..n, optimizer steps per epoch, torch threads) of
-    train_throughput's forecaster workload in the calling thread, its thread count untouched."""
+def openmp_runtime() -> str:
+    """Which OpenMP runtime this process runs torch with: Intel's when libiomp5 is loaded
+    (preloaded, its GOMP_* entry points take the calls), else torch's own libgomp."""
+    with open("/proc/self/maps") as f:
+        return "Intel (libiomp5)" if "libiomp5" in f.read() else "GNU (libgomp)"
+
+
+def epochs(n: int) -> tuple[list[float], int, str]:
+    """(training seconds of epochs 2..n, optimizer steps per epoch, "torch threads, OpenMP
+    runtime") of train_throughput's forecaster workload in the calling thread, its thread count
+    untouched."""
     from rnnlib.config import job_from_dict
     from rnnlib.tasks import make_task
 
@@ -72,7 +80,7 @@ def epochs(n: int) -> tuple[list[float], int, int]:
     cfg = job_from_dict({**forecast, "train": {**forecast["train"], "epochs": n}})
     task = make_task(cfg)
     secs, _, threads = plain(cfg, task, threads=None)
-    return secs[1:], items_per_epoch(task, cfg)[1], threads
+    return secs[1:], items_per_epoch(task, cfg)[1], f"{threads}, {openmp_runtime()}"
 
 
 def in_thread(n: int, main_first: bool = False):
@@ -143,13 +151,19 @@ def main() -> None:
     ap.add_argument("--openmp-lib", help="path of Intel's OpenMP runtime (libiomp5.so, pip intel-openmp): "
                     "adds rows with it preloaded in the Ray processes in place of torch's libgomp")
     args = ap.parse_args()
+    if args.openmp_lib:
+        lib = Path(args.openmp_lib).resolve()
+        if not lib.is_file():  # the loader would only warn, and the rows would measure libgomp
+            print(f"--openmp-lib {args.openmp_lib}: no such file; pass the path of libiomp5.so", file=sys.stderr)
+            raise SystemExit(2)
+        args.openmp_lib = str(lib)  # absolute: Ray's workers start in other folders
     from jobs.ray_setup import init_ray
 
     init_ray(num_cpus=CORES)
     n = args.epochs
     places = {
         "this process, main thread": lambda: epochs(n),
-        "this process, a second thread": lambda: in_thread(n),
+        "this process, a second thread (the main thread ran torch first)": lambda: in_thread(n),
         "Ray actor, main thread": lambda: ray_actor(n, "main"),
         "Ray actor, a thread it starts": lambda: ray_actor(n, "thread"),
         "Ray actor, a thread, after a main-thread op": lambda: ray_actor(n, "thread after main op"),
@@ -173,7 +187,7 @@ def main() -> None:
     m = machine()
     print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}; {steps} steps an epoch, {args.epochs} epochs "
           f"(first not timed), {args.rounds} rounds; median over rounds and epochs\n")
-    print(table(rows, ["where the loop runs", "torch threads", "s/epoch", "ms/step", "ms/step vs main",
+    print(table(rows, ["where the loop runs", "torch threads, OpenMP", "s/epoch", "ms/step", "ms/step vs main",
                        "x main thread"]))
     out = write("train_step_overhead", {"epochs": n, "rounds": args.rounds, "steps": steps, "seconds": secs})
     print(f"\nresults: {out}")
