@@ -45,32 +45,37 @@ from rnnlib.tables import table  # noqa: E402
 QUANTILES, HORIZON = np.array([0.1, 0.5, 0.9]), 5
 VOL = {"rv5": 5, "rv22": 22, "rv63": 63, "rv252": TRADING_YEAR}
 RANGE = {"rg1": 1, "rg5": 5, "rg22": 22, "rg252": TRADING_YEAR}
-MARKET = {"mrv1": 1, "mrv5": 5, "mrv22": 22, "mrg1": 1, "mrg5": 5}  # the market's: mean over the series each day
+# the market: each day's mean over the series
+MARKET_VOL, MARKET_RANGE = {"mrv1": 1, "mrv5": 5, "mrv22": 22}, {"mrg1": 1, "mrg5": 5}
+MARKET = [*MARKET_VOL, *MARKET_RANGE]
+
+
+def moves(df: pd.DataFrame) -> pd.DataFrame:
+    """Per row: the daily log return of the close (NaN on the first row) and the log high/low range."""
+    return pd.DataFrame({"r": np.r_[np.nan, np.diff(np.log(df["close"].to_numpy(float)))],
+                         "rg": np.log(df["high"].to_numpy(float) / df["low"].to_numpy(float))})
+
+
+def trailing(m: pd.DataFrame, vol: dict, rng: dict, min_periods: int) -> pd.DataFrame:
+    """Per row, from rows up to it only: log RMS of ``r`` and log mean of ``rg`` over trailing windows
+    (``vol`` and ``rng``: column name -> days; at least min(days, min_periods) rows)."""
+    with np.errstate(divide="ignore"):  # a day without a move: log 0, dropped below
+        out = {k: np.log(np.sqrt((m["r"] ** 2).rolling(n, min_periods=min(n, min_periods)).mean()))
+               for k, n in vol.items()}
+        out |= {k: np.log(m["rg"].rolling(n, min_periods=min(n, min_periods)).mean()) for k, n in rng.items()}
+    return pd.DataFrame(out, index=m.index).replace([np.inf, -np.inf], np.nan)
 
 
 def features(df: pd.DataFrame) -> pd.DataFrame:
-    """Per row t, from rows up to t only: log RMS daily return and log mean range over trailing windows."""
-    r = pd.Series(np.r_[np.nan, np.diff(np.log(df["close"].to_numpy(float)))])
-    rg = pd.Series(np.log(df["high"].to_numpy(float) / df["low"].to_numpy(float)))
-    with np.errstate(divide="ignore"):  # a day without a move: log 0, dropped below
-        out = {k: np.log(np.sqrt((r ** 2).rolling(n, min_periods=min(n, 5)).mean())) for k, n in VOL.items()}
-        out |= {k: np.log(rg.rolling(n, min_periods=min(n, 5)).mean()) for k, n in RANGE.items()}
-    return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan)
+    """A series' own: log RMS daily return and log mean range over trailing windows."""
+    return trailing(moves(df), VOL, RANGE, 5)
 
 
 def market(hist) -> pd.DataFrame:
-    """Per date, from that day and earlier: log RMS of the market's daily return (the mean log return
-    over every series trading that day) and log of the mean range over the series, over trailing days."""
-    daily = pd.concat([pd.DataFrame({"date": df["date"].to_numpy(),
-                                     "r": np.r_[np.nan, np.diff(np.log(df["close"].to_numpy(float)))],
-                                     "rg": np.log(df["high"].to_numpy(float) / df["low"].to_numpy(float))})
-                       for df in hist.series.values()]).groupby("date")[["r", "rg"]].mean().sort_index()
-    with np.errstate(divide="ignore"):  # a day without a move: log 0, dropped below
-        out = {k: np.log(np.sqrt((daily["r"] ** 2).rolling(n, min_periods=1).mean()))
-               for k, n in MARKET.items() if k.startswith("mrv")}
-        out |= {k: np.log(daily["rg"].rolling(n, min_periods=1).mean())
-                for k, n in MARKET.items() if k.startswith("mrg")}
-    return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan)
+    """Per date, the market's: the same of the day's mean log return and mean range over every
+    series trading that day."""
+    daily = pd.concat([moves(df).assign(date=df["date"].to_numpy()) for df in hist.series.values()])
+    return trailing(daily.groupby("date")[["r", "rg"]].mean().sort_index(), MARKET_VOL, MARKET_RANGE, 1)
 
 
 def points(hist, test_start: pd.Timestamp) -> pd.DataFrame:

@@ -201,7 +201,8 @@ def run(config: str, overrides: list[str]) -> int:
         ds = ds.repartition(blocks, keys=["ticker"])
         # Ray Data reserves a share of the CPUs for each operator of a streaming pipeline, which ran
         # these read tasks about one at a time on 2 CPUs; read then shuffle is a barrier, with
-        # nothing downstream to starve, so the reservation is off for this stage only.
+        # nothing downstream to starve, so the reservation is off for this stage only (materialize
+        # copies the context: the restore is on that copy, which the scoring stage inherits).
         reserve = ds.context.op_resource_reservation_enabled
         ds.context.op_resource_reservation_enabled = False
         ds = ds.materialize()

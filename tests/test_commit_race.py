@@ -18,7 +18,7 @@ import time
 import pandas as pd
 import pytest
 
-from rnnlib import storage
+from rnnlib import publish, storage
 
 PROCESSES, THREADS, ROUNDS = 8, 16, 8  # ROUNDS: local targets raced one after another
 pytestmark = pytest.mark.timeout(120)
@@ -124,8 +124,6 @@ def test_the_winners_cleanup_leaves_a_live_losers_write_in_flight(tmp_path, monk
     it. B must learn that it lost, not crash on its vanished file (FileNotFoundError before the
     fix). A temporary file a killed writer left an hour ago is cleaned; one it left a minute ago
     stays (it may be a live write), hidden, and verify does not count it."""
-    from rnnlib import publish
-
     folder = tmp_path / "run=abc"
     run, df = str(folder), pd.DataFrame({"a": [1, 2, 3]})
     parts = {a: [publish.write_part(run, f"forecasts/part-{a}.parquet", df, "forecasts")] for a in ("A", "B")}
