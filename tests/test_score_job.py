@@ -4,6 +4,8 @@ as the commit rendezvous, is fine on the shared Ray: its workers never see the j
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -248,3 +250,11 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, share
               f"output={tmp_path / 'out' / 'forced'}", "input_layout=per_ticker", env=shared_ray)
     assert bad.returncode == 2 and "input_layout=long" in bad.stderr and "Traceback" not in bad.stderr
     assert not any((tmp_path / "out" / "forced").rglob("_SUCCESS"))
+
+
+def test_read_tasks_do_not_import_torch():
+    """The long layout's read tasks import jobs.score in new worker processes: torch (about 1 s a
+    process) must come only with the model, in the scoring actors."""
+    code = "import sys, jobs.score; print(sorted(m for m in ('torch', 'rnnlib.bundle') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
