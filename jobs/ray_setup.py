@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 
 # Set for every Ray process of a job: here before a local ray.init, in the runtime_env of a
 # submitted job (jobs/submit.py), and as ENV in cluster/Dockerfile.
@@ -82,24 +83,50 @@ def setup_worker() -> None:
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    logging.getLogger("ray.train.v2._internal.callbacks.placement_group_callback").addFilter(_CleanerStopFilter())
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
-        _CleanerStopFilter())
+    for name in ("ray.train.v2._internal.callbacks.placement_group_callback",
+                 "ray.train.v2._internal.execution.controller.placement_group_cleaner"):
+        logging.getLogger(name).addFilter(DropMessages(*CLEANER_STOP))
 
 
-class _CleanerStopFilter(logging.Filter):
-    """Drop the cleaner's stop-timeout report, and only it.
+class DropMessages(logging.Filter):
+    """Drop the log records whose message starts with one of ``prefixes``, and only those."""
 
-    When a run ends, the controller stops the cleaner with a timeout of 2 x 1 s + 10 s, while the
-    cleaner's monitor thread can be inside a State API call for up to 10 s + its 1 s poll; when the
-    State API is slow the stop times out, and Ray logs "Monitor thread did not exit" and a
-    ``GetTimeoutError`` traceback from ``logger.exception``. The run has ended well by then and its
-    placement group is already removed; the cleaner only guards against a controller that dies.
-    Upstream: ray-project/ray#62516 (its review notes the stop timeout shorter than the monitor's
-    worst case); remove this filter when Ray's timeouts agree.
-    """
-
-    MESSAGES = ("Failed to stop PlacementGroupCleaner gracefully", "Monitor thread did not exit")
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.MESSAGES)
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# Ray Train's stop-timeout report for its PlacementGroupCleaner. When a run ends, the controller
+# stops the cleaner with a timeout of 2 x 1 s + 10 s, while the cleaner's monitor thread can be
+# inside a State API call for up to 10 s + its 1 s poll; when the State API is slow the stop times
+# out, and Ray logs "Monitor thread did not exit" and a ``GetTimeoutError`` traceback from
+# ``logger.exception``. The run has ended well by then and its placement group is already removed;
+# the cleaner only guards against a controller that dies. Upstream: ray-project/ray#62516 (its
+# review notes the stop timeout shorter than the monitor's worst case); remove this filter when
+# Ray's timeouts agree.
+CLEANER_STOP = ("Failed to stop PlacementGroupCleaner gracefully", "Monitor thread did not exit")
+
+NO_CPU = "Warning: The Ray cluster currently does not have any available CPUs"
+
+
+@contextmanager
+def no_false_cpu_alarm():
+    """Around ``Dataset.materialize()``: drop Ray Data's warning that the cluster has no free CPU
+    and the job "will hang unless more CPUs are freed up". materialize checks again once its
+    tasks have ended (Ray 2.60: the result's ``_execute``), while Ray's resource view still counts
+    them for some 50 ms: the long layout's shuffle on 2 CPUs drew the warning in 2 of 3 jobs. With
+    no free CPU before it starts, the warning is true, and it is left alone."""
+    import ray
+
+    if not ray.available_resources().get("CPU"):
+        yield
+        return
+    logger, drop = logging.getLogger("ray.data.dataset"), DropMessages(NO_CPU)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)

@@ -174,7 +174,7 @@ def run(config: str, overrides: list[str]) -> int:
 
     import ray
 
-    from jobs.ray_setup import init_ray
+    from jobs.ray_setup import init_ray, no_false_cpu_alarm
 
     init_ray()
     attempt = uuid.uuid4().hex[:8]
@@ -212,7 +212,8 @@ def run(config: str, overrides: list[str]) -> int:
         # copies the context: the restore is on that copy, which the scoring stage inherits).
         reserve = ds.context.op_resource_reservation_enabled
         ds.context.op_resource_reservation_enabled = False
-        ds = ds.materialize()
+        with no_false_cpu_alarm():
+            ds = ds.materialize()
         ds.context.op_resource_reservation_enabled = reserve
         ds = ds.map_batches(
             ScoreBlock, batch_size=None, batch_format="pyarrow",
