@@ -1,22 +1,28 @@
 """Where Ray Train's per-step overhead comes from (issue 15): the same training epochs, timed in
 the places a step can run.
 
-bench/train_throughput.py measures Ray Train with one worker at 0.81-0.92x the plain loop for
+bench/train_throughput.py measured Ray Train with one worker at 0.81-0.92x the plain loop for
 the forecaster (about 10 ms more per optimizer step), with identical code on both sides:
 rnnlib.fit.run_epoch, one worker, no DDP wrapper at world size 1 (prepare_model wraps only when
 the world is larger), checkpoint and report outside the timed training seconds. What differs is
 where the loop runs: Train V2 runs the training function in a thread of the worker actor
 (``TrainingThread``), not in the process's main thread, and torch's CPU kernels use OpenMP,
-whose thread team belongs to the thread that starts a parallel region.
+whose thread team belongs to the thread that starts a parallel region. A thread alone turned out
+not to cost this much (below).
 
 This runs one workload (forecaster, LSTM 2x64, 60-day windows, batch 256, the bundled sample;
-epochs, the first not timed) in six places, in rotated rounds (this machine drifts by 10-20%
+epochs, the first not timed) in seven places, in rotated rounds (this machine drifts by 10-20%
 over minutes), each with all cores (2 torch threads here):
 
 - this process, its main thread; and a second thread of this process;
 - a Ray actor's main thread (the actor method); a thread the actor starts; the same after the
   actor's main thread ran one torch matrix product (so that thread owns an OpenMP team first);
+  a thread the actor starts from a method that returns at once, so that the actor's main thread
+  is back in Ray's task loop while the epochs run (as a Train worker's is);
 - Ray Train, one worker (the training function in its TrainingThread).
+
+The last column counts the wake-ups a second of the process's main thread while the epochs ran:
+idle in Ray's task loop it wakes every 10 ms (Ray core checks for signals at that period).
 
     python bench/train_step_overhead.py [--epochs 3] [--rounds 2]
 
@@ -27,11 +33,23 @@ thread allocates from the main arena (7.8-8.0 / 5.7-6.3); GOMP_SPINCOUNT 0, 3000
 (8.8 / 8.5, 7.8 / 6.1, 8.7 / 6.7); OMP_PROC_BIND=false (8.0 / 6.1); OMP_WAIT_POLICY=PASSIVE
 (7.9 / 8.0) and ACTIVE (14.3 in the thread). With one torch thread the two places are equal
 (9.38 / 9.36 s), and with oneDNN off (torch.backends.mkldnn.enabled = False) the gap grows
-(11.6-11.8 / 6.3-6.7 s, ATen's own OpenMP loops doing the LSTM's work), so the cost is in
-OpenMP's parallel regions started from a non-main thread while another thread's team exists:
-likely libgomp's shorter spin when it manages more threads than there are cores (a reading of
-its documented spin rules, not proven here). On machines with more cores than torch threads per
-worker it should shrink; a GPU step does not use OpenMP.
+(11.6-11.8 / 6.3-6.7 s, ATen's own OpenMP loops doing the LSTM's work).
+
+Where that thread's cost comes from, read off /proc/<pid>/task/*/status (ad-hoc, 2026-11-30, 200
+LSTM steps): in a thread whose process's main thread owns an OpenMP team, the thread and its
+OpenMP worker slept and woke about 125,000 times each, against a few times in a main thread.
+libgomp spins only briefly before it sleeps once it manages more threads than there are cores, so
+every parallel region pays for a futex wake-up: that is the "after a main-thread op" rows.
+
+Ray Train's worker is not that case: its training thread's OpenMP team woke 4-9 times (it spins),
+and a thread beside a main thread back in Ray's task loop ran at 0.98x (2026-11-30, 2 rounds),
+while Ray Train ran at 0.79x in the same run. Not the cause either, each checked ad-hoc on the
+LSTM steps: the main thread's 100 wake-ups a second (the 0.98x row), the gloo process group Ray
+Train sets up even for one worker (its TCP loop thread also wakes every 10 ms; destroyed first:
+10.3-10.9 s against 10.0-10.6 s, 3 runs each), Ray Train's PreemptionWatcher actor (about 1
+CPU-second at the start, nothing later; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: 9.0-10.3 against
+9.3-9.8 s after a 6 s wait), and the worker's settings (switch interval, gc, torch flags,
+OpenMP environment: the same as an actor's). What remains is not found.
 
 ``--openmp-lib`` adds two rows with Intel's OpenMP runtime preloaded (LD_PRELOAD, through the
 Ray processes' runtime_env) in place of torch's libgomp (the table's OpenMP column says which
@@ -46,10 +64,12 @@ matters, and intel-openmp is a 50 MB wheel (180 MB installed, three more package
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,18 +89,26 @@ def openmp_runtime() -> str:
         return "Intel (libiomp5)" if "libiomp5" in f.read() else "GNU (libgomp)"
 
 
-def epochs(n: int) -> tuple[list[float], int, str]:
+def main_thread_wakeups() -> int:
+    """Voluntary context switches of this process's main thread so far: each time it slept and woke."""
+    with open(f"/proc/self/task/{os.getpid()}/status") as f:
+        return next(int(line.split(":")[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
+
+def epochs(n: int) -> tuple[list[float], int, str, float]:
     """(training seconds of epochs 2..n, optimizer steps per epoch, "torch threads, OpenMP
-    runtime") of train_throughput's forecaster workload in the calling thread, its thread count
-    untouched."""
+    runtime", wakeups a second of the process's main thread meanwhile) of train_throughput's
+    forecaster workload in the calling thread, its thread count untouched."""
     from rnnlib.config import job_from_dict
     from rnnlib.tasks import make_task
 
     forecast = CONFIGS["forecast"]
     cfg = job_from_dict({**forecast, "train": {**forecast["train"], "epochs": n}})
     task = make_task(cfg)
+    woke, start = main_thread_wakeups(), time.perf_counter()
     secs, _, threads = plain(cfg, task, threads=None)
-    return secs[1:], items_per_epoch(task, cfg)[1], f"{threads}, {openmp_runtime()}"
+    rate = (main_thread_wakeups() - woke) / (time.perf_counter() - start)
+    return secs[1:], items_per_epoch(task, cfg)[1], f"{threads}, {openmp_runtime()}", rate
 
 
 def in_thread(n: int, main_first: bool = False):
@@ -107,9 +135,25 @@ def ray_actor(n: int, where: str, lib: str | None = None):
         def run(self, where: str):
             return epochs(n) if where == "main" else in_thread(n, main_first=where == "thread after main op")
 
+        def start(self):  # returns at once: the main thread goes back to Ray's task loop, as in Ray Train
+            self.out = []
+            self.thread = threading.Thread(target=lambda: self.out.append(epochs(n)))
+            self.thread.start()
+
+        def done(self) -> bool:
+            return not self.thread.is_alive()
+
+        def result(self):
+            return self.out[0]
+
     actor = Runner.options(**preloaded(lib)).remote()
     try:
-        return ray.get(actor.run.remote(where))
+        if where != "thread, main idle":
+            return ray.get(actor.run.remote(where))
+        ray.get(actor.start.remote())
+        while not ray.get(actor.done.remote()):
+            time.sleep(0.5)
+        return ray.get(actor.result.remote())
     finally:
         ray.kill(actor)
 
@@ -119,8 +163,7 @@ def _train_fn(config: dict) -> None:
 
     import ray.train
 
-    secs, steps, threads = epochs(config["epochs"])
-    Path(config["out"]).write_text(json.dumps([secs, steps, threads]))
+    Path(config["out"]).write_text(json.dumps(epochs(config["epochs"])))
     ray.train.report({"done": 1})
 
 
@@ -167,29 +210,32 @@ def main() -> None:
         "Ray actor, main thread": lambda: ray_actor(n, "main"),
         "Ray actor, a thread it starts": lambda: ray_actor(n, "thread"),
         "Ray actor, a thread, after a main-thread op": lambda: ray_actor(n, "thread after main op"),
+        "Ray actor, a thread, its main thread back in Ray's task loop": lambda: ray_actor(n, "thread, main idle"),
         "Ray Train 1 worker (TrainingThread)": lambda: ray_train(n),
     }
     if args.openmp_lib:
         places |= {"Ray actor, a thread, after a main-thread op, Intel OpenMP":
                    lambda: ray_actor(n, "thread after main op", args.openmp_lib),
                    "Ray Train 1 worker, Intel OpenMP": lambda: ray_train(n, args.openmp_lib)}
-    secs, steps, threads = {p: [] for p in places}, 0, {}
+    secs, steps, threads, woke = {p: [] for p in places}, 0, {}, {p: [] for p in places}
     for r in range(args.rounds):
         order = list(places)[r % len(places):] + list(places)[:r % len(places)]
         for place in order:
-            s, steps, threads[place] = places[place]()
+            s, steps, threads[place], rate = places[place]()
             secs[place] += s
+            woke[place].append(rate)
             print(f"round {r + 1}: {place}: {', '.join(f'{x:.2f}' for x in s)} s", flush=True)
     base = statistics.median(secs["this process, main thread"])
     rows = [(p, threads[p], f"{statistics.median(s):.2f}", f"{1000 * statistics.median(s) / steps:.1f}",
-             f"{1000 * (statistics.median(s) - base) / steps:+.1f}", f"{base / statistics.median(s):.2f}")
-            for p, s in secs.items()]
+             f"{1000 * (statistics.median(s) - base) / steps:+.1f}", f"{base / statistics.median(s):.2f}",
+             f"{statistics.median(woke[p]):.0f}") for p, s in secs.items()]
     m = machine()
     print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}; {steps} steps an epoch, {args.epochs} epochs "
           f"(first not timed), {args.rounds} rounds; median over rounds and epochs\n")
     print(table(rows, ["where the loop runs", "torch threads, OpenMP", "s/epoch", "ms/step", "ms/step vs main",
-                       "x main thread"]))
-    out = write("train_step_overhead", {"epochs": n, "rounds": args.rounds, "steps": steps, "seconds": secs})
+                       "x main thread", "main thread wakeups/s"]))
+    out = write("train_step_overhead", {"epochs": n, "rounds": args.rounds, "steps": steps, "seconds": secs,
+                                        "main_thread_wakeups_per_s": woke})
     print(f"\nresults: {out}")
 
 
