@@ -49,7 +49,13 @@ Train sets up even for one worker (its TCP loop thread also wakes every 10 ms; d
 10.3-10.9 s against 10.0-10.6 s, 3 runs each), Ray Train's PreemptionWatcher actor (about 1
 CPU-second at the start, nothing later; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: 9.0-10.3 against
 9.3-9.8 s after a 6 s wait), and the worker's settings (switch interval, gc, torch flags,
-OpenMP environment: the same as an actor's). What remains is not found.
+OpenMP environment: the same as an actor's). One part found: every idle Ray actor's main thread
+wakes every 10 ms (1,060 wake-ups in 10.7 s each), and a one-worker Ray Train run has seven such
+actors (the controller, its synchronization actor, the placement-group cleaner, the preemption
+watcher, the dataset manager, Ray Data's autoscaling coordinator, the worker itself) plus gloo's
+loop; on 2 cores that two spinning OpenMP threads keep busy, each wake-up preempts one of them.
+Seven idle actors beside the "main thread back in Ray's task loop" row cost it about 4% (9.30-9.60
+against 8.90-9.32 s, 2 runs each); the rest of Ray Train's gap is not found.
 
 ``--openmp-lib`` adds two rows with Intel's OpenMP runtime preloaded (LD_PRELOAD, through the
 Ray processes' runtime_env) in place of torch's libgomp (the table's OpenMP column says which
