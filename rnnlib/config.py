@@ -473,7 +473,8 @@ class ScoreConfig:
     columns: dict[str, str] = opt(dict, "extra column spellings: {source_name: canonical_name}", factory=True)
     delimiter: Literal[",", ";", "\t", "|"] | None = opt(None, "as data.delimiter of a forecast config")
     date_format: str | None = opt(None, "as data.date_format of a forecast config")
-    files_per_batch: int = opt(16, "history files each scoring call loads and scores together", lo=1)
+    files_per_batch: int = opt(16, "history files each scoring call loads and scores together (per-ticker "
+                                   "layout) or each read task reads (long layout)", lo=1)
     batch_size: int = opt(512, "windows per forward pass (a few hundred is fastest on CPU)", lo=1)
     actors: int = opt(2, "scoring actors (each loads the model once)", lo=1)
     cpus_per_actor: float = opt(1.0, "CPUs per scoring actor", lo=0.0, lo_open=True)
