@@ -249,14 +249,19 @@ def delimiter_of(entry: Entry, delimiter: str | None = None) -> str:
     return delimiter if delimiter and entry.suffix == ".csv" else DELIMITERS.get(entry.suffix, ",")
 
 
+# Local files are read one at a time: reading one costs little next to parsing it and converting
+# its batches, which holds the GIL, so threads add CPU and no speed (bench/read_threads.py).
+LOCAL_READ_THREADS = 1
+
+
 def read_entries(entries: list[Entry], endpoint_url: str | None = None, convert=None,
                  threads: int = 0, delimiter: str | None = None) -> Iterator[FileRead]:
-    """``read_entry`` over many files, in order, a few at a time (object stores answer each
-    request slowly, so reads overlap; pyarrow releases the GIL while it reads and parses).
+    """``read_entry`` over many files, in order: objects in a store a few at a time, as each
+    request waits on the network; local files ``LOCAL_READ_THREADS`` at a time.
     ``convert(entry)`` gives the batch converter of a file."""
-    threads = threads or (16 if entries and storage.is_s3(entries[0].uri) else 4)
+    threads = threads or (16 if entries and storage.is_s3(entries[0].uri) else LOCAL_READ_THREADS)
     one = lambda e: read_entry(e, endpoint_url, convert(e) if convert else None, delimiter)  # noqa: E731
-    if len(entries) < 2:
+    if threads == 1 or len(entries) < 2:
         yield from (one(e) for e in entries)
         return
     with ThreadPoolExecutor(threads) as pool:
