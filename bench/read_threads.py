@@ -5,7 +5,7 @@ store 16 at a time: there each request waits on the network). This measures the 
 S&P 500 histories of ../shared/data/stocks/sp500_5yr (the bundled sample if absent) as they are,
 one CSV per ticker, and the same rows as one Parquet file per trading day (the long layout): wall
 seconds and this process's CPU seconds (all its threads) of a whole ``load_histories``, each
-thread count once per round, rounds alternating, the page cache warm (one load of each before).
+thread count once per round, rounds alternating, after one load at each count (a warm page cache).
 
     python bench/read_threads.py [--rounds 3]
 """
