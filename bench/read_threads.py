@@ -23,11 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
 from common import machine, write  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
-from layouts import write_layout  # noqa: E402
+from layouts import read_per_ticker, write_layout  # noqa: E402
 
 from rnnlib import sources  # noqa: E402
 from rnnlib.datasets import sample_stocks_dir  # noqa: E402
@@ -56,7 +55,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     src = SP500 if SP500.exists() else sample_stocks_dir()
-    raw = {f.name.split("_")[0]: pd.read_csv(f, dtype=str).drop(columns="Name") for f in sorted(src.glob("*.csv"))}
+    raw = read_per_ticker(sorted(src.glob("*.csv")))
     work = Path(tempfile.mkdtemp(prefix="bench-read-threads-"))
     daily = write_layout(raw, work / "daily", "hive_daily")
     layouts = {f"{len(raw)} per-ticker CSVs": src, f"{len(list(daily.glob('date=*')))} daily Parquet files": daily}

@@ -39,14 +39,13 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 from common import machine, write  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 from jobhelpers import moto_server  # noqa: E402
-from layouts import write_layout  # noqa: E402
+from layouts import read_per_ticker, write_layout  # noqa: E402
 
 from rnnlib import publish  # noqa: E402
 from rnnlib.bundle import load_bundle  # noqa: E402
@@ -175,8 +174,7 @@ def backtest_jobs(src: Path, work: Path, batch: int) -> tuple[dict, dict, dict]:
     from jobs.ray_setup import init_ray
     from jobs.score import run as score_run
 
-    raw = {f.name.removesuffix("_data.csv"): pd.read_csv(f, dtype=str).drop(columns="Name")
-           for f in sorted(src.glob("*.csv"))}
+    raw = read_per_ticker(sorted(src.glob("*.csv")))
     daily = write_layout(raw, work / "daily", "hive_daily")
     common = [f"model={work / 'model'}", "mode=backtest", "backtest_days=250", "step=1",
               f"batch_size={batch}", "files_per_batch=32"]

@@ -19,6 +19,12 @@ import pandas as pd
 LAYOUTS = ("per_ticker", "long_csv_gz", "long_tsv", "hive_daily", "monthly_csv")
 
 
+def read_per_ticker(files) -> dict[str, pd.DataFrame]:
+    """``{ticker: its rows as text}`` of per-ticker files (``<TICKER>_data.csv``, the bundled
+    layout), the Name column dropped: what ``write_layout`` takes."""
+    return {f.name.removesuffix("_data.csv"): pd.read_csv(f, dtype=str).drop(columns="Name") for f in files}
+
+
 def long_frame(series: dict[str, pd.DataFrame]) -> pd.DataFrame:
     frames = [df.assign(ticker=t) for t, df in sorted(series.items())]
     out = pd.concat(frames, ignore_index=True)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 from jobhelpers import FAKE_SECRET, run
-from layouts import write_layout
+from layouts import read_per_ticker, write_layout
 from test_cluster import IMAGE_ROOT, by_kind, commands, walk
 
 from rnnlib import publish, storage
@@ -44,8 +44,7 @@ def bucket(moto_s3, shared_ray, tmp_path_factory):
     Returns the env the jobs run with: the moto credentials and the session's shared Ray."""
     _, env, client = moto_s3
     client.create_bucket(Bucket="my-bucket")
-    raw = {f.name.split("_")[0]: pd.read_csv(f, dtype=str).drop(columns="Name").iloc[-400:]
-           for f in sorted(sample_stocks_dir().glob("*.csv"))}
+    raw = {t: df.iloc[-400:] for t, df in read_per_ticker(sorted(sample_stocks_dir().glob("*.csv"))).items()}
     local = write_layout(raw, tmp_path_factory.mktemp("histories"), "hive_daily")
     for f in local.rglob("*.parquet"):
         client.upload_file(str(f), "my-bucket", f"histories/{f.relative_to(local).as_posix()}")

@@ -217,10 +217,9 @@ def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
 def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, shared_ray):
     """A ticker spread over one Parquet file per day (Hive partitions): Ray Data groups its rows
     by ticker; forecasts equal the per-ticker layout's row for row, each series scored once."""
-    from layouts import write_layout
+    from layouts import read_per_ticker, write_layout
 
-    raw = {f.name.split("_")[0]: pd.read_csv(f, dtype=str).drop(columns="Name").iloc[-160:]
-           for f in sorted(sample_stocks_dir().glob("*.csv"))[:8]}
+    raw = {t: df.iloc[-160:] for t, df in read_per_ticker(sorted(sample_stocks_dir().glob("*.csv"))[:8]).items()}
     runs = {}
     for layout in ("per_ticker", "hive_daily"):
         src = write_layout(raw, tmp_path / layout, layout)

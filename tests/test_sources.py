@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 from conftest import ROOT
-from layouts import LAYOUTS, write_layout
+from layouts import LAYOUTS, read_per_ticker, write_layout
 
 from rnnlib.datasets import sample_stocks_dir
 from rnnlib.errors import DataError, UserError
@@ -22,8 +22,7 @@ TICKERS = ("AOS", "APTV", "EBAY", "KO", "LNT")  # real flaws: high < low, too sh
 @pytest.fixture(scope="module")
 def raw():
     """The bundled files of TICKERS exactly as they are (flaws included), as text."""
-    return {t: pd.read_csv(sample_stocks_dir() / f"{t}_data.csv", dtype=str).drop(columns="Name")
-            for t in TICKERS}
+    return read_per_ticker(sample_stocks_dir() / f"{t}_data.csv" for t in TICKERS)
 
 
 def _load(src, **kw):
