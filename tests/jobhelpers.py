@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -105,14 +106,21 @@ def ray_node(log: Path, *, head: str | None = None, num_cpus: int = 1, env: dict
     """``ray start --block`` on 127.0.0.1 in its own session, every port free (another Ray on the
     machine holds the defaults): a head (``head=None``; its dashboard on ``dashboard_port`` or a free
     one) or a worker node joining the head at GCS address ``head``. Returns (process, the cluster's
-    GCS address). Kill the group to lose the node."""
+    GCS address). Kill the group to lose the node.
+
+    A head keeps its files in a Ray temp dir of its own (not /tmp/ray, which every Ray on the
+    machine shares): the Job API's supervisor finds the cluster a submitted driver joins from the
+    head's temp dir (``RAY_ADDRESS=auto``), and /tmp/ray's ``ray_current_cluster`` names the last
+    Ray started on the machine, which another test's may be (its driver then waited for ever on a
+    GCS at the machine's own address)."""
     ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                      "metrics-export-port", "runtime-env-agent-port",
                                                      "node-manager-port", "object-manager-port")]
     if head is None:
         gcs = f"127.0.0.1:{free_port()}"
         role = ["--head", f"--port={gcs.split(':')[1]}", f"--ray-client-server-port={free_port()}",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port or free_port()}"]
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port or free_port()}",
+                f"--temp-dir={tempfile.mkdtemp(prefix='ray-')}"]  # short: its sockets' paths must fit
     else:
         gcs, role = head, [f"--address={head}"]
     full = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
