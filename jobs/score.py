@@ -91,12 +91,6 @@ class ScoreBatch:
 # What reading refused (bad lines, unreadable files) travels in one extra row per file batch,
 # under a ticker no history can have, so the counts add up where the block is validated.
 _INFO_TICKER, _INFO = "\x00read", "__info"
-# Ray Data 2.60 runs the shuffle's map tasks in a worker pool of their own, marked by this runtime
-# env (ray/data/_internal/execution/operators/hash_shuffle_v2.py, _SHUFFLE_MAP_RUNTIME_ENV). The read
-# tasks join that pool: the map tasks then reuse the readers' processes, which are already started
-# and have imported this module, instead of starting new ones (about 1 s of a 15 s daily job on
-# 2 CPUs; peak RSS unchanged). tests/test_score_job.py checks it still matches Ray's.
-SHUFFLE_MAP_POOL = {"env_vars": {"RAY_DATA_SHUFFLE_MAP_WORKER": "1"}}
 # The 1,259 daily files of the 505 S&P histories (36 MB) make 9 blocks: their backtest job on 2 CPUs
 # took 13.7 s (median of 8) against 14.75 s with 39 blocks, one per 32 files as before (ad-hoc A/B).
 BLOCK_BYTES = 4 << 20
@@ -208,7 +202,6 @@ def run(config: str, overrides: list[str]) -> int:
     else:
         files = [e.uri for e in listing.entries]
         ds = ds.map_batches(read_rows_batch, batch_size=None, batch_format="pandas",
-                            runtime_env=SHUFFLE_MAP_POOL,
                             fn_kwargs={"files": files, "needed": source_columns(tuple(bundle.data["columns"])),
                                        "endpoint_url": endpoint, **{k: settings[k] for k in _READ_KEYS}})
         # One scoring call per shuffled block: about BLOCK_BYTES of input files each, so that a

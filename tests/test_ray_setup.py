@@ -1,10 +1,20 @@
 """What every Ray worker process of our jobs runs first (jobs.ray_setup.setup_worker)."""
 
+import json
 import logging
+import os
 
 import pytest
 
-from jobs.ray_setup import CLEANER_STOP, NO_CPU, DropMessages, no_false_cpu_alarm
+from jobs.ray_setup import (
+    CLEANER_STOP,
+    NO_CPU,
+    ONE_TASK_POOL,
+    RAY_ENV,
+    DropMessages,
+    init_ray,
+    no_false_cpu_alarm,
+)
 
 
 def test_worker_log_filter_drops_only_the_cleaner_stop_report():
@@ -39,3 +49,27 @@ def test_no_false_cpu_alarm_keeps_the_warning_when_no_cpu_is_free(monkeypatch, f
         log.removeHandler(handler)
     assert any(m.endswith("freed up.") for m in seen) == shown
     assert "something else" in seen and NO_CPU + " (after)" in seen
+
+
+def test_jobs_run_ray_datas_shuffle_tasks_in_one_worker_pool(monkeypatch):
+    """The job's runtime env carries both of Ray Data's shuffle pool markers, so that read, map and
+    reduce tasks share worker processes; a Ray upgrade that changes Ray's must change ours. A key
+    the submitted job's runtime env sets already is left to it."""
+    import ray
+    from ray.data._internal.execution.operators.hash_shuffle_v2 import _SHUFFLE_MAP_RUNTIME_ENV
+    from ray.data._internal.execution.operators.shuffle_operators.shuffle_reduce_operator import (
+        _SHUFFLE_REDUCE_RUNTIME_ENV,
+    )
+
+    assert ONE_TASK_POOL == {**_SHUFFLE_MAP_RUNTIME_ENV["env_vars"], **_SHUFFLE_REDUCE_RUNTIME_ENV["env_vars"]}
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(os, "environ", {"RAY_ADDRESS": "127.0.0.1:1"})  # init_ray sets RAY_ENV in it
+    init_ray()
+    assert calls[-1]["runtime_env"]["env_vars"] == {**RAY_ENV, **ONE_TASK_POOL}
+    job = {"runtime_env": {"env_vars": {"RAY_DATA_SHUFFLE_MAP_WORKER": "1"}}}
+    os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps(job)
+    init_ray()
+    assert "RAY_DATA_SHUFFLE_MAP_WORKER" not in calls[-1]["runtime_env"]["env_vars"]
+    assert calls[-1]["runtime_env"]["env_vars"]["RAY_DATA_SHUFFLE_REDUCE_WORKER"] == "1"

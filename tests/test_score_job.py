@@ -259,10 +259,3 @@ def test_read_tasks_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
-
-def test_read_tasks_share_the_shuffle_map_pool():
-    """The read tasks' runtime env is the one Ray Data gives its shuffle map tasks, so that the map
-    tasks reuse the readers' processes; a Ray upgrade that changes Ray's must change ours."""
-    from ray.data._internal.execution.operators.hash_shuffle_v2 import _SHUFFLE_MAP_RUNTIME_ENV
-
-    assert score.SHUFFLE_MAP_POOL == _SHUFFLE_MAP_RUNTIME_ENV
