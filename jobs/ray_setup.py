@@ -20,10 +20,13 @@ RAY_ENV = {
 # separate pool of worker processes (hash_shuffle_v2.py _SHUFFLE_MAP_RUNTIME_ENV,
 # shuffle_operators/shuffle_reduce_operator.py _SHUFFLE_REDUCE_RUNTIME_ENV): each started new
 # processes (about 1 CPU-second each to import Ray, pyarrow and jobs.score) after the read tasks'
-# had. With both markers in the job's runtime env every task's env is the same, so the long
-# layout's read, map and reduce tasks share one pool: a daily-layout backtest job on 2 CPUs took
-# 11.9 s against 13.9 s (medians of 6, ad-hoc A/B), its peak RSS unchanged (3,408-3,415 MB against
-# 3,416-3,433 MB). tests/test_ray_setup.py checks they still match Ray's.
+# had. Both markers are in the job's runtime env, and the long layout's read tasks name them in
+# a runtime_env of their own too: Ray merges a task's env into the job's, and the merged env,
+# serialized, differs from the inherited one (2.60: only in its JSON spacing, but a different
+# pool). So the read, map and reduce tasks share one pool: a daily-layout backtest job on 2 CPUs
+# took 11.9 s against 13.9 s (medians of 6, ad-hoc A/B), its peak RSS unchanged (3,408-3,415 MB
+# against 3,416-3,433 MB). tests/test_ray_setup.py checks the markers still match Ray's, and
+# test_score_job.py that the three kinds of task ran with one runtime env.
 ONE_TASK_POOL = {"RAY_DATA_SHUFFLE_MAP_WORKER": "1", "RAY_DATA_SHUFFLE_REDUCE_WORKER": "1"}
 
 

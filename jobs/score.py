@@ -177,7 +177,7 @@ def run(config: str, overrides: list[str]) -> int:
 
     import ray
 
-    from jobs.ray_setup import init_ray, no_false_cpu_alarm
+    from jobs.ray_setup import ONE_TASK_POOL, init_ray, no_false_cpu_alarm
 
     init_ray()
     attempt = uuid.uuid4().hex[:8]
@@ -202,6 +202,7 @@ def run(config: str, overrides: list[str]) -> int:
     else:
         files = [e.uri for e in listing.entries]
         ds = ds.map_batches(read_rows_batch, batch_size=None, batch_format="pandas",
+                            runtime_env={"env_vars": ONE_TASK_POOL},  # the shuffle's worker pool
                             fn_kwargs={"files": files, "needed": source_columns(tuple(bundle.data["columns"])),
                                        "endpoint_url": endpoint, **{k: settings[k] for k in _READ_KEYS}})
         # One scoring call per shuffled block: about BLOCK_BYTES of input files each, so that a

@@ -214,6 +214,25 @@ def test_scoring_actor_dies_and_ray_retries(tmp_path, model_dir):
     assert not f.duplicated(["ticker", "step"]).any()
 
 
+def task_runtime_envs(gcs: str, kinds: tuple[str, ...]) -> dict[str, set[str]]:
+    """{kind: the serialized runtime envs of the tasks on this Ray whose name holds it}. Ray starts a
+    worker process for a task only among the processes of its runtime env: one env, one pool. Task
+    events reach the State API about a second after the job: wait for every kind."""
+    import time
+
+    from ray.util.state import list_tasks
+
+    deadline, envs = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        tasks = list_tasks(address=gcs, detail=True, limit=10_000, raise_on_missing_output=False)
+        envs = {k: {str((t.get("runtime_env_info") or {}).get("serialized_runtime_env")) for t in tasks
+                    if k in t["name"]} for k in kinds}
+        if all(envs.values()):
+            break
+        time.sleep(1)
+    return envs
+
+
 def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, shared_ray):
     """A ticker spread over one Parquet file per day (Hive partitions): Ray Data groups its rows
     by ticker; forecasts equal the per-ticker layout's row for row, each series scored once."""
@@ -245,6 +264,9 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, share
         a[["ticker", "origin"]].drop_duplicates()) > 0
     rejects = read_published(runs["hive_daily"], "rejects")
     assert list(rejects[rejects.action == "skip_file"].file) == [str(tmp_path / "hive_daily" / "_SUCCESS")]
+    # its read, shuffle map and shuffle reduce tasks ran in one worker pool (jobs.ray_setup.ONE_TASK_POOL)
+    envs = task_runtime_envs(shared_ray["RAY_ADDRESS"], ("read_rows_batch", "HashShuffleMap", "HashShuffleReduce"))
+    assert all(envs.values()) and len(set().union(*envs.values())) == 1, envs
     # forced per-ticker batching on files that split tickers: refused, nothing published
     bad = run("score", CONFIG, f"input={tmp_path / 'hive_daily'}", f"model={model_dir}", "files_per_batch=100",
               f"output={tmp_path / 'out' / 'forced'}", "input_layout=per_ticker", env=shared_ray)
