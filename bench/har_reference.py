@@ -14,6 +14,10 @@ what the data gives:
     the last 1 and 5 days (the issue's market-wide input, leak-free: days up to the origin);
     pooled over every series and every origin whose target lies before the test period (leak
     free), quantiles = exp(fit) * sqrt(h) * the quantiles of the standardised training returns.
+    The last row fits each quantile by quantile regression (Koenker & Bassett 1978, "Regression
+    quantiles", Econometrica 46(1)) on the same fitted scale and the random walk's own quantile,
+    both per sqrt(h): a band that may lean, blend the two and shift, fitted to the pinball loss
+    itself (on a seeded sample of QR_SAMPLE training points; crossed quantiles sorted).
 
 Test points as forecast_quality.py makes them: origins every `horizon` days from the day before
 the test period, targets inside it, origins with at least 60 past returns (a handful more points
@@ -37,7 +41,7 @@ import pandas as pd  # noqa: E402
 from baselines import MIN_RETURNS, TRADING_YEAR, random_walk_quantiles  # noqa: E402
 from common import machine, write  # noqa: E402
 from forecast_quality import quality, split_dates  # noqa: E402
-from sklearn.linear_model import LinearRegression  # noqa: E402
+from sklearn.linear_model import LinearRegression, QuantileRegressor  # noqa: E402
 
 from rnnlib.stocks import load_histories  # noqa: E402
 from rnnlib.tables import table  # noqa: E402
@@ -48,6 +52,8 @@ RANGE = {"rg1": 1, "rg5": 5, "rg22": 22, "rg252": TRADING_YEAR}
 # the market: each day's mean over the series
 MARKET_VOL, MARKET_RANGE = {"mrv1": 1, "mrv5": 5, "mrv22": 22}, {"mrg1": 1, "mrg5": 5}
 MARKET = [*MARKET_VOL, *MARKET_RANGE]
+RW = ["rw10", "rw50", "rw90"]
+QR_SAMPLE = 20_000
 
 
 def moves(df: pd.DataFrame) -> pd.DataFrame:
@@ -78,6 +84,16 @@ def market(hist) -> pd.DataFrame:
     return trailing(daily.groupby("date")[["r", "rg"]].mean().sort_index(), MARKET_VOL, MARKET_RANGE, 1)
 
 
+def rw_log_quantiles(price: np.ndarray) -> np.ndarray:
+    """(rows, HORIZON, 3): at every row at once, the log of random_walk_quantiles' (bench/baselines.py)
+    quantiles over the last price: those of the h-day log returns within the trailing year."""
+    logp, out = pd.Series(np.log(price)), np.full((len(price), HORIZON, len(QUANTILES)), np.nan)
+    for h in range(1, HORIZON + 1):
+        rolling = logp.diff(h).rolling(TRADING_YEAR - h + 1, min_periods=1)
+        out[:, h - 1] = np.column_stack([rolling.quantile(q) for q in QUANTILES])
+    return out
+
+
 def points(hist, test_start: pd.Timestamp) -> pd.DataFrame:
     """Training points (every origin whose targets all precede the test period) and test points
     (origins every HORIZON days from the day before it, as the backtest makes them)."""
@@ -86,21 +102,24 @@ def points(hist, test_start: pd.Timestamp) -> pd.DataFrame:
         price = df["close"].to_numpy(float)
         f = pd.concat([features(df), m.reindex(df["date"].to_numpy()).reset_index(drop=True)], axis=1)
         n, t0 = len(df), int(np.searchsorted(df["date"].to_numpy(), np.datetime64(test_start)))
+        rw_log = rw_log_quantiles(price)
         for part, origins in (("train", np.arange(MIN_RETURNS, t0 - HORIZON)),
                               ("test", np.arange(max(t0 - 1, 0), n - 1, HORIZON))):
             origins = origins[origins >= MIN_RETURNS]
             if not len(origins):
                 continue
-            rw = random_walk_quantiles(price, origins, HORIZON, list(QUANTILES)) if part == "test" else None
+            rw = price[origins, None, None] * np.exp(rw_log[origins])
+            if part == "test":  # the protocol's baseline itself; the rolling form must agree with it
+                official = random_walk_quantiles(price, origins, HORIZON, list(QUANTILES))
+                np.testing.assert_allclose(rw, official, rtol=1e-9, err_msg=ticker)
             for h in range(1, HORIZON + 1):
                 ok = origins + h < n
                 o = origins[ok]
                 frame = f.iloc[o].reset_index(drop=True).assign(
                     part=part, ticker=ticker, h=h, last=price[o], actual=price[o + h])
-                if rw is not None:
-                    frame[["rw10", "rw50", "rw90"]] = rw[ok, h - 1]
+                frame[RW] = rw[ok, h - 1]
                 rows.append(frame)
-    return pd.concat(rows, ignore_index=True).dropna(subset=[*VOL, *RANGE, *MARKET])
+    return pd.concat(rows, ignore_index=True).dropna(subset=[*VOL, *RANGE, *MARKET, *RW])
 
 
 def main() -> None:
@@ -114,14 +133,25 @@ def main() -> None:
     train, test = pts[pts["part"] == "train"], pts[pts["part"] == "test"]
     moved = np.log(train["actual"] / train["last"]).to_numpy()  # the training points' h-day log returns
     actual, last = test["actual"].to_numpy(), test["last"].to_numpy()
-    quantiles = {"random walk (trailing year)": test[["rw10", "rw50", "rw90"]].to_numpy()}
+    quantiles = {"random walk (trailing year)": test[RW].to_numpy()}
+    root_h, test_root_h = np.sqrt(train["h"].to_numpy()), np.sqrt(test["h"].to_numpy())
     for name, cols in (("HAR-RV", list(VOL)), ("HAR-RV + range", [*VOL, *RANGE]),
                        ("HAR-RV + range + market", [*VOL, *RANGE, *MARKET])):
-        root_h = np.sqrt(train["h"].to_numpy())
         fit = LinearRegression().fit(train[cols], np.log(np.abs(moved) / root_h + 1e-5))
         z = np.quantile(moved / (np.exp(fit.predict(train[cols])) * root_h), QUANTILES)
-        scale = np.exp(fit.predict(test[cols])) * np.sqrt(test["h"].to_numpy())
+        scale = np.exp(fit.predict(test[cols])) * test_root_h
         quantiles[name] = last[:, None] * np.exp(scale[:, None] * z)
+    # the last fit's (+ market) scale per sqrt(h), beside the random walk's quantile (a log return) per sqrt(h)
+    sample = np.random.default_rng(0).choice(len(train), min(QR_SAMPLE, len(train)), replace=False)
+    train_scale, test_scale = np.exp(fit.predict(train[cols])), np.exp(fit.predict(test[cols]))
+    train_rw = np.log(train[RW].to_numpy() / train[["last"]].to_numpy()) / root_h[:, None]
+    test_rw = np.log(test[RW].to_numpy() / last[:, None]) / test_root_h[:, None]
+    qr = np.column_stack([
+        QuantileRegressor(quantile=q, alpha=0, solver="highs")
+        .fit(np.column_stack([train_scale, train_rw[:, j]])[sample], (moved / root_h)[sample])
+        .predict(np.column_stack([test_scale, test_rw[:, j]])) for j, q in enumerate(QUANTILES)])
+    quantiles["+ the RW's quantiles, quantile regression"] = last[:, None] * np.exp(
+        np.sort(qr, axis=1) * test_root_h[:, None])
     figs = {name: quality(actual, last, q, list(QUANTILES)) for name, q in quantiles.items()}  # as forecast_quality
     base = figs["random walk (trailing year)"]["pinball"]
     rows, out = [], {}
