@@ -224,7 +224,8 @@ def task_runtime_envs(gcs: str, kinds: tuple[str, ...]) -> dict[str, set[str]]:
 
     deadline, envs = time.monotonic() + 30, {}
     while time.monotonic() < deadline:
-        tasks = list_tasks(address=gcs, detail=True, limit=10_000, raise_on_missing_output=False)
+        tasks = list_tasks(address=gcs, filters=[("type", "=", "NORMAL_TASK")], detail=True, limit=10_000,
+                           raise_on_missing_output=False)  # not the actors' calls: Ray Data's come by the thousand
         envs = {k: {str((t.get("runtime_env_info") or {}).get("serialized_runtime_env")) for t in tasks
                     if k in t["name"]} for k in kinds}
         if all(envs.values()):
