@@ -138,12 +138,12 @@ def main() -> None:
     for name, cols in (("HAR-RV", list(VOL)), ("HAR-RV + range", [*VOL, *RANGE]),
                        ("HAR-RV + range + market", [*VOL, *RANGE, *MARKET])):
         fit = LinearRegression().fit(train[cols], np.log(np.abs(moved) / root_h + 1e-5))
-        z = np.quantile(moved / (np.exp(fit.predict(train[cols])) * root_h), QUANTILES)
-        scale = np.exp(fit.predict(test[cols])) * test_root_h
-        quantiles[name] = last[:, None] * np.exp(scale[:, None] * z)
-    # the last fit's (+ market) scale per sqrt(h), beside the random walk's quantile (a log return) per sqrt(h)
+        train_scale, test_scale = np.exp(fit.predict(train[cols])), np.exp(fit.predict(test[cols]))  # per sqrt(h)
+        z = np.quantile(moved / (train_scale * root_h), QUANTILES)
+        quantiles[name] = last[:, None] * np.exp((test_scale * test_root_h)[:, None] * z)
+    # quantile regression on the last row's (+ market) scale, beside the random walk's quantile (a log
+    # return) per sqrt(h)
     sample = np.random.default_rng(0).choice(len(train), min(QR_SAMPLE, len(train)), replace=False)
-    train_scale, test_scale = np.exp(fit.predict(train[cols])), np.exp(fit.predict(test[cols]))
     train_rw = np.log(train[RW].to_numpy() / train[["last"]].to_numpy()) / root_h[:, None]
     test_rw = np.log(test[RW].to_numpy() / last[:, None]) / test_root_h[:, None]
     qr = np.column_stack([

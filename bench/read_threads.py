@@ -63,8 +63,8 @@ def main() -> None:
     runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
     try:
         for label, path in layouts.items():
-            rows = {load(path, t)[2] for t in THREADS}  # warms the page cache; every count reads the same rows
-            assert len(rows) == 1, f"{label}: rows kept differ by thread count: {rows}"
+            kept = {load(path, t)[2] for t in THREADS}  # warms the page cache; every count reads the same rows
+            assert len(kept) == 1, f"{label}: rows kept differ by thread count: {kept}"
         for _ in range(args.rounds):
             for label, path in layouts.items():
                 for t in THREADS:
