@@ -94,11 +94,21 @@ def faults(**env: str) -> dict:
 
 
 def free_port() -> int:
+    """A port free now, below the kernel's ephemeral range: a port bind(0) gives out is also given
+    to outgoing connections and to the next bind(0), and a Ray head starting on one lost it to its
+    own processes in the meantime (its dashboard agent: "Address already in use")."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:  # Ray's workers take 10002-19999
+        port = random.randrange(20000, max(low, 30000))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def ray_node(log: Path, *, head: str | None = None, num_cpus: int = 1, env: dict | None = None,
