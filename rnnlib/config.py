@@ -476,8 +476,9 @@ class ScoreConfig:
     files_per_batch: int = opt(16, "history files each scoring call loads and scores together (per-ticker "
                                    "layout) or each read task reads (long layout)", lo=1)
     batch_size: int = opt(512, "windows per forward pass (a few hundred is fastest on CPU)", lo=1)
-    actors: int = opt(2, "scoring actors (each loads the model once)", lo=1)
-    cpus_per_actor: float = opt(1.0, "CPUs per scoring actor", lo=0.0, lo_open=True)
+    actors: int = opt(2, "scoring actors (each loads the model once); the long layout on CPUs: scoring "
+                         "tasks at a time, in the read tasks' processes", lo=1)
+    cpus_per_actor: float = opt(1.0, "CPUs per scoring actor (or long-layout scoring task)", lo=0.0, lo_open=True)
     gpu: bool = opt(False, "one GPU per scoring actor")
     endpoint_url: str | None = opt(None, "S3-compatible endpoint; null = AWS_ENDPOINT_URL_S3 or AWS")
     tracking: TrackingConfig = opt(TrackingConfig, "log each published run to MLflow", factory=True)

@@ -265,8 +265,9 @@ def test_daily_partitions_score_like_per_ticker_files(model_dir, tmp_path, share
         a[["ticker", "origin"]].drop_duplicates()) > 0
     rejects = read_published(runs["hive_daily"], "rejects")
     assert list(rejects[rejects.action == "skip_file"].file) == [str(tmp_path / "hive_daily" / "_SUCCESS")]
-    # its read, shuffle map and shuffle reduce tasks ran in one worker pool (jobs.ray_setup.ONE_TASK_POOL)
-    envs = task_runtime_envs(shared_ray["RAY_ADDRESS"], ("read_rows_batch", "HashShuffleMap", "HashShuffleReduce"))
+    # its read, shuffle map, shuffle reduce and scoring tasks ran in one worker pool (jobs.ray_setup.ONE_TASK_POOL)
+    envs = task_runtime_envs(shared_ray["RAY_ADDRESS"],
+                             ("read_rows_batch", "HashShuffleMap", "HashShuffleReduce", "score_block"))
     assert all(envs.values()) and len(set().union(*envs.values())) == 1, envs
     # forced per-ticker batching on files that split tickers: refused, nothing published
     bad = run("score", CONFIG, f"input={tmp_path / 'hive_daily'}", f"model={model_dir}", "files_per_batch=100",
