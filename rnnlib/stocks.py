@@ -695,11 +695,13 @@ def _parse_dates(uniq: pa.Array, date_format: str | None) -> _Dates:
     out = np.full(n, np.datetime64("NaT", "ns"))
     todo = np.ones(n, dtype=bool)
     for pattern in (_YMD, _COMPACT):
+        if not todo.any():  # a file's few spellings are mostly all ISO: each pattern costs calls per file
+            break
         y, m, d = _groups(uniq, pattern, "ymd")
         hit = todo & (y >= 0)
         out[hit], todo = _ymd(y, m, d)[hit], todo & ~hit
     got = _Dates(out)
-    if date_format is None:
+    if date_format is None and todo.any():
         a, b, y = _groups(uniq, _AB_Y, "aby")
         hit = todo & (y >= 0)
         if hit.any():
