@@ -51,6 +51,10 @@ def test_dockerfile_uses_the_pinned_ray_for_python_311_with_cuda():
     assert re.search(r"^ARG RAY_VERSION=(\S+)$", text, re.M).group(1) == PIN
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-py311-gpu$", text, re.M)
     assert "-c constraints.txt" in text
+    from jobs.ray_setup import RAY_ENV  # every Ray process of the image gets it, as local and submitted jobs do
+
+    env = dict(re.findall(r"(RAY_\w+)=(\S+)", text.split("\nENV ", 1)[1].split("\n\n", 1)[0]))
+    assert env == RAY_ENV, env
     for src in re.findall(r"^COPY (?:--\S+ )*(.+?) \S+$", text, re.M):
         for name in src.split():
             assert (ROOT / name).exists(), f"Dockerfile copies {name}, which does not exist"
