@@ -51,7 +51,6 @@ def main() -> None:
             secs, walls, _ = ray_train(cfg, 1)
             train[interval] += secs[1:]
             wall[interval] += walls[1:]
-    os.environ[VAR] = RAY_ENV[VAR]
     rows = [(f"{i} s" + (" (Ray's default)" if i == RAY_DEFAULT else " (RAY_ENV)"),
              round(statistics.median(wall[i]), 2), round(statistics.median(train[i]), 2)) for i in intervals]
     m = machine()

@@ -130,7 +130,7 @@ class ScoreBlock(ScoreBatch):
         return self.publish(res, key, sum(i["files"] for i in infos))
 
 
-_SCORER: dict = {}  # this process's ScoreBlock for the run attempt it was made for
+_scorer: tuple[tuple[str, str], ScoreBlock] | None = None  # this process's (run_uri, attempt) and its ScoreBlock
 
 
 def score_block(table: pa.Table, **kwargs) -> pd.DataFrame:
@@ -139,11 +139,11 @@ def score_block(table: pa.Table, **kwargs) -> pd.DataFrame:
     processes of its own after the shuffle (a daily job of the 505 histories on 2 CPUs: 10.9-11.7
     -> 9.7-10.4 s, ad-hoc A/B). The bundle is loaded once per process and attempt, as an actor
     would. Not for GPUs: Ray gives a GPU task a new process every call (``max_calls=1``)."""
+    global _scorer
     key = (kwargs["run_uri"], kwargs["attempt"])
-    if _SCORER.get("key") != key:
-        _SCORER.clear()  # an earlier attempt's model
-        _SCORER.update(key=key, scorer=ScoreBlock(**kwargs))
-    return _SCORER["scorer"](table)
+    if _scorer is None or _scorer[0] != key:
+        _scorer = key, ScoreBlock(**kwargs)  # an earlier attempt's model is dropped
+    return _scorer[1](table)
 
 
 def load_score_config(config: str, overrides: list[str]) -> ScoreConfig:
@@ -218,8 +218,9 @@ def run(config: str, overrides: list[str]) -> int:
                             fn_constructor_kwargs={**kwargs, "settings": settings}, **actor_args)
     else:
         files = [e.uri for e in listing.entries]
+        one_pool = {"env_vars": ONE_TASK_POOL}  # these tasks share the shuffle's worker processes
         ds = ds.map_batches(read_rows_batch, batch_size=None, batch_format="pandas",
-                            runtime_env={"env_vars": ONE_TASK_POOL},  # the shuffle's worker pool
+                            runtime_env=one_pool,
                             fn_kwargs={"files": files, "needed": source_columns(tuple(bundle.data["columns"])),
                                        "endpoint_url": endpoint, **{k: settings[k] for k in _READ_KEYS}})
         # One scoring call per shuffled block: about BLOCK_BYTES of input files each, so that a
@@ -243,7 +244,7 @@ def run(config: str, overrides: list[str]) -> int:
                                 fn_constructor_kwargs=block_kwargs, **actor_args)
         else:  # in the processes that read and shuffled (see score_block)
             ds = ds.map_batches(score_block, batch_size=None, batch_format="pyarrow", fn_kwargs=block_kwargs,
-                                runtime_env={"env_vars": ONE_TASK_POOL}, concurrency=cfg.actors,
+                                runtime_env=one_pool, concurrency=cfg.actors,
                                 num_cpus=cfg.cpus_per_actor)
     summaries = ds.to_pandas()
     scored_s = time.perf_counter() - start
