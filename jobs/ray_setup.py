@@ -22,7 +22,22 @@ RAY_ENV = {
     # losses). 0.5 s, as the 4.6-5 s epochs of bench/train_throughput.py's forecaster took 4.69 s
     # (median, 12 epochs) polled every 0.5 s, 4.91 s every 2 s and 5.02 s every 0.2 s (ad-hoc, noisy).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Ray starts its own processes (the raylet, GCS) with the jemalloc its wheel ships
+    # (ray/core/libjemalloc.so, LD_PRELOAD: ray/_private/services.py); with this set the raylet
+    # passes it on to the worker processes it starts. WORKER_MALLOC says why.
+    "RAY_LD_PRELOAD_ON_WORKERS": "1",
 }
+# Worker processes only (the job's runtime_env; Ray's own keep jemalloc's defaults): keep the pages
+# a process frees for its next allocations. PyTorch's CPU allocator caches nothing, and a training
+# step frees tens of MB of activations that the next step allocates again (the forecaster of
+# bench/train_throughput.py). glibc gave them back to the kernel (munmap; a thread's arena deletes
+# its 64 MB heaps), and every page faulted in again, zeroed: 1.5-2.5 million minor faults an
+# epoch, about half its time, and more or fewer with each process's allocation history (Ray Train
+# 0.78-1.0x the plain loop). glibc's tunables (MALLOC_TOP_PAD_ and the like) stopped it in some
+# processes and not in a Ray actor's; jemalloc's default decay purges them as well, and
+# dirty_decay_ms:-1 never does: an epoch then faults some 30,000 pages (bench/train_allocator.py).
+# The cost: a worker's resident memory stays at its peak until the process ends.
+WORKER_MALLOC = {"MALLOC_CONF": "dirty_decay_ms:-1"}
 # Ray Data 2.60 marks its shuffle's map and reduce tasks with runtime envs of their own, each a
 # separate pool of worker processes (hash_shuffle_v2.py _SHUFFLE_MAP_RUNTIME_ENV,
 # shuffle_operators/shuffle_reduce_operator.py _SHUFFLE_REDUCE_RUNTIME_ENV): each started new
@@ -54,12 +69,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True,
               "runtime_env": {"worker_process_setup_hook": "jobs.ray_setup.setup_worker"}}
     # A cluster joined through RAY_ADDRESS started its workers without this process's environment
-    # (a local Ray inherits it): pass RAY_ENV on, and ONE_TASK_POOL, except the keys a submitted
-    # job's own runtime_env sets already (submit passes RAY_ENV; Ray refuses a driver's env var the
-    # job also sets).
+    # (a local Ray inherits it): pass RAY_ENV on, and ONE_TASK_POOL and WORKER_MALLOC, except the
+    # keys a submitted job's own runtime_env sets already (submit passes RAY_ENV; Ray refuses a
+    # driver's env var the job also sets).
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
     taken = (job.get("runtime_env") or {}).get("env_vars") or {}
-    if env_vars := {k: v for k, v in {**RAY_ENV, **ONE_TASK_POOL}.items() if k not in taken}:
+    if env_vars := {k: v for k, v in {**RAY_ENV, **ONE_TASK_POOL, **WORKER_MALLOC}.items() if k not in taken}:
         kwargs["runtime_env"]["env_vars"] = env_vars
     if not os.environ.get("RAY_ADDRESS"):
         # "local": a fresh Ray for this job, even if `ray start` left a cluster running on this machine

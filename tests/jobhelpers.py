@@ -133,7 +133,9 @@ def ray_node(log: Path, *, head: str | None = None, num_cpus: int = 1, env: dict
                 f"--temp-dir={tempfile.mkdtemp(prefix='ray-')}"]  # short: its sockets' paths must fit
     else:
         gcs, role = head, [f"--address={head}"]
-    full = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    from jobs.ray_setup import RAY_ENV  # as cluster/Dockerfile's ENV: our image's nodes start with it
+
+    full = {**os.environ, **RAY_ENV, **(env or {}), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     full.pop("RAY_ADDRESS", None)
     f = open(log, "w")  # noqa: SIM115 - closed with the process
     p = subprocess.Popen(["ray", "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
