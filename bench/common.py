@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -22,3 +23,27 @@ def write(name: str, payload: dict) -> Path:
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps({"machine": machine(), **payload}, indent=1))
     return out
+
+
+def allocator() -> str:
+    """The malloc this process runs with: Ray's jemalloc when it is loaded (LD_PRELOAD), else glibc's."""
+    with open("/proc/self/maps") as f:
+        return "jemalloc" if "libjemalloc" in f.read() else "glibc"
+
+
+def jemalloc_env() -> dict[str, str]:
+    """The environment that gives a process what our Ray workers allocate with: the jemalloc Ray
+    ships (preloaded), with ``jobs.ray_setup.WORKER_MALLOC``'s settings."""
+    from ray._private.services import JEMALLOC_SO
+
+    from jobs.ray_setup import WORKER_MALLOC
+
+    return {"LD_PRELOAD": JEMALLOC_SO, **WORKER_MALLOC}
+
+
+def allocate_as_ray_workers() -> None:
+    """Run this script again, at once, with the allocator of our Ray workers, unless it has it: a
+    plain loop in this process then compares with the same loop in a Ray worker, and not glibc's
+    malloc with jemalloc (bench/train_allocator.py puts the two side by side)."""
+    if allocator() != "jemalloc":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **jemalloc_env()})

@@ -10,6 +10,14 @@ where the loop runs: Train V2 runs the training function in a thread of the work
 whose thread team belongs to the thread that starts a parallel region. A thread alone turned out
 not to cost this much (below).
 
+Found later (2026-11-30), and not by this script: the memory allocator. With glibc's malloc an
+epoch faulted in 1.5-2.5 million pages (the activations a step frees go back to the kernel and
+the next step faults them in again), about half the epoch, and how many depended on the
+process's allocation history: more in a Train worker than in a plain process. Our Ray workers now
+allocate with Ray's jemalloc, which keeps them (jobs.ray_setup.WORKER_MALLOC; measured by
+bench/train_allocator.py), and this script runs itself under the same allocator, so that its rows
+differ only in where the loop runs. The figures below were measured with glibc everywhere.
+
 This runs one workload (forecaster, LSTM 2x64, 60-day windows, batch 256, the bundled sample;
 epochs, the first not timed) in seven places, in rotated rounds (this machine drifts by 10-20%
 over minutes), each with all cores (2 torch threads here):
@@ -82,7 +90,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from common import machine, write  # noqa: E402
+from common import allocate_as_ray_workers, allocator, machine, write  # noqa: E402
 from train_throughput import CONFIGS, CORES, items_per_epoch, plain  # noqa: E402
 
 from rnnlib.tables import table  # noqa: E402
@@ -129,8 +137,9 @@ def in_thread(n: int, main_first: bool = False):
 
 
 def preloaded(lib: str | None) -> dict:
-    """Ray options that start the process with ``lib`` preloaded (LD_PRELOAD), or none."""
-    return {"runtime_env": {"env_vars": {"LD_PRELOAD": lib}}} if lib else {}
+    """Ray options that start the process with ``lib`` preloaded (LD_PRELOAD) beside the allocator
+    this process preloads, or none."""
+    return {"runtime_env": {"env_vars": {"LD_PRELOAD": f"{lib} {os.environ['LD_PRELOAD']}"}}} if lib else {}
 
 
 def ray_actor(n: int, where: str, lib: str | None = None):
@@ -200,6 +209,7 @@ def main() -> None:
     ap.add_argument("--openmp-lib", help="path of Intel's OpenMP runtime (libiomp5.so, pip intel-openmp): "
                     "adds rows with it preloaded in the Ray processes in place of torch's libgomp")
     args = ap.parse_args()
+    allocate_as_ray_workers()
     if args.openmp_lib:
         lib = Path(args.openmp_lib).resolve()
         if not lib.is_file():  # the loader would only warn, and the rows would measure libgomp
@@ -236,8 +246,8 @@ def main() -> None:
              f"{1000 * (statistics.median(s) - base) / steps:+.1f}", f"{base / statistics.median(s):.2f}",
              f"{statistics.median(woke[p]):.0f}") for p, s in secs.items()]
     m = machine()
-    print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}; {steps} steps an epoch, {args.epochs} epochs "
-          f"(first not timed), {args.rounds} rounds; median over rounds and epochs\n")
+    print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}, {allocator()} malloc; {steps} steps an epoch, "
+          f"{args.epochs} epochs (first not timed), {args.rounds} rounds; median over rounds and epochs\n")
     print(table(rows, ["where the loop runs", "torch threads, OpenMP", "s/epoch", "ms/step", "ms/step vs main",
                        "x main thread", "main thread wakeups/s"]))
     out = write("train_step_overhead", {"epochs": n, "rounds": args.rounds, "steps": steps, "seconds": secs,

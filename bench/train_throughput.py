@@ -8,6 +8,11 @@ under Ray Train also the checkpoint and the report (from one epoch's start to th
 the plain loop and the single worker use all cores; two workers get half each (Ray sets
 OMP_NUM_THREADS from the worker's CPUs).
 
+Every row allocates with what our Ray workers use (jobs.ray_setup: Ray's jemalloc, never purging
+freed pages): the script runs itself again under it when started without, so that the plain loop
+in this process and Ray Train's worker differ in where they run and not in their malloc (with
+glibc's, a step here faulted in some 19,000 pages, half its time: bench/train_allocator.py).
+
 This machine's speed drifts by 10-20% over minutes (other tenants), so the modes run in
 ``--rounds`` rounds, in a rotated order each round, and each mode's median is taken over all
 its rounds: a ratio compares the same stretch of time.
@@ -30,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import machine, write  # noqa: E402
+from common import allocate_as_ray_workers, allocator, machine, write  # noqa: E402
 
 from rnnlib.config import job_from_dict, to_dict  # noqa: E402
 from rnnlib.fit import TrainState, make_optimizer, run_epoch  # noqa: E402
@@ -92,6 +97,7 @@ def main() -> None:
     ap.add_argument("--forecast-batch", type=int, default=256,
                     help="forecaster batch size (Ray's per-step overhead shows at small batches)")
     args = ap.parse_args()
+    allocate_as_ray_workers()
     CONFIGS["forecast"]["train"]["batch_size"] = args.forecast_batch
     from jobs.ray_setup import init_ray
 
@@ -125,11 +131,13 @@ def main() -> None:
                                      "wall_seconds": walls[mode], "rate": rate, "threads_per_worker": threads[mode],
                                      "ratio_vs_plain": rate / base, "wall_ratio_vs_plain": base_wall / wall}
     m = machine()
-    print(f"machine: {m['cpus']} cores, torch {m['torch']}; epochs {args.epochs} (first not timed), "
-          f"{args.rounds} round(s)\n")
+    print(f"machine: {m['cpus']} cores, torch {m['torch']}, {allocator()} malloc; epochs {args.epochs} (first "
+          f"not timed), {args.rounds} round(s)\n")
     print(table(rows, ["task", "mode", "threads/worker", "throughput", "unit", "ms/step", "x plain",
                        "wall s/epoch", "wall x plain"]))
-    print(f"\nresults: {write('train_throughput', {'epochs': args.epochs, 'rounds': args.rounds, 'runs': out})}")
+    path = write("train_throughput", {"epochs": args.epochs, "rounds": args.rounds, "allocator": allocator(),
+                                      "runs": out})
+    print(f"\nresults: {path}")
 
 
 if __name__ == "__main__":
