@@ -11,6 +11,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+# This process's environment before what a script imports after this module changes it (the tests'
+# conftest, which bench/score_throughput.py imports for moto, sets OMP_NUM_THREADS=1).
+START_ENV = dict(os.environ)
 
 
 def machine() -> dict:
@@ -46,4 +49,11 @@ def allocate_as_ray_workers() -> None:
     plain loop in this process then compares with the same loop in a Ray worker, and not glibc's
     malloc with jemalloc (bench/train_allocator.py puts the two side by side)."""
     if allocator() != "jemalloc":
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **jemalloc_env()})
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**START_ENV, **jemalloc_env()})
+
+
+def user_env() -> dict[str, str]:
+    """This process's environment less what ``allocate_as_ray_workers`` added: for a job that a
+    script starts as a user would, whose driver then runs with the user's malloc."""
+    added = jemalloc_env()
+    return {k: v for k, v in os.environ.items() if added.get(k) != v}

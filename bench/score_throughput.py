@@ -19,6 +19,11 @@ Then, with that Ray stopped (no process of it left), forecast mode at 505 and 5,
 histories repeated under new tickers), each `rnnjobs score` a process with its own Ray: wall
 time and peak memory (RSS summed over the job's process and every process it started).
 
+(a) and (b) run in this process with the allocator of our Ray workers, where (c) scores (Ray's
+jemalloc, never purging: the script runs itself again under it): with glibc's malloc the ceiling
+at batch 1,024 faulted in some 1.6-1.9 million pages and ran at 19,000-21,500 windows/s, against
+26,000-41,000 with jemalloc (ad-hoc, 2 cores, 2 runs each, 2026-11-30).
+
     python bench/score_throughput.py [--quick]
 """
 
@@ -41,7 +46,7 @@ import boto3  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
-from common import machine, write  # noqa: E402
+from common import allocate_as_ray_workers, allocator, machine, user_env, write  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 from jobhelpers import moto_server  # noqa: E402
@@ -132,7 +137,7 @@ def replicate(src: Path, dst: Path, copies: int) -> Path:
 def score_job(args: list[str]) -> tuple[float, int]:
     """`rnnjobs score` in a subprocess with its own local Ray: (wall seconds, peak RSS bytes)."""
     start = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "jobs.cli", "score", *args], cwd=ROOT, text=True,
+    p = subprocess.Popen([sys.executable, "-m", "jobs.cli", "score", *args], cwd=ROOT, text=True, env=user_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     with PeakRSS(p.pid) as mem:
         out, _ = p.communicate()
@@ -219,6 +224,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="bundled sample only, smaller runs")
     args = ap.parse_args()
+    allocate_as_ray_workers()
     src = SP500 if SP500.exists() and not args.quick else sample_stocks_dir()
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     cfg = job_from_dict({"model": {"hidden": HIDDEN, "layers": LAYERS}, "data": {"window": WINDOW, "horizon": HORIZON},
@@ -261,7 +267,7 @@ def main() -> None:
     rows += [(f"(c) rnnjobs score, {label}", round(r), r / ceiling, "-") for label, r in job_rate.items()]
     per_ticker, by_day = list(job_rate.values())[:2]
     m = machine()
-    print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}, {threads} threads; fp32 matmul "
+    print(f"\nmachine: {m['cpus']} cores, torch {m['torch']}, {threads} threads, {allocator()} malloc; fp32 matmul "
           f"{gflops:.1f} GFLOP/s (2048x2048); {flops / 1e6:.2f} MFLOP per window (LSTM 2x64 over 60 steps)")
     print(f"{len(hist.series)} series from {src}, {n} backtest windows\n")
     print(table(rows, ["mode", "windows/s", "x (b)", "(b) / matmul rate"]))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import allocator, jemalloc_env, machine, write  # noqa: E402
+from common import allocator, jemalloc_env, machine, user_env, write  # noqa: E402
 from train_throughput import CONFIGS, CORES, items_per_epoch, plain  # noqa: E402
 
 from rnnlib.config import job_from_dict  # noqa: E402
@@ -91,7 +90,7 @@ def child(place: str, raw: dict) -> dict:
 
 def env_for(alloc: str, place: str) -> dict[str, str]:
     """A plain process gets jemalloc preloaded; Ray's workers get it from the raylet, or not."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "RAY_ADDRESS")}
+    env = {k: v for k, v in user_env().items() if k != "RAY_ADDRESS"}
     if place.startswith("plain process"):
         return {**env, **jemalloc_env()} if alloc == "jemalloc" else env
     return {**env, "RAY_LD_PRELOAD_ON_WORKERS": "1" if alloc == "jemalloc" else "0"}
