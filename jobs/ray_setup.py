@@ -35,7 +35,7 @@ RAY_ENV = {
 # epoch, about half its time, and more or fewer with each process's allocation history (Ray Train
 # 0.78-1.0x the plain loop). glibc's tunables (MALLOC_TOP_PAD_ and the like) stopped it in some
 # processes and not in a Ray actor's; jemalloc's default decay purges them as well, and
-# dirty_decay_ms:-1 never does: an epoch then faults some 30,000 pages (bench/train_allocator.py).
+# dirty_decay_ms:-1 never does: an epoch then faults a few hundred pages (bench/train_allocator.py).
 # The cost: a worker's resident memory stays at its peak until the process ends.
 WORKER_MALLOC = {"MALLOC_CONF": "dirty_decay_ms:-1"}
 # Ray Data 2.60 marks its shuffle's map and reduce tasks with runtime envs of their own, each a
