@@ -53,13 +53,13 @@ def minor_faults() -> int:
 
 def measured(raw: dict) -> dict:
     """In the training process: one epoch of warm-up, then ``raw``'s epochs, timed."""
-    task = make_task(job_from_dict(raw))
-    plain(job_from_dict({**raw, "train": {**raw["train"], "epochs": 1}}), task)
     cfg = job_from_dict(raw)
+    task = make_task(cfg)
+    plain(job_from_dict({**raw, "train": {**raw["train"], "epochs": 1}}), task)
     before = minor_faults()
     secs, _, threads = plain(cfg, task)
     return {"secs": secs, "faults_per_epoch": (minor_faults() - before) / len(secs), "threads": threads,
-            "allocator": allocator(), "steps": items_per_epoch(task, cfg)[1]}
+            "allocator": allocator()}
 
 
 def _train_fn(config: dict) -> None:
@@ -125,7 +125,8 @@ def main() -> None:
                   f"{res['faults_per_epoch']:,.0f} faults/epoch", flush=True)
     med = {run: statistics.median(s for res in got[run] for s in res["secs"]) for run in runs}
     faults = {run: statistics.median(res["faults_per_epoch"] for res in got[run]) for run in runs}
-    steps = got[runs[0]][0]["steps"]
+    cfg = job_from_dict(raw)
+    steps = items_per_epoch(make_task(cfg), cfg)[1]
     ref = med[("glibc", "plain process")]
     rows = [(alloc, place, got[(alloc, place)][0]["threads"], f"{med[(alloc, place)]:.2f}",
              f"{1000 * med[(alloc, place)] / steps:.1f}", f"{faults[(alloc, place)]:,.0f}",
